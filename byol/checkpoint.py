@@ -1,0 +1,150 @@
+"""Checkpoints: one explicit dict, written atomically, read back with `weights_only=True`.
+
+Two kinds live in a run directory:
+- `last.pt`, everything needed to resume: online and target networks, predictor, optimiser state,
+  step, epoch, RNG states and the config (a plain dict). Replaced atomically at every save.
+- `step-NNNNNNNN.pt`, a snapshot at an evaluation point: only the online backbone in half
+  precision plus the config and the kNN it scored, so the dashboard can compare a model over time
+  without filling the disk.
+
+Loading never unpickles code: `torch.load(..., weights_only=True)` accepts tensors and plain
+containers only, and every failure becomes a `CheckpointError` with a sentence for the user.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import TrainConfig
+from .files import write_atomic
+from .model import BYOLNetworks, ResNet18Backbone, resnet18_cifar
+
+FORMAT = "byol-studio/1"
+FULL, BACKBONE = "full", "backbone"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be trusted or used; the message is meant for the user."""
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write `state` to `path` via a temporary file and a rename, so a crash never leaves half a file."""
+    write_atomic(Path(path), lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint safely, or raise CheckpointError saying in plain words what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"There is no checkpoint file at {path}.")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"The checkpoint {path.name} is empty (0 bytes); it cannot be used.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"The checkpoint {path.name} was refused: it holds Python objects other than weights, "
+            "and loading them could run code. Only BYOL Studio checkpoints are accepted."
+        ) from None
+    except Exception as error:  # torch raises many kinds for damaged zip/pickle data
+        raise CheckpointError(
+            f"The checkpoint {path.name} is damaged or not a PyTorch checkpoint ({type(error).__name__})."
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"The file {path.name} is not a BYOL Studio checkpoint.")
+    return state
+
+
+def rng_states() -> dict[str, Any]:
+    states: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _cpu_state_dict(module: torch.nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, tensor in module.state_dict().items():
+        tensor = tensor.detach().to("cpu")
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        out[key] = tensor.clone()
+    return out
+
+
+def full_state(
+    networks: BYOLNetworks,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    step: int,
+    epoch: int,
+    step_in_epoch: int,
+) -> dict[str, Any]:
+    """Everything needed to resume exactly where training stands now."""
+    return {
+        "format": FORMAT,
+        "kind": FULL,
+        "config": config.to_dict(),
+        "step": step,
+        "epoch": epoch,
+        "step_in_epoch": step_in_epoch,
+        "backbone": _cpu_state_dict(networks.backbone),
+        "projector": _cpu_state_dict(networks.projector),
+        "predictor": _cpu_state_dict(networks.predictor),
+        "target_backbone": _cpu_state_dict(networks.target_backbone),
+        "target_projector": _cpu_state_dict(networks.target_projector),
+        "optimizer": optimizer.state_dict(),
+        "rng": rng_states(),
+    }
+
+
+def snapshot_state(backbone: torch.nn.Module, config: TrainConfig, step: int, epoch: float, knn: float | None) -> dict[str, Any]:
+    """What evaluation needs: the online backbone in half precision, its config and score."""
+    return {
+        "format": FORMAT,
+        "kind": BACKBONE,
+        "config": config.to_dict(),
+        "step": step,
+        "epoch": epoch,
+        "knn": knn,
+        "backbone": _cpu_state_dict(backbone, torch.float16),
+    }
+
+
+def restore_networks(networks: BYOLNetworks, state: dict[str, Any]) -> None:
+    """Load all five networks from a full checkpoint (raises CheckpointError on a shape mismatch)."""
+    try:
+        for name in ("backbone", "projector", "predictor", "target_backbone", "target_projector"):
+            getattr(networks, name).load_state_dict(state[name])
+    except (KeyError, RuntimeError) as error:
+        raise CheckpointError(
+            "This checkpoint's networks do not match its own settings (was it edited or made by "
+            f"another program?): {str(error).splitlines()[0]}"
+        ) from None
+
+
+def load_backbone(path: Path) -> tuple[ResNet18Backbone, TrainConfig, dict[str, Any]]:
+    """The online backbone (float32, eval mode) of a full checkpoint or a snapshot, its config and info."""
+    state = load_checkpoint(path)
+    try:
+        config = TrainConfig.from_dict(state["config"])
+        backbone = resnet18_cifar(config.width)
+        weights = {k: v.float() if v.is_floating_point() else v for k, v in state["backbone"].items()}
+        backbone.load_state_dict(weights)
+    except (KeyError, TypeError, AttributeError, RuntimeError) as error:
+        raise CheckpointError(
+            f"The checkpoint {Path(path).name} does not hold a backbone that matches its settings "
+            f"({type(error).__name__})."
+        ) from None
+    info = {k: state.get(k) for k in ("kind", "step", "epoch", "knn")}
+    return backbone.eval(), config, info

@@ -1,0 +1,234 @@
+"""Command line: `python -m byol train | resume | embed | list`.
+
+Progress goes to stderr (a tqdm bar with ETA); the run directory is printed to stdout as the last
+line of `train` and `resume`, so scripts can capture it. Every expected problem (bad option, bad
+data, busy device, untrustworthy checkpoint) exits non-zero with one plain line, no traceback.
+Ctrl-C or SIGTERM stops gracefully: the step finishes, last.pt is saved, the status says `stopped`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from . import runs
+from .checkpoint import CheckpointError
+from .config import PRESETS, ConfigError, TrainConfig, preset, validate
+from .data import DataError
+from .lock import DeviceBusy
+
+PLAIN_ERRORS = (ConfigError, DataError, CheckpointError, runs.RunError, DeviceBusy, FileNotFoundError)
+
+
+class CommandError(Exception):
+    """An expected failure with a one-line message for the terminal."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit code 2, like argparse but without usage spam
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m byol", description="Train and inspect BYOL self-supervised models.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = sub.add_parser("train", help="start a new training run")
+    train.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="starting configuration (default: cpu)")
+    train.add_argument("--data", help="cifar10, synthetic, or a path to an image folder tree or an archive of one")
+    train.add_argument("--data-root", help="where torchvision keeps CIFAR-10")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr", type=float, help="peak learning rate for a batch of 256")
+    train.add_argument("--width", type=int, help="backbone width (64 = standard ResNet-18)")
+    train.add_argument("--subset", type=int, help="train on this many training images (0 = all)")
+    train.add_argument("--no-bn", action="store_true", help="remove batch norm from projector and predictor")
+    train.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    train.add_argument("--precision", choices=["auto", "fp32", "bf16"])
+    train.add_argument("--seed", type=int)
+    train.add_argument("--eval-every", type=float, help="epochs between kNN evaluations")
+    train.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override any config field")
+    train.add_argument("--name", help="run folder name (default: generated)")
+    train.add_argument("--runs-dir", type=Path, default=None, help="where run folders live (default: checkpoints/)")
+
+    resume = sub.add_parser("resume", help="continue a stopped, failed or interrupted run")
+    resume.add_argument("run_dir", type=Path)
+    resume.add_argument("--epochs", type=int, help="new total number of epochs (extends the run)")
+
+    embed = sub.add_parser("embed", help="export embeddings of a run's newest checkpoint")
+    embed.add_argument("run_dir", type=Path)
+    embed.add_argument("--checkpoint", type=Path, help="a specific checkpoint file (default: newest)")
+    embed.add_argument("--umap", action="store_true", help="also compute the 2-D UMAP map of the test split")
+
+    listing = sub.add_parser("list", help="one line per run")
+    listing.add_argument("--runs-dir", type=Path, default=None)
+    return parser
+
+
+# --- config from options ---------------------------------------------------------------------
+def _parse_value(field_type: Any, text: str) -> Any:
+    if field_type in (bool, "bool"):
+        lowered = text.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise CommandError(f"expected true or false, got {text!r}")
+    for kind in (int, float):
+        if field_type in (kind, kind.__name__):
+            try:
+                return kind(text)
+            except ValueError:
+                raise CommandError(f"expected a {kind.__name__}, got {text!r}") from None
+    return text
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    config = preset(args.preset)
+    overrides = {
+        "data": args.data, "data_root": args.data_root, "epochs": args.epochs, "batch_size": args.batch_size,
+        "lr": args.lr, "width": args.width, "subset": args.subset, "device": args.device,
+        "precision": args.precision, "seed": args.seed, "eval_every": args.eval_every,
+    }
+    config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
+    if args.no_bn:
+        config = config.replace(head_bn=False)
+    fields = {f.name: f.type for f in config.__dataclass_fields__.values()}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise CommandError(f"--set expects FIELD=VALUE with a known field; got {item!r}")
+        try:
+            config = config.replace(**{key: _parse_value(fields[key], value)})
+        except CommandError as error:
+            raise CommandError(f"--set {key}: {error}") from None
+    return validate(config)
+
+
+# --- commands --------------------------------------------------------------------------------
+class _Progress:
+    """A tqdm bar over training steps, fed by the training loop's events."""
+
+    def __init__(self) -> None:
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self.bar = None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event.get("kind")
+        if kind == "step":
+            if self.bar is None:
+                self.bar = self._tqdm(total=event.get("total_steps"), unit="step", file=sys.stderr, dynamic_ncols=True)
+            self.bar.total = event.get("total_steps") or self.bar.total
+            self.bar.n = event["step"]
+            self.bar.set_postfix(loss=f"{event['loss']:.3f}", img_s=event["images_per_s"], refresh=False)
+            self.bar.refresh()
+        elif kind == "eval":
+            message = f"step {event['step']}: kNN {event['knn']:.1f}% (raw pixels {event['pixel_knn']:.1f}%)"
+            (self.bar.write if self.bar else lambda m: print(m, file=sys.stderr))(message)
+        elif kind == "status" and event.get("message"):
+            print(f"[{event['state']}] {event['message']}", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _run_training(config: TrainConfig, run_dir: Path) -> int:
+    from .train import train
+
+    stop = threading.Event()
+
+    def request_stop(signum, frame):  # finish the step, checkpoint, exit as "stopped"
+        print("\nStopping after this step (press again to wait)...", file=sys.stderr)
+        stop.set()
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    progress = _Progress()
+    try:
+        state = train(config, run_dir, stop, progress)
+    finally:
+        progress.close()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    status = runs.read_status(run_dir)
+    print(f"{state}: {status.get('message', '')}", file=sys.stderr)
+    print(run_dir)
+    return 0 if state in (runs.FINISHED, runs.STOPPED) else 1
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    runs_dir = args.runs_dir or runs.default_runs_dir()
+    run_dir = runs.create_run(runs_dir, config, args.name)
+    try:
+        return _run_training(config, run_dir)
+    except (ConfigError, DeviceBusy):
+        # Nothing was trained: do not leave an empty run behind.
+        runs.delete_run(run_dir, force=True)
+        raise
+
+
+def _existing_run(run_dir: Path) -> Path:
+    if not (run_dir / "config.json").is_file():
+        raise CommandError(f"{run_dir} is not a run folder (it has no config.json).")
+    return run_dir
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    run_dir = _existing_run(args.run_dir)
+    status = runs.read_status(run_dir)
+    if status["state"] in runs.LIVE_STATES:
+        raise CommandError(f"The run {run_dir.name} is {status['state']} right now; it cannot be resumed twice.")
+    config = runs.read_config(run_dir)
+    if args.epochs is not None:
+        done = runs.summarize_run(run_dir).epochs_done
+        if args.epochs < done:
+            raise CommandError(f"--epochs must be at least the {done:g} epochs this run has already done.")
+        config = validate(config.replace(epochs=args.epochs))
+        runs.update_config(run_dir, config)
+    elif status["state"] == runs.FINISHED:
+        raise CommandError(f"The run {run_dir.name} has finished; pass --epochs N to extend it to N epochs.")
+    return _run_training(config, run_dir)
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from .embed import export_run_embeddings
+
+    run_dir = _existing_run(args.run_dir)
+    paths = export_run_embeddings(run_dir, args.checkpoint, with_umap=args.umap, progress=lambda m: print(m, file=sys.stderr))
+    for path in paths:
+        print(path)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    runs_dir = args.runs_dir or runs.default_runs_dir()
+    summaries = runs.list_runs(runs_dir)
+    if not summaries:
+        print(f"No runs in {runs_dir}.")
+        return 0
+    for s in summaries:
+        knn = f"kNN {s.latest_knn:.1f}% (best {s.best_knn:.1f}%)" if s.latest_knn is not None else "kNN -"
+        print(f"{s.name}  {s.state:<11} epoch {s.epochs_done:g}/{s.epochs_total}  {knn}  {s.disk_bytes / 1e6:.1f} MB")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "resume": cmd_resume, "embed": cmd_embed, "list": cmd_list}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (CommandError, *PLAIN_ERRORS) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,670 @@
+"""Data sets as whole uint8 tensors in memory: CIFAR-10, an image folder (or archive of one), or synthetic.
+
+Every source ends up as the same `Dataset`: uint8 images [N, 3, S, S] on the CPU plus int64 labels, for
+a train and a test split. Training keeps the whole set in memory and augments it with batched tensor
+ops (see DESIGN.md), so there is no per-image loader here, only "decode once, then slice tensors".
+
+Sources, as the user types them:
+- "cifar10":   torchvision's download (fails on machines without internet; the error says what to do);
+- a path:      a folder laid out as train/<class>/<images> and test/<class>/<images>, or a .tar.gz,
+               .tgz, .tar or .zip archive of one (possibly inside one top-level folder). Archives are
+               read in place and nothing is ever written beside the source, which may be read-only;
+               decoded images are cached under the project cache instead;
+- "synthetic": shapes and textures drawn on the fly, for demos and tests that need no files.
+
+Problems the user can fix (missing path, wrong layout, corrupt archive...) raise `DataError` with a
+plain-language message that the dashboard and the command line show as is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import tarfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Iterator
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile
+
+from byol.files import write_atomic
+
+log = logging.getLogger(__name__)
+
+CLASS_NAMES_CIFAR10: list[str] = [
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+]
+
+SYNTHETIC_CLASSES: list[str] = [
+    "disk", "square", "triangle", "plus", "ring",
+    "horizontal stripes", "vertical stripes", "diagonal stripes", "checkerboard", "dots",
+]
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+ARCHIVE_EXTENSIONS: tuple[str, ...] = (".tar.gz", ".tgz", ".tar", ".zip")
+
+# Bump when the decoded cache layout or the decoding itself changes, so old caches are not reused.
+_CACHE_VERSION = 1
+
+_EXPECTED_LAYOUT = (
+    "Expected layout: train/<class>/<images> and test/<class>/<images>, for example "
+    "train/cat/0001.jpg and test/cat/0001.jpg, at the top of the folder or archive or inside one "
+    "folder there."
+)
+
+# Some real-world JPEGs are cut short by a few bytes but still show fine; decode what is there
+# rather than dropping them (a file that is really broken still fails to open and is skipped).
+ImageFile.LOAD_TRUNCATED_IMAGES = True
+
+
+class DataError(ValueError):
+    """Bad or missing data, with a plain-language message meant for the user (no traceback needed)."""
+
+
+@dataclass
+class Dataset:
+    name: str  # "cifar10", "synthetic", or "folder:<basename>"
+    classes: list[str]
+    train_images: torch.Tensor  # uint8 [N, 3, H, W], CPU, contiguous
+    train_labels: torch.Tensor  # int64 [N]
+    test_images: torch.Tensor  # uint8 [M, 3, H, W]
+    test_labels: torch.Tensor  # int64 [M]
+    fingerprint: str  # short stable string identifying the exact content source (a cache key elsewhere)
+    skipped_files: int = 0  # image files that could not be read and were left out
+
+
+def default_cache_dir() -> Path:
+    """The project cache: $BYOL_CACHE_DIR if set, else <repo root>/.cache (git-ignored)."""
+    env = os.environ.get("BYOL_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path(__file__).resolve().parent.parent / ".cache"
+
+
+def describe_source(source: str) -> str:
+    """One plain line saying what `source` refers to, for status lines and run summaries."""
+    kind = _source_kind(source)
+    if kind == "cifar10":
+        return "CIFAR-10 (torchvision download)"
+    if kind == "synthetic":
+        return "synthetic (10 classes, 4,000 train / 1,000 test)"
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return f"image folder {path}"
+    if path.is_file():
+        return f"image archive {path}" if _is_archive_name(path) else f"file {path} (not a data set)"
+    return f"{path} (not found)"
+
+
+def load_dataset(
+    source: str, root: str | None = None, cache_dir: Path | None = None, image_size: int = 32
+) -> Dataset:
+    """Load a data set by the name or path the user gave.
+
+    `root` is where torchvision keeps CIFAR-10 (only used for "cifar10"); `cache_dir` is the project
+    cache (default `default_cache_dir()`), decoded image folders are cached in `<cache_dir>/data`.
+    """
+    if not isinstance(image_size, int) or image_size < 8:
+        raise DataError(f"The image size must be a whole number of at least 8 pixels (got {image_size!r}).")
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    kind = _source_kind(source)
+    if kind == "synthetic":
+        return synthetic_dataset(image_size=image_size)
+    if kind == "cifar10":
+        return _load_cifar10(root, cache_dir, image_size)
+    return _load_folder_or_archive(Path(source).expanduser(), cache_dir / "data", image_size)
+
+
+def _source_kind(source: str) -> str:
+    # The two keywords win over a folder of the same name; "./synthetic" still reaches such a folder.
+    key = source.strip().lower()
+    if key in ("cifar10", "cifar-10"):
+        return "cifar10"
+    if key == "synthetic":
+        return "synthetic"
+    return "path"
+
+
+# --------------------------------------------------------------------------------------------------
+# Single images
+# --------------------------------------------------------------------------------------------------
+
+
+def image_to_uint8_tensor(img: Image.Image, image_size: int = 32) -> torch.Tensor:
+    """Any PIL image (any mode, first frame of an animation) as a uint8 [3, S, S] RGB tensor."""
+    return torch.from_numpy(_image_to_array(img, image_size)).permute(2, 0, 1).contiguous()
+
+
+def _image_to_array(img: Image.Image, size: int) -> np.ndarray:
+    """The work behind `image_to_uint8_tensor`, as HWC numpy so bulk decoding can stack it cheaply."""
+    if getattr(img, "n_frames", 1) > 1:
+        img.seek(0)  # animated GIF/WebP/TIFF: the first frame stands for the file
+    # JPEG can decode at 1/2, 1/4 or 1/8 scale for almost free: a big photo never gets decoded in
+    # full just to be shrunk to 32x32. A no-op for other formats and already-loaded images.
+    img.draft(None, (size, size))
+    img = _to_rgb(img)
+    if img.size != (size, size):
+        # Pillow's bilinear resize is antialiased when shrinking (the filter support grows with the
+        # scale), so small textures do not alias. The whole image is squeezed to a square: simple,
+        # and nothing at the edges is cut away.
+        img = img.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode.startswith("I") or mode == "F":
+        # 16/32-bit and float greyscale: Pillow's convert() clips to 0..255 instead of scaling, which
+        # turns most 16-bit scans white. Scale the value range to 0..255 ourselves.
+        values = np.asarray(img, dtype=np.float32)
+        if mode.startswith("I;16"):
+            values = values / 257.0
+        elif values.size and (values.max() > 255 or values.min() < 0):
+            low, high = float(values.min()), float(values.max())
+            values = (values - low) * (255.0 / max(high - low, 1e-6))
+        return Image.fromarray(np.clip(values, 0, 255).round().astype(np.uint8), "L").convert("RGB")
+    if mode in ("P", "PA") or "A" in mode or "transparency" in img.info:
+        # Transparent pixels often hold arbitrary colour (black, or leftovers from editing): dropping
+        # alpha would show it. Composite on white, the way such images are usually displayed.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def _decode(data: bytes, size: int) -> np.ndarray | None:
+    """Decoded HWC uint8 image, or None when the bytes are not a readable image."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return _image_to_array(img, size)
+    except Exception:  # Pillow raises many kinds (OSError, SyntaxError, ValueError, DecompressionBomb...)
+        return None
+
+
+# --------------------------------------------------------------------------------------------------
+# CIFAR-10 through torchvision
+# --------------------------------------------------------------------------------------------------
+
+
+def _load_cifar10(root: str | None, cache_dir: Path, image_size: int) -> Dataset:
+    from torchvision import datasets  # imported here: it is slow to import and only this source needs it
+
+    folder = Path(root).expanduser() if root else cache_dir / "data" / "cifar10"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        train = datasets.CIFAR10(str(folder), train=True, download=True)
+        test = datasets.CIFAR10(str(folder), train=False, download=True)
+    except Exception as exc:  # URLError, OSError, RuntimeError (checksum)...: all mean "not available"
+        raise DataError(
+            f"CIFAR-10 could not be downloaded (no internet?): {type(exc).__name__}: {exc}. "
+            "To use a local copy, give as the data source a folder with train/<class>/ and "
+            "test/<class>/ images, or a .tar.gz or .zip archive of one "
+            "(for example ../shared/data/cifar10-jpg.tar.gz)."
+        ) from exc
+
+    def to_tensor(data: np.ndarray) -> torch.Tensor:
+        images = torch.from_numpy(np.ascontiguousarray(data)).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
+        return images if image_size == 32 else _resize_batch(images, image_size)
+
+    return Dataset(
+        name="cifar10",
+        classes=list(CLASS_NAMES_CIFAR10),
+        train_images=to_tensor(train.data),
+        train_labels=torch.as_tensor(train.targets, dtype=torch.int64),
+        test_images=to_tensor(test.data),
+        test_labels=torch.as_tensor(test.targets, dtype=torch.int64),
+        fingerprint=f"cifar10-{image_size}",
+    )
+
+
+def _resize_batch(images: torch.Tensor, size: int, chunk: int = 2048) -> torch.Tensor:
+    # In chunks, so a 50k-image float copy never has to exist at once.
+    out = []
+    for start in range(0, len(images), chunk):
+        x = images[start:start + chunk].float()
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out.append(x.round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(out).contiguous()
+
+
+# --------------------------------------------------------------------------------------------------
+# Image folders and archives of them
+# --------------------------------------------------------------------------------------------------
+#
+# All three containers (folder, tar, zip) are first reduced to the same listing: relative POSIX paths
+# of folders and files. Layout checks work on that listing, so they behave the same everywhere and
+# run before any image is decoded. Then the image bytes are read in the container's own order (a
+# .tar.gz can only be read cheaply front to back) and decoded; the result is cached as one .npz.
+
+
+@dataclass
+class _Listing:
+    dirs: set[tuple[str, ...]]  # every folder, given or implied by a file inside it
+    files: list[tuple[str, ...]]  # every regular file, in the container's order
+    stamp: list  # for folders: what the cache key covers besides the path (count, size, newest time)
+
+
+@dataclass
+class _Layout:
+    prefix: tuple[str, ...]  # folder holding train/ and test/: () or one top-level folder
+    classes: list[str]
+    files: dict[tuple[str, ...], tuple[int, int]]  # image file -> (split 0=train 1=test, class index)
+
+
+def _is_archive_name(path: Path) -> bool:
+    return path.name.lower().endswith(ARCHIVE_EXTENSIONS)
+
+
+def _dataset_name(path: Path) -> str:
+    name = path.name
+    for ext in ARCHIVE_EXTENSIONS:
+        if name.lower().endswith(ext):
+            name = name[: -len(ext)]
+            break
+    return f"folder:{name}"
+
+
+def _load_folder_or_archive(path: Path, cache_folder: Path, image_size: int) -> Dataset:
+    if not path.exists():
+        raise DataError(
+            f"Data source not found: {path}. Give 'cifar10', 'synthetic', or the path of an image "
+            "folder or of a .tar.gz/.zip archive of one."
+        )
+    path = path.resolve()
+    listing: _Listing | None = None
+    if path.is_dir():
+        listing = _list_folder(path)  # walking the folder is also how its cache stamp is taken
+        stamp = listing.stamp
+    elif _is_archive_name(path):
+        st = path.stat()  # an archive changes as a whole: size and time are stamp enough
+        stamp = ["archive", st.st_size, st.st_mtime_ns]
+    else:
+        kind = "a single image, not a data set" if path.suffix.lower() in IMAGE_EXTENSIONS else "not a supported file type"
+        raise DataError(
+            f"{path} is {kind}. Give an image folder (train/<class>/, test/<class>/) or an archive "
+            f"of one ending in {', '.join(ARCHIVE_EXTENSIONS)}."
+        )
+
+    fingerprint = f"folder-{_cache_key(path, stamp, image_size)}"
+    cache_file = cache_folder / f"{fingerprint}.npz"
+    cached = _read_cache(cache_file)
+    if cached is not None:
+        return Dataset(name=_dataset_name(path), fingerprint=fingerprint, **cached)
+
+    # Listing a .tar.gz means decompressing all of it, so it is only done when the cache missed.
+    layout = _find_layout(listing or _list_archive(path), path)
+    started = time.perf_counter()
+    arrays = _decode_all(path, layout, image_size)
+    decoded = _assemble(path, layout, arrays)
+    log.info("decoded %d images from %s in %.1f s", len(arrays), path, time.perf_counter() - started)
+    _write_cache(cache_file, decoded)
+    return Dataset(name=_dataset_name(path), fingerprint=fingerprint, **decoded)
+
+
+def _clean_parts(name: str) -> tuple[str, ...] | None:
+    """Archive member name as path parts, or None for entries to ignore (hidden, macOS metadata, unsafe)."""
+    parts = tuple(p for p in name.replace("\\", "/").split("/") if p not in ("", "."))
+    # "._x.jpg" and "__MACOSX/" are resource forks macOS adds to zips; ".DS_Store", ".git" etc. are
+    # never images either. ".." would point outside the archive.
+    if not parts or any(p.startswith(".") or p == "__MACOSX" for p in parts):
+        return None
+    return parts
+
+
+def _with_parents(files: list[tuple[str, ...]], dirs: set[tuple[str, ...]]) -> set[tuple[str, ...]]:
+    # Archives need not list folders as entries; a file implies all its parent folders. Only the
+    # first three levels ([top/]train/<class>) matter for the layout.
+    for parts in files:
+        for depth in range(1, min(len(parts), 4)):
+            dirs.add(parts[:depth])
+    return dirs
+
+
+def _list_folder(path: Path) -> _Listing:
+    """Files under train/ and test/ of `path`, or of its subfolders (one level down)."""
+    tops = [()] + sorted((entry.name,) for entry in os.scandir(path) if entry.is_dir() and not entry.name.startswith("."))
+    dirs: set[tuple[str, ...]] = set()
+    files: list[tuple[str, ...]] = []
+    count, total_size, newest = 0, 0, 0
+    for top in tops:
+        for split in ("train", "test"):
+            split_dir = path.joinpath(*top, split)
+            if not split_dir.is_dir():
+                continue
+            for folder, subdirs, names in os.walk(split_dir, followlinks=True):
+                subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+                rel = top + PurePosixPath(Path(folder).relative_to(path).as_posix()).parts[len(top):]
+                dirs.add(rel)
+                for name in sorted(names):
+                    if name.startswith("."):
+                        continue
+                    files.append(rel + (name,))
+                    # A cheap stand-in for the content: count, total size and newest change time.
+                    st = os.stat(os.path.join(folder, name))
+                    count, total_size, newest = count + 1, total_size + st.st_size, max(newest, st.st_mtime_ns)
+    return _Listing(dirs=_with_parents(files, dirs), files=files, stamp=["folder", count, total_size, newest])
+
+
+def _list_archive(path: Path) -> _Listing:
+    dirs: set[tuple[str, ...]] = set()
+    files: list[tuple[str, ...]] = []
+    try:
+        if path.name.lower().endswith(".zip"):
+            with zipfile.ZipFile(path) as zf:
+                entries = [(info.filename, info.is_dir()) for info in zf.infolist()]
+        else:
+            with tarfile.open(path, "r:*") as tf:  # "r:*" reads plain, gzip, bz2 and xz tars alike
+                entries = [(m.name, m.isdir()) for m in tf.getmembers() if m.isfile() or m.isdir()]
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        raise DataError(
+            f"Could not read the archive {path}: it is damaged or not a {path.suffix} archive ({exc})."
+        ) from exc
+    for name, is_dir in entries:
+        parts = _clean_parts(name)
+        if parts is None or ".." in parts:
+            continue
+        (dirs.add if is_dir else files.append)(parts)  # type: ignore[operator]
+    return _Listing(dirs=_with_parents(files, dirs), files=files, stamp=[])
+
+
+def _find_layout(listing: _Listing, path: Path) -> _Layout:
+    """Locate train/ and test/, check the class folders, and list the image files to decode."""
+    candidates = [p for p in [()] + sorted(d for d in listing.dirs if len(d) == 1)
+                  if p + ("train",) in listing.dirs and p + ("test",) in listing.dirs]
+    if not candidates:
+        has_train = any(d[-1] == "train" for d in listing.dirs if len(d) <= 2)
+        has_test = any(d[-1] == "test" for d in listing.dirs if len(d) <= 2)
+        missing = "a test/ folder" if has_train and not has_test else "a train/ folder" if has_test and not has_train else "train/ and test/ folders"
+        raise DataError(f"{path} does not look like an image data set: no {missing} found. {_EXPECTED_LAYOUT}")
+    if len(candidates) > 1 and candidates[0] != ():
+        found = ", ".join("/".join(c) + "/" for c in candidates)
+        raise DataError(f"{path} holds several data sets ({found}). Point at one of them.")
+    prefix = candidates[0]
+    where = "/".join(prefix + ("",))  # "" or "top/", for messages
+
+    def class_folders(split: str) -> list[str]:
+        base = prefix + (split,)
+        return sorted(d[-1] for d in listing.dirs if len(d) == len(base) + 1 and d[: len(base)] == base)
+
+    def images_in(split: str, cls: str) -> list[tuple[str, ...]]:
+        base = prefix + (split, cls)
+        return [f for f in listing.files if f[: len(base)] == base and len(f) > len(base)
+                and f[-1].lower().endswith(IMAGE_EXTENSIONS)]
+
+    classes = class_folders("train")
+    if len(classes) < 2:
+        found = f"found only '{classes[0]}'" if classes else "found none"
+        raise DataError(
+            f"{path}: the data set needs at least two classes, one folder per class inside "
+            f"{where}train/ ({found}). {_EXPECTED_LAYOUT}"
+        )
+    test_classes = class_folders("test")
+    if not test_classes:
+        raise DataError(f"{path}: {where}test/ has no class folders. {_EXPECTED_LAYOUT}")
+    unknown = [c for c in test_classes if c not in classes]
+    if unknown:
+        raise DataError(
+            f"{path}: {where}test/ has class folders that are not in {where}train/: "
+            f"{', '.join(unknown)}. Test classes must be among the training classes."
+        )
+
+    files: dict[tuple[str, ...], tuple[int, int]] = {}
+    for split_index, (split, names) in enumerate((("train", classes), ("test", test_classes))):
+        for cls in names:
+            found_images = images_in(split, cls)
+            if not found_images:
+                raise DataError(
+                    f"{path}: the class folder {where}{split}/{cls}/ has no images "
+                    f"(looked for {', '.join(IMAGE_EXTENSIONS)})."
+                )
+            for f in found_images:
+                files[f] = (split_index, classes.index(cls))
+    return _Layout(prefix=prefix, classes=classes, files=files)
+
+
+def _read_members(path: Path, wanted: set[tuple[str, ...]]) -> Iterator[tuple[tuple[str, ...], bytes | None]]:
+    """(parts, bytes) for each wanted file, in the container's own order; None bytes = unreadable."""
+    if path.is_dir():
+        for parts in sorted(wanted):
+            try:
+                yield parts, path.joinpath(*parts).read_bytes()
+            except OSError:
+                yield parts, None
+    elif path.name.lower().endswith(".zip"):
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                parts = _clean_parts(info.filename)
+                if parts in wanted:
+                    try:
+                        yield parts, zf.read(info)
+                    except (zipfile.BadZipFile, OSError, ValueError, EOFError):  # one bad member (CRC...)
+                        yield parts, None
+    else:
+        # Front to back: jumping around inside a .tar.gz would decompress it again for every jump.
+        with tarfile.open(path, "r:*") as tf:
+            for member in tf:
+                parts = _clean_parts(member.name)
+                if member.isfile() and parts in wanted:
+                    handle = tf.extractfile(member)
+                    yield parts, handle.read() if handle is not None else None
+
+
+def _decode_all(path: Path, layout: _Layout, size: int) -> dict[tuple[str, ...], np.ndarray | None]:
+    # Plain PIL in one loop: 60k CIFAR JPEGs take ~10 s once, then the cache makes it moot; a process
+    # pool would save a few seconds at the price of much more code.
+    arrays: dict[tuple[str, ...], np.ndarray | None] = {}
+    try:
+        for parts, data in _read_members(path, set(layout.files)):
+            arrays[parts] = _decode(data, size) if data is not None else None
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise DataError(f"Could not read the archive {path}: it is damaged or cut short ({exc}).") from exc
+    for parts in layout.files:  # listed but never reached (a truncated archive): count as unreadable
+        arrays.setdefault(parts, None)
+    return arrays
+
+
+def _assemble(path: Path, layout: _Layout, arrays: dict[tuple[str, ...], np.ndarray | None]) -> dict:
+    """Stack decoded images into the Dataset's tensors (sorted by class, then file name)."""
+    skipped = sum(a is None for a in arrays.values())
+    total = len(arrays)
+    if skipped * 2 > total:
+        raise DataError(
+            f"{path}: {skipped:,} of {total:,} image files could not be read (corrupt, or not really "
+            "images). Is this the right folder?"
+        )
+    if skipped:
+        log.warning("%s: skipped %d unreadable image files of %d", path, skipped, total)
+
+    splits = []
+    for split_index, split in enumerate(("train", "test")):
+        items = sorted((cls, parts) for parts, (s, cls) in layout.files.items() if s == split_index and arrays[parts] is not None)
+        present = {cls for cls, _ in items}
+        listed = {cls for s, cls in layout.files.values() if s == split_index}
+        for cls in sorted(listed - present):
+            raise DataError(
+                f"{path}: none of the images in {'/'.join(layout.prefix + (split, layout.classes[cls]))}/ could be read."
+            )
+        images = np.stack([arrays[parts] for _, parts in items]).transpose(0, 3, 1, 2)  # NHWC -> NCHW
+        labels = np.array([cls for cls, _ in items], dtype=np.int64)
+        splits.append((torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels)))
+    (train_images, train_labels), (test_images, test_labels) = splits
+    return dict(classes=list(layout.classes), train_images=train_images, train_labels=train_labels,
+                test_images=test_images, test_labels=test_labels, skipped_files=skipped)
+
+
+# --------------------------------------------------------------------------------------------------
+# Decoded-image cache
+# --------------------------------------------------------------------------------------------------
+
+
+def _cache_key(path: Path, stamp: list, image_size: int) -> str:
+    # Path + size/time stamp + image size: cheap to compute on every load, and any edit to the source
+    # (new files, a replaced archive) changes it. Content hashing would cost as much as decoding.
+    text = json.dumps([_CACHE_VERSION, str(path), stamp, image_size])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _read_cache(cache_file: Path) -> dict | None:
+    if not cache_file.is_file():
+        return None
+    try:
+        # Uncompressed .npz: 60k CIFAR images (~180 MB) load in well under a second.
+        with np.load(cache_file, allow_pickle=False) as npz:
+            return dict(
+                classes=[str(c) for c in npz["classes"]],
+                train_images=torch.from_numpy(npz["train_images"]),
+                train_labels=torch.from_numpy(npz["train_labels"]),
+                test_images=torch.from_numpy(npz["test_images"]),
+                test_labels=torch.from_numpy(npz["test_labels"]),
+                skipped_files=int(npz["skipped_files"]),
+            )
+    except Exception as exc:  # unreadable or from an older layout: decode again and overwrite it
+        log.warning("ignoring unreadable data cache %s: %s", cache_file, exc)
+        return None
+
+
+def _write_cache(cache_file: Path, decoded: dict) -> None:
+    arrays = {k: v.numpy() for k, v in decoded.items() if isinstance(v, torch.Tensor)}
+    arrays["classes"] = np.array(decoded["classes"], dtype=str)
+    arrays["skipped_files"] = np.array(decoded["skipped_files"], dtype=np.int64)
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        # Temp file + rename: a process killed mid-write never leaves a torn cache behind.
+        write_atomic(cache_file, lambda f: np.savez(f, **arrays))
+    except OSError as exc:  # a read-only or full cache only costs speed next time, never the data
+        log.warning("could not write the data cache %s: %s", cache_file, exc)
+
+
+# --------------------------------------------------------------------------------------------------
+# Synthetic shapes and textures
+# --------------------------------------------------------------------------------------------------
+#
+# Ten classes, each a shape or texture drawn at a random position, size and angle, in a random
+# foreground colour on a random background colour, plus pixel noise. Colour dominates the pixels but
+# says nothing about the class, so raw pixels and an untrained network (whose pooled features are
+# mostly mean colour) do poorly, while a network that learns colour-invariant features (what BYOL's
+# colour jitter and grayscale push it to) can tell them apart, as can anyone looking at them.
+
+
+def synthetic_dataset(
+    train_per_class: int = 400, test_per_class: int = 100, seed: int = 0, image_size: int = 32
+) -> Dataset:
+    """Deterministic synthetic data set: same arguments, identical tensors."""
+    # Independent streams per split, so the test set does not change when the training set grows.
+    train_images, train_labels = _synthetic_split(train_per_class, np.random.default_rng([seed, 0]), image_size)
+    test_images, test_labels = _synthetic_split(test_per_class, np.random.default_rng([seed, 1]), image_size)
+    return Dataset(
+        name="synthetic",
+        classes=list(SYNTHETIC_CLASSES),
+        train_images=train_images,
+        train_labels=train_labels,
+        test_images=test_images,
+        test_labels=test_labels,
+        fingerprint=f"synthetic-s{seed}-{train_per_class}-{test_per_class}-{image_size}",
+    )
+
+
+def _synthetic_split(per_class: int, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    n_classes = len(SYNTHETIC_CLASSES)
+    n = per_class * n_classes
+    labels = np.arange(n) % n_classes  # interleaved: any prefix of the set is (nearly) balanced
+    px = size / 32.0  # sizes below are chosen at 32x32 and scale with the image
+
+    def per_image(low: float, high: float) -> np.ndarray:
+        return rng.uniform(low, high, n).astype(np.float32)[:, None, None]  # [n, 1, 1] broadcasts over pixels
+
+    # Where and how big: shapes stay mostly inside the image; textures are centred on the same point.
+    cx, cy = per_image(0.3 * size, 0.7 * size), per_image(0.3 * size, 0.7 * size)
+    radius = per_image(7 * px, 12 * px)
+    period = per_image(5 * px, 9 * px)  # texture period: above 4 px so nothing aliases at 32x32
+    phase = per_image(0, 1)
+    # Stripe orientation is the class for the three stripe classes, so they only wobble a little;
+    # everything else turns freely. Diagonal stripes lean either way (a horizontal flip swaps them).
+    angle = per_image(0, 2 * math.pi)
+    wobble = per_image(-0.2, 0.2)
+    lean = np.where(rng.random(n) < 0.5, 1.0, -1.0).astype(np.float32)[:, None, None]
+    stripe_angle = {5: 0.0, 6: math.pi / 2}
+    for cls, base in stripe_angle.items():
+        angle[labels == cls] = base + wobble[labels == cls]
+    angle[labels == 7] = (lean * math.pi / 4 + wobble)[labels == 7]
+
+    coords = np.arange(size, dtype=np.float32) + 0.5
+    x, y = coords[None, None, :] - cx, coords[None, :, None] - cy
+    cos, sin = np.cos(angle), np.sin(angle)
+    u, v = cos * x + sin * y, -sin * x + cos * y  # pixel coordinates in the shape's own frame
+
+    # Signed distance to each shape's edge, in pixels (negative inside), so one formula below gives
+    # every class an antialiased one-pixel edge.
+    sdf = np.empty((n, size, size), dtype=np.float32)
+    for cls in range(n_classes):
+        pick = labels == cls
+        sdf[pick] = _shape_sdf(cls, u[pick], v[pick], radius[pick], period[pick], phase[pick])
+    mask = np.clip(0.5 - sdf, 0.0, 1.0)[:, None]  # [n, 1, S, S]; 1 = foreground
+
+    background, foreground = _contrasting_colours(rng, n)
+    images = background[:, :, None, None] * (1 - mask) + foreground[:, :, None, None] * mask
+    images += rng.standard_normal(images.shape, dtype=np.float32) * 8.0
+    images = np.clip(np.rint(images), 0, 255).astype(np.uint8)
+    return torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
+
+
+def _shape_sdf(cls: int, u: np.ndarray, v: np.ndarray, r: np.ndarray, period: np.ndarray, phase: np.ndarray) -> np.ndarray:
+    def box(half_u: np.ndarray, half_v: np.ndarray) -> np.ndarray:
+        du, dv = np.abs(u) - half_u, np.abs(v) - half_v
+        outside = np.sqrt(np.maximum(du, 0) ** 2 + np.maximum(dv, 0) ** 2)
+        return outside + np.minimum(np.maximum(du, dv), 0)
+
+    def wrapped(t: np.ndarray) -> np.ndarray:
+        return t - np.floor(t) - 0.5  # position within a period, in -0.5..0.5
+
+    name = SYNTHETIC_CLASSES[cls]
+    if name == "disk":
+        return np.hypot(u, v) - r
+    if name == "square":
+        return box(0.8 * r, 0.8 * r)
+    if name == "triangle":
+        # Intersection of three half-planes at 120 degrees: exact inside, close enough at the edge.
+        sides = [u * math.cos(a) + v * math.sin(a) for a in (math.pi / 2, math.pi / 2 + 2 * math.pi / 3, math.pi / 2 + 4 * math.pi / 3)]
+        return np.maximum(np.maximum(sides[0], sides[1]), sides[2]) - 0.55 * r
+    if name == "plus":
+        return np.minimum(box(r, 0.3 * r), box(0.3 * r, r))
+    if name == "ring":
+        return np.abs(np.hypot(u, v) - 0.8 * r) - 0.25 * r
+    if name in ("horizontal stripes", "vertical stripes", "diagonal stripes"):
+        return (np.abs(wrapped(v / period + phase)) - 0.25) * period
+    if name == "checkerboard":
+        fu, fv = wrapped(u / period + phase), wrapped(v / period + phase)
+        to_edge = (0.5 - np.maximum(np.abs(fu), np.abs(fv))) * period
+        parity = (np.floor(u / period + phase) + np.floor(v / period + phase)) % 2
+        return np.where(parity == 0, -to_edge, to_edge)
+    if name == "dots":
+        fu, fv = wrapped(u / period + phase), wrapped(v / period + phase)
+        return np.hypot(fu, fv) * period - 0.3 * period
+    raise AssertionError(name)
+
+
+def _contrasting_colours(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random background and foreground RGB colours [n, 3] whose brightness differs clearly.
+
+    Without this, some images would be near-invisible after BYOL's grayscale augmentation, and to
+    people. Redrawing only the failing pairs converges in a few rounds.
+    """
+    luma = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    background = rng.uniform(0, 255, (n, 3)).astype(np.float32)
+    foreground = rng.uniform(0, 255, (n, 3)).astype(np.float32)
+    for _ in range(100):
+        bad = np.abs((foreground - background) @ luma) < 60
+        if not bad.any():
+            break
+        foreground[bad] = rng.uniform(0, 255, (int(bad.sum()), 3))
+    return background, foreground

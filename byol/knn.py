@@ -1,0 +1,164 @@
+"""Feature extraction, weighted kNN accuracy, the raw-pixel floor and the effective rank.
+
+The kNN monitor is the field's (InstDisc / solo-learn / lightly): L2-normalised features, cosine
+similarity, the k most similar bank images vote for their class with weight exp(sim / T).
+Bank = training split without augmentation, queries = test split. It needs no labels to train, so
+it is the honest, cheap measure of what self-supervision learned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .augment import plain_view
+from .files import read_json, write_json_atomic
+
+
+def autocast_context(device: torch.device, use_bf16: bool):
+    """bf16 autocast on the given device when asked for, else a no-op context."""
+    if use_bf16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def extract_features(
+    backbone: nn.Module,
+    images: torch.Tensor,
+    batch_size: int = 512,
+    use_bf16: bool = False,
+    channels_last: bool = False,
+    normalize: bool = True,
+) -> torch.Tensor:
+    """Backbone features of uint8 images, in eval mode, as float32 (L2-normalised unless told not to).
+
+    Images are moved to the backbone's device batch by batch, so a CPU-resident bank works with a
+    GPU backbone. Returns features on the backbone's device.
+    """
+    device = next(backbone.parameters()).device
+    was_training = backbone.training
+    backbone.eval()
+    chunks = []
+    try:
+        for start in range(0, images.shape[0], batch_size):
+            x = plain_view(images[start : start + batch_size].to(device, non_blocking=True))
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast_context(device, use_bf16):
+                chunks.append(backbone(x).float())
+    finally:
+        backbone.train(was_training)
+    features = torch.cat(chunks) if chunks else torch.empty(0, 0, device=device)
+    return F.normalize(features, dim=1) if normalize else features
+
+
+@torch.no_grad()
+def knn_predict(
+    bank: torch.Tensor,
+    bank_labels: torch.Tensor,
+    queries: torch.Tensor,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
+    chunk_size: int = 1024,
+) -> torch.Tensor:
+    """Weighted-vote kNN class predictions for L2-normalised `queries` against an L2-normalised `bank`."""
+    k = min(k, bank.shape[0])
+    bank_labels = bank_labels.to(bank.device)
+    predictions = []
+    for start in range(0, queries.shape[0], chunk_size):
+        sim = queries[start : start + chunk_size].to(bank.device) @ bank.T  # cosine similarity
+        top_sim, top_idx = sim.topk(k, dim=1)
+        weights = (top_sim / temperature).exp()
+        votes = torch.zeros(sim.shape[0], num_classes, device=bank.device)
+        votes.scatter_add_(1, bank_labels[top_idx], weights)
+        predictions.append(votes.argmax(dim=1))
+    return torch.cat(predictions).cpu()
+
+
+def knn_accuracy(
+    bank: torch.Tensor,
+    bank_labels: torch.Tensor,
+    queries: torch.Tensor,
+    query_labels: torch.Tensor,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
+) -> float:
+    """Share of queries whose kNN vote equals their label, in percent."""
+    predicted = knn_predict(bank, bank_labels, queries, num_classes, k, temperature)
+    return 100.0 * float((predicted == query_labels.cpu()).float().mean())
+
+
+def per_class_accuracy(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:
+    """Accuracy in percent for each class (NaN for a class without queries)."""
+    result = []
+    for c in range(num_classes):
+        mask = labels == c
+        result.append(100.0 * float((predicted[mask] == c).float().mean()) if mask.any() else float("nan"))
+    return result
+
+
+def pixel_features(images: torch.Tensor, mean: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean-centred, L2-normalised raw pixels (and the mean used, so queries centre on the bank's mean)."""
+    flat = images.reshape(images.shape[0], -1).float() / 255
+    if mean is None:
+        mean = flat.mean(dim=0)
+    return F.normalize(flat - mean, dim=1), mean
+
+
+def effective_rank(features: torch.Tensor) -> float:
+    """exp(entropy of the normalised singular values) of centred features (Roy & Vetterli, 2007).
+
+    Near the feature dimension when the representation spreads over many directions, near 1 when it
+    has collapsed to a line. Label-free, so it is a collapse signal the user can trust.
+    """
+    x = features.float()
+    x = x - x.mean(dim=0)
+    s = torch.linalg.svdvals(x)
+    p = s / s.sum().clamp_min(1e-12)
+    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum()
+    return float(entropy.exp())
+
+
+def eval_indices(total: int, size: int, seed: int = 1234) -> torch.Tensor:
+    """A fixed, seed-independent choice of `size` indices (all when size is 0), so runs share their bank."""
+    if size <= 0 or size >= total:
+        return torch.arange(total)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(total, generator=generator)[:size].sort().values
+
+
+def pixel_knn_accuracy(
+    bank_images: torch.Tensor,
+    bank_labels: torch.Tensor,
+    query_images: torch.Tensor,
+    query_labels: torch.Tensor,
+    num_classes: int,
+    k: int,
+    temperature: float,
+    cache_file: Path | None = None,
+    cache_key: str = "",
+) -> float:
+    """kNN accuracy on mean-centred raw pixels: the floor a learned representation has to beat.
+
+    Computed once per data set and bank/query choice: results are kept in a small JSON file.
+    """
+    cached = read_json(cache_file, {}) if cache_file is not None else {}
+    if not isinstance(cached, dict):
+        cached = {}
+    if cache_key in cached:
+        return float(cached[cache_key])
+    bank, mean = pixel_features(bank_images)
+    queries, _ = pixel_features(query_images, mean)
+    accuracy = knn_accuracy(bank, bank_labels, queries, query_labels, num_classes, k, temperature)
+    if cache_file is not None:
+        cached[cache_key] = accuracy
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(cache_file, cached)
+    return accuracy

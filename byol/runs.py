@@ -1,0 +1,382 @@
+"""Run directories: create them, name them safely, read their status, metrics and checkpoints.
+
+Everything the product shows comes from these folders, whoever trained them (the app's background
+thread or the command line):
+
+    <runs dir>/<run name>/
+      config.json     the TrainConfig at launch (updated when a resume extends the run)
+      status.json     state, message, pid, heartbeat, progress
+      metrics.jsonl   one JSON object per line: {"kind": "step", ...} or {"kind": "eval", ...}
+      last.pt         newest full checkpoint (resume from here)
+      step-*.pt       online backbone at each evaluation point
+      embeddings/     exported features and UMAP coordinates
+
+A run is live while its process is: a status that says queued/running but whose process is gone
+(same machine), or whose heartbeat is stale (another machine sharing the disk), reads `interrupted`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .config import TrainConfig
+from .files import read_json, write_atomic, write_json_atomic
+
+QUEUED, RUNNING, FINISHED, STOPPED, FAILED, INTERRUPTED = (
+    "queued", "running", "finished", "stopped", "failed", "interrupted",
+)
+LIVE_STATES = (QUEUED, RUNNING)
+RESUMABLE_STATES = (STOPPED, FAILED, INTERRUPTED)
+HEARTBEAT_SECONDS = 3.0
+STALE_SECONDS = 60.0  # only used for runs whose process lives on another machine
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+
+
+class RunError(ValueError):
+    """A run-level problem (bad name, missing run, run busy); the message is meant for the user."""
+
+
+def default_runs_dir() -> Path:
+    """`$BYOL_RUNS_DIR` if set, else the project's `checkpoints/` folder."""
+    env = os.environ.get("BYOL_RUNS_DIR")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "checkpoints"
+
+
+# --- names and creation ----------------------------------------------------------------------
+def check_run_name(name: str) -> str:
+    """Return `name` if it is a safe folder name, else raise RunError saying why."""
+    if not isinstance(name, str) or not name.strip():
+        raise RunError("A run name cannot be empty.")
+    if len(name) > 80:
+        raise RunError(f"A run name can be at most 80 characters long; this one has {len(name)}.")
+    if not NAME_PATTERN.match(name) or ".." in name:
+        raise RunError(
+            "A run name may use only letters, digits, dots, dashes and underscores, and must start "
+            f"with a letter or digit; got {name!r}."
+        )
+    return name
+
+
+def slugify(text: str, max_len: int = 40) -> str:
+    """A safe fragment for a generated run name: lower-case ASCII letters, digits and dashes."""
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug[:max_len].strip("-") or "run"
+
+
+def run_path(runs_dir: Path, name: str) -> Path:
+    """The folder of run `name` inside `runs_dir` (the name is checked, so it cannot escape)."""
+    return Path(runs_dir) / check_run_name(name)
+
+
+def create_run(runs_dir: Path, config: TrainConfig, name: str | None = None) -> Path:
+    """Make a new run folder holding its config.json and a `queued` status, atomically.
+
+    The folder is assembled under a hidden temporary name and renamed into place, so a reader never
+    sees a run without its config, and two launches never get the same folder.
+    """
+    runs_dir = Path(runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    if name is not None:
+        check_run_name(name)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = name or f"{stamp}-{slugify(config.preset or 'custom')}-{slugify(_data_label(config), 24)}"
+    staging = runs_dir / f".creating-{os.getpid()}-{time.monotonic_ns()}"
+    staging.mkdir()
+    try:
+        write_json_atomic(staging / "config.json", config.to_dict())
+        write_json_atomic(staging / "status.json", _status_record(QUEUED, "Waiting to start.", created=time.time()))
+        for attempt in range(1000):
+            target = runs_dir / (base if attempt == 0 else f"{base}-{attempt + 1}")
+            try:
+                os.rename(staging, target)  # fails if target exists and is not empty
+                return target
+            except OSError:
+                if not target.exists():
+                    raise
+        raise RunError(f"Could not find a free run name starting with {base}.")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _data_label(config: TrainConfig) -> str:
+    if config.data in ("cifar10", "synthetic"):
+        return config.data
+    return Path(config.data).name.split(".")[0] or "folder"
+
+
+def read_config(run_dir: Path) -> TrainConfig:
+    values = read_json(Path(run_dir) / "config.json")
+    if not isinstance(values, dict):
+        raise RunError(f"The run {Path(run_dir).name} has no readable config.json.")
+    return TrainConfig.from_dict(values)
+
+
+def update_config(run_dir: Path, config: TrainConfig) -> None:
+    """Replace config.json (a resume that extends the run to more epochs)."""
+    write_json_atomic(Path(run_dir) / "config.json", config.to_dict())
+
+
+# --- status ----------------------------------------------------------------------------------
+def _process_start_time(pid: int) -> str | None:
+    """The kernel's start time of `pid` (Linux), to tell a live process from a reused pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def process_alive(pid: int | None, start_time: str | None = None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    if start_time is not None:
+        current = _process_start_time(pid)
+        if current is not None and current != start_time:
+            return False  # the pid was reused by another process
+    return True
+
+
+def _status_record(state: str, message: str = "", **fields: Any) -> dict[str, Any]:
+    now = time.time()
+    pid = os.getpid()
+    return {
+        "state": state,
+        "message": message,
+        "pid": pid,
+        "pid_start": _process_start_time(pid),
+        "host": socket.gethostname(),
+        "heartbeat": now,
+        "updated": now,
+        **fields,
+    }
+
+
+def write_status(run_dir: Path, state: str, message: str = "", **fields: Any) -> dict[str, Any]:
+    """Replace status.json, keeping fields such as `started` from the previous record."""
+    previous = read_json(Path(run_dir) / "status.json", {}) or {}
+    record = {**{k: v for k, v in previous.items() if k in ("created", "started", "progress", "world_size")}, **_status_record(state, message, **fields)}
+    write_json_atomic(Path(run_dir) / "status.json", record)
+    return record
+
+
+def touch_heartbeat(run_dir: Path, **fields: Any) -> None:
+    """Refresh the heartbeat (and progress fields) of a live run without changing its state."""
+    path = Path(run_dir) / "status.json"
+    record = read_json(path, {}) or {}
+    if record.get("state") not in LIVE_STATES:
+        return
+    record.update(fields, heartbeat=time.time())
+    write_json_atomic(path, record)
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    """status.json with the truth about liveness: a live state whose process is gone reads `interrupted`."""
+    record = read_json(Path(run_dir) / "status.json")
+    if not isinstance(record, dict) or "state" not in record:
+        return {"state": INTERRUPTED, "message": "The run's status file is missing or damaged."}
+    if record["state"] in LIVE_STATES and not _is_live(record):
+        record = {
+            **record,
+            "state": INTERRUPTED,
+            "message": "The process training this run ended without finishing (server restart, crash or kill). Resume to continue.",
+        }
+    return record
+
+
+def _is_live(record: dict[str, Any]) -> bool:
+    if record.get("host") == socket.gethostname():
+        return process_alive(record.get("pid"), record.get("pid_start"))
+    return time.time() - float(record.get("heartbeat", 0)) < STALE_SECONDS
+
+
+# --- metrics ---------------------------------------------------------------------------------
+def append_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """Append rows to metrics.jsonl, one complete line each, flushed to disk."""
+    if not rows:
+        return
+    text = "".join(json.dumps(_finite(row)) + "\n" for row in rows)
+    with open(Path(run_dir) / "metrics.jsonl", "a") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _finite(row: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no NaN/inf: write them as null."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+
+
+def read_metric_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """All complete rows of metrics.jsonl; a torn last line (a kill mid-write) is skipped."""
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = []
+    try:
+        with open(path) as handle:
+            for line in handle:
+                if not line.endswith("\n"):
+                    break  # torn final line
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(row, dict):
+                    rows.append(row)
+    except FileNotFoundError:
+        pass
+    return rows
+
+
+def truncate_metrics(run_dir: Path, last_step: int) -> None:
+    """Keep only rows up to `last_step` (the resumed checkpoint's step), so curves hold no duplicates.
+
+    Eval rows are written at the step they measure and step rows after the step they log, so both
+    compare against the step the checkpoint was taken at.
+    """
+    rows = [r for r in read_metric_rows(run_dir) if int(r.get("step", 0)) <= last_step]
+    write_atomic(Path(run_dir) / "metrics.jsonl", lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows)), "w")
+
+
+def read_metrics(run_dir: Path) -> "pd.DataFrame":
+    """metrics.jsonl as a DataFrame (column `kind` is "step" or "eval"); empty with the key columns when absent."""
+    import pandas as pd
+
+    rows = read_metric_rows(run_dir)
+    frame = pd.DataFrame(rows)
+    for column in ("kind", "step", "epoch"):
+        if column not in frame:
+            frame[column] = pd.Series(dtype="object" if column == "kind" else "float")
+    return frame
+
+
+# --- checkpoints and listing -----------------------------------------------------------------
+@dataclass
+class Snapshot:
+    path: Path
+    step: int
+    label: str  # what a person sees: "step 1,200 (epoch 3)"
+
+
+def list_snapshots(run_dir: Path) -> list[Snapshot]:
+    """Evaluation-point checkpoints, oldest first, with last.pt appended when it is newer."""
+    run_dir = Path(run_dir)
+    evals = {int(r["step"]): r for r in read_metric_rows(run_dir) if r.get("kind") == "eval"}
+    snapshots = []
+    for path in sorted(run_dir.glob("step-*.pt")):
+        try:
+            step = int(path.stem.split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        row = evals.get(step, {})
+        epoch = row.get("epoch")
+        knn = row.get("knn")
+        label = f"step {step:,}" + (f" (epoch {epoch:g})" if epoch is not None else "")
+        if knn is not None:
+            label += f", kNN {knn:.1f}%"
+        snapshots.append(Snapshot(path, step, label))
+    return snapshots
+
+
+def disk_bytes(run_dir: Path) -> int:
+    return sum(p.stat().st_size for p in Path(run_dir).rglob("*") if p.is_file())
+
+
+@dataclass
+class RunSummary:
+    name: str
+    path: Path
+    state: str
+    message: str
+    preset: str
+    data: str
+    head_bn: bool
+    epochs_done: float
+    epochs_total: int
+    step: int
+    latest_knn: float | None
+    best_knn: float | None
+    baseline_knn: float | None  # the random-init network at step 0
+    pixel_knn: float | None
+    last_loss: float | None
+    last_z_std: float | None
+    disk_bytes: int
+    started: str
+    created: float
+    world_size: int
+    demo: bool
+
+
+def summarize_run(run_dir: Path) -> RunSummary:
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    status = read_status(run_dir)
+    rows = read_metric_rows(run_dir)
+    evals = [r for r in rows if r.get("kind") == "eval" and r.get("knn") is not None]
+    steps = [r for r in rows if r.get("kind") == "step"]
+    last_row = rows[-1] if rows else {}
+    started = status.get("started")
+    return RunSummary(
+        name=run_dir.name,
+        path=run_dir,
+        state=status.get("state", INTERRUPTED),
+        message=status.get("message", ""),
+        preset=config.preset,
+        data=config.data,
+        head_bn=config.head_bn,
+        epochs_done=float(last_row.get("epoch", 0) or 0),
+        epochs_total=config.epochs,
+        step=int(last_row.get("step", 0) or 0),
+        latest_knn=evals[-1]["knn"] if evals else None,
+        best_knn=max(r["knn"] for r in evals) if evals else None,
+        baseline_knn=evals[0]["knn"] if evals and evals[0].get("step") == 0 else None,
+        pixel_knn=next((r["pixel_knn"] for r in reversed(evals) if r.get("pixel_knn") is not None), None),
+        last_loss=steps[-1].get("loss") if steps else None,
+        last_z_std=steps[-1].get("z_std") if steps else None,
+        disk_bytes=disk_bytes(run_dir),
+        started=datetime.fromtimestamp(started, timezone.utc).astimezone().strftime("%Y-%m-%d %H:%M") if started else "",
+        created=float(status.get("created") or (run_dir / "config.json").stat().st_mtime),
+        world_size=int(status.get("world_size", 1) or 1),
+        demo=bool((read_json(run_dir / "demo.json", {}) or {})),
+    )
+
+
+def list_runs(runs_dir: Path | None = None) -> list[RunSummary]:
+    """Every readable run in `runs_dir`, newest first; folders that are not runs are skipped."""
+    runs_dir = Path(runs_dir) if runs_dir else default_runs_dir()
+    if not runs_dir.is_dir():
+        return []
+    summaries = []
+    for folder in runs_dir.iterdir():
+        if folder.name.startswith(".") or not (folder / "config.json").is_file():
+            continue
+        try:
+            summaries.append(summarize_run(folder))
+        except (RunError, OSError, ValueError, TypeError):
+            continue
+    return sorted(summaries, key=lambda s: s.created, reverse=True)
+
+
+def delete_run(run_dir: Path, force: bool = False) -> None:
+    """Remove a run folder; refuses while the run is live unless `force` (for a run that never started)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise RunError(f"{run_dir.name} is not a run folder.")
+    if not force and read_status(run_dir).get("state") in LIVE_STATES:
+        raise RunError(f"The run {run_dir.name} is still queued or training; stop it before deleting it.")
+    shutil.rmtree(run_dir)
