@@ -45,7 +45,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"The checkpoint {path.name} is empty (0 bytes); it cannot be used.")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as error:
+        if "GLOBAL" not in str(error):  # garbage, not a smuggled object
+            raise CheckpointError(f"The checkpoint {path.name} is damaged or not a PyTorch checkpoint.") from None
         raise CheckpointError(
             f"The checkpoint {path.name} was refused: it holds Python objects other than weights, "
             "and loading them could run code. Only BYOL Studio checkpoints are accepted."

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,6 +198,11 @@ def config_errors(config: TrainConfig) -> list[str]:
     errors = [e for name in _NUMERIC_RANGES if (e := _check_number(name, getattr(config, name)))]
     if not isinstance(config.data, str) or not config.data.strip():
         errors.append("Data source (data) must be 'cifar10', 'synthetic' or a path to an image folder.")
+    elif config.data not in ("cifar10", "synthetic") and not Path(config.data).expanduser().exists():
+        errors.append(
+            f"Data source (data): there is no folder or archive at {config.data}. Give 'cifar10', 'synthetic', "
+            "or the path of a folder with train/<class>/ and test/<class>/ images (or a .tar.gz/.zip of one)."
+        )
     if config.optimizer not in OPTIMIZERS:
         errors.append(f"Optimizer (optimizer) must be one of {', '.join(OPTIMIZERS)}; got {config.optimizer!r}.")
     if config.tau_schedule not in TAU_SCHEDULES:

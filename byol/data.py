@@ -27,8 +27,9 @@ import os
 import tarfile
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -156,7 +157,7 @@ def _image_to_array(img: Image.Image, size: int) -> np.ndarray:
         # scale), so small textures do not alias. The whole image is squeezed to a square: simple,
         # and nothing at the edges is cut away.
         img = img.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(img, dtype=np.uint8)
+    return np.array(img, dtype=np.uint8)  # a writable copy: torch warns about read-only arrays
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -247,6 +248,11 @@ def _resize_batch(images: torch.Tensor, size: int, chunk: int = 2048) -> torch.T
 # .tar.gz can only be read cheaply front to back) and decoded; the result is cached as one .npz.
 
 
+# What a damaged or mislabelled archive raises, depending on where the damage is (header, index,
+# compressed stream, or the end cut off).
+_ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError)
+
+
 @dataclass
 class _Listing:
     dirs: set[tuple[str, ...]]  # every folder, given or implied by a file inside it
@@ -315,7 +321,7 @@ def _clean_parts(name: str) -> tuple[str, ...] | None:
     """Archive member name as path parts, or None for entries to ignore (hidden, macOS metadata, unsafe)."""
     parts = tuple(p for p in name.replace("\\", "/").split("/") if p not in ("", "."))
     # "._x.jpg" and "__MACOSX/" are resource forks macOS adds to zips; ".DS_Store", ".git" etc. are
-    # never images either. ".." would point outside the archive.
+    # never images either; ".." (starts with a dot too) would point outside the archive.
     if not parts or any(p.startswith(".") or p == "__MACOSX" for p in parts):
         return None
     return parts
@@ -343,7 +349,7 @@ def _list_folder(path: Path) -> _Listing:
                 continue
             for folder, subdirs, names in os.walk(split_dir, followlinks=True):
                 subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-                rel = top + PurePosixPath(Path(folder).relative_to(path).as_posix()).parts[len(top):]
+                rel = Path(folder).relative_to(path).parts
                 dirs.add(rel)
                 for name in sorted(names):
                     if name.startswith("."):
@@ -365,53 +371,65 @@ def _list_archive(path: Path) -> _Listing:
         else:
             with tarfile.open(path, "r:*") as tf:  # "r:*" reads plain, gzip, bz2 and xz tars alike
                 entries = [(m.name, m.isdir()) for m in tf.getmembers() if m.isfile() or m.isdir()]
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+    except _ARCHIVE_ERRORS as exc:
         raise DataError(
             f"Could not read the archive {path}: it is damaged or not a {path.suffix} archive ({exc})."
         ) from exc
     for name, is_dir in entries:
         parts = _clean_parts(name)
-        if parts is None or ".." in parts:
+        if parts is None:
             continue
         (dirs.add if is_dir else files.append)(parts)  # type: ignore[operator]
     return _Listing(dirs=_with_parents(files, dirs), files=files, stamp=[])
 
 
-def _find_layout(listing: _Listing, path: Path) -> _Layout:
-    """Locate train/ and test/, check the class folders, and list the image files to decode."""
+def _data_root(listing: _Listing, path: Path) -> tuple[str, ...]:
+    """The folder holding train/ and test/: the top itself, or the one folder there that has both."""
     candidates = [p for p in [()] + sorted(d for d in listing.dirs if len(d) == 1)
                   if p + ("train",) in listing.dirs and p + ("test",) in listing.dirs]
     if not candidates:
-        has_train = any(d[-1] == "train" for d in listing.dirs if len(d) <= 2)
-        has_test = any(d[-1] == "test" for d in listing.dirs if len(d) <= 2)
-        missing = "a test/ folder" if has_train and not has_test else "a train/ folder" if has_test and not has_train else "train/ and test/ folders"
-        raise DataError(f"{path} does not look like an image data set: no {missing} found. {_EXPECTED_LAYOUT}")
-    if len(candidates) > 1 and candidates[0] != ():
-        found = ", ".join("/".join(c) + "/" for c in candidates)
+        has = {name for d in listing.dirs if len(d) <= 2 for name in ("train", "test") if d[-1] == name}
+        if has == {"train"}:
+            problem = "it has a train/ folder but no test/ folder"
+        elif has == {"test"}:
+            problem = "it has a test/ folder but no train/ folder"
+        else:
+            problem = "no train/ and test/ folders found"
+        raise DataError(f"{path} does not look like an image data set: {problem}. {_EXPECTED_LAYOUT}")
+    if len(candidates) > 1 and candidates[0] != ():  # a layout at the top wins over ones inside
+        found = ", ".join(c[0] + "/" for c in candidates)
         raise DataError(f"{path} holds several data sets ({found}). Point at one of them.")
-    prefix = candidates[0]
-    where = "/".join(prefix + ("",))  # "" or "top/", for messages
+    return candidates[0]
 
-    def class_folders(split: str) -> list[str]:
-        base = prefix + (split,)
-        return sorted(d[-1] for d in listing.dirs if len(d) == len(base) + 1 and d[: len(base)] == base)
 
-    def images_in(split: str, cls: str) -> list[tuple[str, ...]]:
-        base = prefix + (split, cls)
-        return [f for f in listing.files if f[: len(base)] == base and len(f) > len(base)
-                and f[-1].lower().endswith(IMAGE_EXTENSIONS)]
+def _find_layout(listing: _Listing, path: Path) -> _Layout:
+    """Locate train/ and test/, check the class folders, and list the image files to decode."""
+    prefix = _data_root(listing, path)
+    depth = len(prefix)
+    where = "".join(part + "/" for part in prefix)  # "" or "top/", for messages
 
-    classes = class_folders("train")
+    # One pass each over folders and files: class folders per split, image files per (split, class).
+    # Images may sit at any depth below their class folder; other files (notes, thumbnails) are ignored.
+    class_folders: dict[str, set[str]] = {"train": set(), "test": set()}
+    for d in listing.dirs:
+        if len(d) == depth + 2 and d[:depth] == prefix and d[depth] in class_folders:
+            class_folders[d[depth]].add(d[depth + 1])
+    images: dict[tuple[str, str], list[tuple[str, ...]]] = {}
+    for f in listing.files:
+        if (len(f) > depth + 2 and f[:depth] == prefix and f[depth] in class_folders
+                and f[-1].lower().endswith(IMAGE_EXTENSIONS)):
+            images.setdefault((f[depth], f[depth + 1]), []).append(f)
+
+    classes, test_classes = sorted(class_folders["train"]), sorted(class_folders["test"])
     if len(classes) < 2:
         found = f"found only '{classes[0]}'" if classes else "found none"
         raise DataError(
             f"{path}: the data set needs at least two classes, one folder per class inside "
             f"{where}train/ ({found}). {_EXPECTED_LAYOUT}"
         )
-    test_classes = class_folders("test")
     if not test_classes:
         raise DataError(f"{path}: {where}test/ has no class folders. {_EXPECTED_LAYOUT}")
-    unknown = [c for c in test_classes if c not in classes]
+    unknown = [c for c in test_classes if c not in class_folders["train"]]
     if unknown:
         raise DataError(
             f"{path}: {where}test/ has class folders that are not in {where}train/: "
@@ -421,13 +439,12 @@ def _find_layout(listing: _Listing, path: Path) -> _Layout:
     files: dict[tuple[str, ...], tuple[int, int]] = {}
     for split_index, (split, names) in enumerate((("train", classes), ("test", test_classes))):
         for cls in names:
-            found_images = images_in(split, cls)
-            if not found_images:
+            if (split, cls) not in images:
                 raise DataError(
                     f"{path}: the class folder {where}{split}/{cls}/ has no images "
                     f"(looked for {', '.join(IMAGE_EXTENSIONS)})."
                 )
-            for f in found_images:
+            for f in images[(split, cls)]:
                 files[f] = (split_index, classes.index(cls))
     return _Layout(prefix=prefix, classes=classes, files=files)
 
@@ -437,18 +454,20 @@ def _read_members(path: Path, wanted: set[tuple[str, ...]]) -> Iterator[tuple[tu
     if path.is_dir():
         for parts in sorted(wanted):
             try:
-                yield parts, path.joinpath(*parts).read_bytes()
-            except OSError:
-                yield parts, None
+                content: bytes | None = path.joinpath(*parts).read_bytes()
+            except OSError:  # permission denied, vanished meanwhile...: skipped like a corrupt image
+                content = None
+            yield parts, content
     elif path.name.lower().endswith(".zip"):
         with zipfile.ZipFile(path) as zf:
             for info in zf.infolist():
                 parts = _clean_parts(info.filename)
                 if parts in wanted:
                     try:
-                        yield parts, zf.read(info)
-                    except (zipfile.BadZipFile, OSError, ValueError, EOFError):  # one bad member (CRC...)
-                        yield parts, None
+                        content = zf.read(info)
+                    except _ARCHIVE_ERRORS:  # one damaged member (bad CRC...): skip just that file
+                        content = None
+                    yield parts, content
     else:
         # Front to back: jumping around inside a .tar.gz would decompress it again for every jump.
         with tarfile.open(path, "r:*") as tf:
@@ -466,7 +485,7 @@ def _decode_all(path: Path, layout: _Layout, size: int) -> dict[tuple[str, ...],
     try:
         for parts, data in _read_members(path, set(layout.files)):
             arrays[parts] = _decode(data, size) if data is not None else None
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
+    except _ARCHIVE_ERRORS as exc:
         raise DataError(f"Could not read the archive {path}: it is damaged or cut short ({exc}).") from exc
     for parts in layout.files:  # listed but never reached (a truncated archive): count as unreadable
         arrays.setdefault(parts, None)
@@ -488,12 +507,10 @@ def _assemble(path: Path, layout: _Layout, arrays: dict[tuple[str, ...], np.ndar
     splits = []
     for split_index, split in enumerate(("train", "test")):
         items = sorted((cls, parts) for parts, (s, cls) in layout.files.items() if s == split_index and arrays[parts] is not None)
-        present = {cls for cls, _ in items}
-        listed = {cls for s, cls in layout.files.values() if s == split_index}
-        for cls in sorted(listed - present):
-            raise DataError(
-                f"{path}: none of the images in {'/'.join(layout.prefix + (split, layout.classes[cls]))}/ could be read."
-            )
+        unreadable = {cls for s, cls in layout.files.values() if s == split_index} - {cls for cls, _ in items}
+        if unreadable:
+            folder = "/".join(layout.prefix + (split, layout.classes[min(unreadable)]))
+            raise DataError(f"{path}: none of the images in {folder}/ could be read.")
         images = np.stack([arrays[parts] for _, parts in items]).transpose(0, 3, 1, 2)  # NHWC -> NCHW
         labels = np.array([cls for cls, _ in items], dtype=np.int64)
         splits.append((torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels)))
@@ -611,11 +628,16 @@ def _synthetic_split(per_class: int, rng: np.random.Generator, size: int) -> tup
         sdf[pick] = _shape_sdf(cls, u[pick], v[pick], radius[pick], period[pick], phase[pick])
     mask = np.clip(0.5 - sdf, 0.0, 1.0)[:, None]  # [n, 1, S, S]; 1 = foreground
 
+    return torch.from_numpy(_paint(mask, rng)), torch.from_numpy(labels.astype(np.int64))
+
+
+def _paint(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """uint8 images [n, 3, S, S]: foreground colour where mask is 1, background where 0, plus noise."""
+    n = len(mask)
     background, foreground = _contrasting_colours(rng, n)
     images = background[:, :, None, None] * (1 - mask) + foreground[:, :, None, None] * mask
     images += rng.standard_normal(images.shape, dtype=np.float32) * 8.0
-    images = np.clip(np.rint(images), 0, 255).astype(np.uint8)
-    return torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
+    return np.clip(np.rint(images), 0, 255).astype(np.uint8)
 
 
 def _shape_sdf(cls: int, u: np.ndarray, v: np.ndarray, r: np.ndarray, period: np.ndarray, phase: np.ndarray) -> np.ndarray:

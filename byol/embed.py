@@ -157,3 +157,18 @@ def export_run_embeddings(
         umap_coordinates(run_dir, checkpoint, "test", data, progress)
         paths.append(umap_path(run_dir, checkpoint, "test"))
     return paths
+
+
+def save_embeddings(
+    run_dir: Path, checkpoint: Path, split: str, features: np.ndarray, labels: np.ndarray, classes: list[str]
+) -> Path:
+    """Save features computed elsewhere (e.g. chunk by chunk with progress) in export_embeddings' format."""
+    path = embedding_path(run_dir, checkpoint, split)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    np.savez_compressed(
+        buffer, features=np.asarray(features, dtype=np.float16), labels=np.asarray(labels, dtype=np.int64),
+        indices=np.arange(len(labels)), classes=np.array(classes),
+    )
+    write_atomic(path, lambda f: f.write(buffer.getvalue()))
+    return path

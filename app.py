@@ -1,0 +1,96 @@
+"""BYOL Studio, home: what BYOL does, which device trains, the runs, and where to go next.
+
+Start with `streamlit run app.py`. The other pages live in pages/.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from byol import runs
+from ui.common import (
+    RUNS_TABLE_COLUMNS, device_facts, fmt_pct, get_runner, knn_figure, link, page_setup, plain_errors, runs_dir,
+    runs_table,
+)
+
+page_setup("Home", ":material/home:")
+
+st.title("BYOL Studio")
+st.markdown(
+    "BYOL teaches a network to describe images **without any labels**: it shows the network two "
+    "randomly edited copies of each picture (cropped, recoloured, flipped) and trains it to give both "
+    "the same description. Images that look alike then end up with similar descriptions, which we "
+    "measure with **kNN accuracy**: how often a test image's most similar training images share its class."
+)
+
+device = device_facts()
+precision = "bf16 (fast half-size numbers)" if device["bf16"] else "fp32 (full precision)"
+if device["is_cpu"]:
+    st.warning(
+        f"Training device: **{device['name']}**, {precision}. No GPU here: training will be slow, "
+        "use the **cpu** preset (it learns visibly in minutes).",
+        icon=":material/memory:",
+    )
+else:
+    st.info(f"Training device: **{device['name']}**, {precision}.", icon=":material/memory:")
+st.caption(
+    "Training runs inside this app's server: stopping the server stops the training. A stopped or "
+    "interrupted run keeps its last checkpoint and can be resumed from the Train page."
+)
+
+summaries = runs.list_runs(runs_dir())
+nav = st.columns(4)
+with nav[0]:
+    link("train", "Train a model")
+with nav[1]:
+    link("compare", "Compare runs")
+with nav[2]:
+    link("embeddings", "Explore the learned map")
+with nav[3]:
+    link("retrieval", "Find similar images")
+
+if not summaries:
+    st.info(
+        "**No runs yet.** Go to **Train a model**, keep the suggested preset and data source, and press "
+        "**Launch training**. Then watch loss and kNN accuracy climb; to see BYOL fail without batch "
+        "norm, launch the one-click experiment on **Compare runs**.",
+        icon=":material/lightbulb:",
+    )
+    st.stop()
+
+# --- something worth showing -----------------------------------------------------------------
+demo = next((s for s in summaries if s.demo), None)
+finished = [s for s in summaries if s.state == runs.FINISHED and s.best_knn is not None]
+showcase = demo or (max(finished, key=lambda s: s.best_knn) if finished else None)
+if showcase is not None:
+    st.subheader(f"{'Demo run' if showcase is demo else 'Best finished run'}: {showcase.name}")
+    chart, facts = st.columns([3, 1])
+    chart.plotly_chart(
+        knn_figure(runs.read_metrics(showcase.path), showcase.baseline_knn, showcase.pixel_knn), key="home_knn",
+    )
+    with facts:
+        st.metric("Best kNN accuracy", fmt_pct(showcase.best_knn), help="Highest kNN accuracy this run reached.")
+        st.metric("Untrained network", fmt_pct(showcase.baseline_knn), help="kNN accuracy at step 0: the random-init baseline.")
+        st.metric("Raw pixels", fmt_pct(showcase.pixel_knn), help="kNN accuracy comparing raw pixels: the floor to beat.")
+        link("train", "Open this run", query_params={"run": showcase.name})
+        link("embeddings", "See its map", query_params={"run": showcase.name})
+
+# --- runs left behind by a previous server ---------------------------------------------------
+interrupted = [s for s in summaries if s.state == runs.INTERRUPTED]
+if interrupted:
+    st.subheader("Interrupted runs")
+    st.caption("These runs stopped when their server or process ended; each can continue from its last checkpoint.")
+    runner = get_runner()
+    for s in interrupted:
+        text, button = st.columns([4, 1])
+        text.markdown(f"**{s.name}**: epoch {s.epochs_done:g} of {s.epochs_total}, latest kNN {fmt_pct(s.latest_knn)}")
+        if button.button("Resume", key=f"resume_{s.name}", icon=":material/play_arrow:",
+                         help="Queue this run again; it continues from its last checkpoint."):
+            with plain_errors():
+                runner.resume(s.path)
+                st.rerun()
+
+# --- all runs --------------------------------------------------------------------------------
+st.subheader("Runs")
+st.dataframe(runs_table(summaries), hide_index=True, column_config=RUNS_TABLE_COLUMNS)
+st.caption(f"Run folders live in {runs_dir()}; runs started from the command line appear here too.")

@@ -1,0 +1,309 @@
+"""An honest training-time estimate: time a few real training steps of the config on this device.
+
+`estimate_time(config)` measures images per second with the training loop's own pieces (the
+config's networks and optimiser, `byol_views`, `forward_loss` under the same bf16 autocast and
+channels-last layout as train.py, backward, optimiser step, EMA target update) on random uint8
+images at the config's batch size: 2 warm-up steps, then 3 timed ones. The speed is cached in
+`<project cache>/speed.json` keyed by (device, width, heads, batch, precision, ...), so the next
+estimate for the same shape of network is instant.
+
+Assumptions, also returned with every estimate so the dashboard can show them:
+- training time = images per epoch (subset, or the data set's training split, rounded down to whole
+  batches) x epochs / measured images per second;
+- every evaluation (one at step 0, then every `eval_every` epochs and at the end) runs the backbone
+  forward over the kNN bank and queries; one such image is taken to cost 1/3 of a training image
+  (a training image is two augmented views through the online network forward and backward and the
+  target network forward; an evaluation image is one plain forward pass, plus its share of the kNN
+  similarity search), which errs on the slow side;
+- loading or decoding the data set, checkpoint writes and the raw-pixel baseline are not counted
+  (seconds for cached data, up to a minute or two when an archive is decoded the first time);
+- on a CPU a first step on 16 images tells how slow a step is; when the full batch would not fit in
+  ~15 s of measuring, 1 step is timed at a smaller batch instead. Images per second at a small batch
+  are usually a little lower than at the full batch, so that estimate also errs on the slow side.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tarfile
+import time
+import zipfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from .augment import byol_views
+from .config import ConfigError, TrainConfig, validate
+from .data import ARCHIVE_EXTENSIONS, IMAGE_EXTENSIONS, default_cache_dir
+from .device import describe_device, resolve_device, use_bf16
+from .files import read_json, write_json_atomic
+from .knn import autocast_context
+from .model import BYOLNetworks, update_target
+from .optim import build_optimizer
+
+EVAL_COST_PER_IMAGE = 1 / 3  # an evaluation image costs this fraction of a training image (see above)
+WARMUP_STEPS, TIMED_STEPS = 2, 3
+# A rule of thumb for warnings before anything is measured: CPU seconds per (image x width^2) of one
+# training step, from DESIGN.md's measurement (ResNet-18 width 64, 128 images: ~8.7 s on 2 cores).
+CPU_SECONDS_PER_IMAGE_WIDTH2 = 8.7 / (128 * 64 * 64)
+CPU_MEASURE_BUDGET_S = 15.0  # seconds a CPU measurement may take, network construction included
+PROBE_BATCH = 16
+KNOWN_SIZES = {"cifar10": (50_000, 10_000), "cifar-10": (50_000, 10_000), "synthetic": (4_000, 1_000)}
+
+
+@dataclass
+class Estimate:
+    seconds: float  # the whole run: training plus evaluations
+    train_seconds: float
+    eval_seconds: float
+    images_per_s: float  # measured training images per second
+    measured_on: str  # the device, in words
+    assumptions: str  # what the number rests on, in plain sentences
+    from_cache: bool  # the speed came from speed.json (measured earlier), not a fresh measurement
+    measured_batch: int  # batch size the speed was measured at
+
+    @property
+    def hours(self) -> float:
+        return self.seconds / 3600
+
+
+# --- data size -------------------------------------------------------------------------------
+def data_sizes(source: str) -> tuple[int, int] | None:
+    """(training images, test images) of a data source, or None when they cannot be told cheaply.
+
+    Known for cifar10 and synthetic; a folder or archive is counted by listing it (a .tar.gz must
+    be decompressed to list it: about a second for CIFAR-10), cached in memory per file version.
+    """
+    key = source.strip().lower()
+    if key in KNOWN_SIZES:
+        return KNOWN_SIZES[key]
+    path = Path(source).expanduser()
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return _count_images(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=32)
+def _count_images(path: str, size: int, mtime_ns: int) -> tuple[int, int] | None:
+    """Count image files under a train/ and a test/ folder anywhere in the tree or archive."""
+    counts = {"train": 0, "test": 0}
+
+    def add(name: str) -> None:
+        parts = name.replace("\\", "/").split("/")
+        if not name.lower().endswith(IMAGE_EXTENSIONS) or any(p.startswith(".") for p in parts):
+            return
+        for split in counts:
+            if split in parts[:-1]:
+                counts[split] += 1
+                return
+
+    p = Path(path)
+    try:
+        if p.is_dir():
+            for file in p.rglob("*"):
+                add(str(file.relative_to(p)))
+        elif p.name.lower().endswith(".zip"):
+            with zipfile.ZipFile(p) as archive:
+                for name in archive.namelist():
+                    add(name)
+        elif p.name.lower().endswith(ARCHIVE_EXTENSIONS):
+            with tarfile.open(p) as archive:
+                for member in archive:
+                    if member.isfile():
+                        add(member.name)
+        else:
+            return None
+    except (OSError, tarfile.TarError, zipfile.BadZipFile, EOFError):
+        return None
+    return (counts["train"], counts["test"]) if counts["train"] and counts["test"] else None
+
+
+# --- speed -----------------------------------------------------------------------------------
+def speed_key(config: TrainConfig, device: torch.device, bf16: bool) -> str:
+    """What the measured speed depends on; everything else in the config does not change it."""
+    return "|".join(
+        str(part)
+        for part in (
+            describe_device(device), f"width={config.width}",
+            f"heads={config.projector_hidden}/{config.projector_dim}/{config.predictor_hidden}/bn={config.head_bn}",
+            f"batch={config.batch_size}", f"bf16={bf16}", f"size={config.image_size}",
+            f"opt={config.optimizer}", f"cl={config.channels_last}",
+        )
+    )
+
+
+def _speed_file(cache_dir: Path | None) -> Path:
+    return Path(cache_dir or default_cache_dir()) / "speed.json"
+
+
+def cached_speed(config: TrainConfig, cache_dir: Path | None = None) -> dict | None:
+    """The stored measurement for this config on its device ({images_per_s, batch, measured}), or None."""
+    device = resolve_device(config.device)
+    bf16 = use_bf16(config.precision, device)
+    table = read_json(_speed_file(cache_dir), {})
+    entry = table.get(speed_key(config, device, bf16)) if isinstance(table, dict) else None
+    return entry if isinstance(entry, dict) and entry.get("images_per_s") else None
+
+
+def measure_speed(config: TrainConfig, budget_s: float = CPU_MEASURE_BUDGET_S) -> tuple[float, int]:
+    """Time real training steps of `config` on its device; returns (images per second, batch used).
+
+    On a GPU: 2 warm-up steps and 3 timed ones at the config's batch. On a CPU the first warm-up
+    step runs on a small probe batch; its time says whether the full batch fits the budget
+    (`budget_s`, about 15 s in all). If not, 1 step is timed at the largest batch that fits.
+    Timed steps also end early at the deadline (at least one is always timed).
+
+    Random images come from a private generator, so this does not change the random stream of a
+    training running in another thread (building the networks still draws their initial weights
+    from torch's global generator, as any network construction does).
+    """
+    started = time.perf_counter()
+    deadline = started + budget_s
+    device = resolve_device(config.device)
+    bf16 = use_bf16(config.precision, device)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    networks = BYOLNetworks.from_config(config).to(device).to(memory_format=memory_format)
+    optimizer = build_optimizer(config, networks.trainable_parameters())
+    generator = torch.Generator(device=device).manual_seed(0)
+    size = config.image_size
+    networks.train()
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def step(batch: int) -> float:
+        images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device, generator=generator)
+        begin = time.perf_counter()
+        view1, view2 = byol_views(images, generator=generator)
+        view1 = view1.contiguous(memory_format=memory_format)
+        view2 = view2.contiguous(memory_format=memory_format)
+        with autocast_context(device, bf16):
+            loss, _ = networks.forward_loss(view1, view2)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        update_target(networks.online_modules(), networks.target_modules(), 0.99)
+        sync()
+        return time.perf_counter() - begin
+
+    try:
+        batch, timed = config.batch_size, TIMED_STEPS
+        if device.type == "cpu":
+            probe = min(config.batch_size, PROBE_BATCH)
+            per_image = step(probe) / probe  # the first warm-up; pessimistic (one-time set-up costs)
+            remaining = deadline - time.perf_counter()
+            if per_image * config.batch_size * (1 + TIMED_STEPS) <= remaining:
+                step(batch)  # the second warm-up, at the real batch
+            else:
+                batch, timed = max(probe, min(config.batch_size, int(remaining / per_image))), 1
+        else:
+            for _ in range(WARMUP_STEPS):
+                step(batch)
+        seconds, done = 0.0, 0
+        while done < timed:
+            seconds += step(batch)
+            done += 1
+            if time.perf_counter() > deadline:
+                break
+    except torch.cuda.OutOfMemoryError:
+        raise ConfigError(
+            f"The device ran out of memory at batch size {config.batch_size}; lower the batch size or the backbone width."
+        ) from None
+    finally:
+        del networks, optimizer
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return done * batch / max(seconds, 1e-9), batch
+
+
+# --- the estimate ----------------------------------------------------------------------------
+def estimate_time(
+    config: TrainConfig,
+    measure: bool = True,
+    cache_dir: Path | None = None,
+    sizes: tuple[int, int] | None = None,
+) -> Estimate | None:
+    """How long training `config` on its device will take, from a measured speed.
+
+    Uses the cached speed when there is one; otherwise measures (a few seconds) when `measure`,
+    else returns None. `sizes` = (train, test) images overrides the data set's own sizes.
+    Raises ConfigError for a config that cannot run here.
+    """
+    validate(config)
+    device = resolve_device(config.device)
+    bf16 = use_bf16(config.precision, device)
+    key = speed_key(config, device, bf16)
+    speed_file = _speed_file(cache_dir)
+    entry = cached_speed(config, cache_dir)
+    from_cache = entry is not None
+    if entry is None:
+        if not measure:
+            return None
+        images_per_s, batch = measure_speed(config)
+        entry = {"images_per_s": round(images_per_s, 2), "batch": batch, "measured": time.time()}
+        table = read_json(speed_file, {})
+        table = table if isinstance(table, dict) else {}
+        table[key] = entry
+        try:
+            speed_file.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(speed_file, table)
+        except OSError:
+            pass  # a read-only cache only costs a new measurement next time
+    images_per_s = float(entry["images_per_s"])
+    batch = int(entry.get("batch", config.batch_size))
+
+    notes = []
+    known = sizes or data_sizes(config.data)
+    if known is None:
+        known = KNOWN_SIZES["cifar10"]
+        notes.append("The data set's size could not be read without loading it, so CIFAR-10's 50,000/10,000 images are assumed.")
+    train_size, test_size = known
+    used = min(config.subset, train_size) if config.subset else train_size
+    steps_per_epoch = max(1, used // config.batch_size)
+    train_images = steps_per_epoch * config.batch_size * config.epochs
+    train_seconds = train_images / images_per_s
+
+    total_steps = steps_per_epoch * config.epochs
+    eval_interval = max(1, round(config.eval_every * steps_per_epoch))
+    evaluations = 1 + math.ceil(total_steps / eval_interval)
+    bank = min(config.eval_bank_size or train_size, train_size)
+    queries = min(config.eval_query_size or test_size, test_size)
+    eval_seconds = evaluations * (bank + queries) * EVAL_COST_PER_IMAGE / images_per_s
+
+    measured_how = (
+        f"Measured {images_per_s:,.0f} training images/s on {describe_device(device)}"
+        f"{' in bf16' if bf16 else ' in fp32'} at batch {batch}"
+        + (" (a smaller batch than the run's, so the estimate errs on the slow side)" if batch < config.batch_size else "")
+        + (" earlier on this machine" if from_cache else "")
+        + "."
+    )
+    notes = [
+        measured_how,
+        f"Training: {train_images:,} images ({steps_per_epoch:,} steps of {config.batch_size} per epoch × {config.epochs} epochs).",
+        f"Evaluation: {evaluations} kNN measurements of {bank:,} + {queries:,} images, each image counted "
+        f"as {EVAL_COST_PER_IMAGE:.2g} of a training image.",
+        *notes,
+        "Loading the data (slow only the first time an archive is decoded) is not included.",
+    ]
+    return Estimate(
+        seconds=train_seconds + eval_seconds,
+        train_seconds=train_seconds,
+        eval_seconds=eval_seconds,
+        images_per_s=images_per_s,
+        measured_on=describe_device(device),
+        assumptions=" ".join(notes),
+        from_cache=from_cache,
+        measured_batch=batch,
+    )
+
+
+def rough_cpu_seconds(config: TrainConfig, train_size: int = 50_000) -> float:
+    """A rule-of-thumb CPU training time (no measurement), only to warn before anything is measured."""
+    used = min(config.subset, train_size) if config.subset else train_size
+    return CPU_SECONDS_PER_IMAGE_WIDTH2 * config.width**2 * used * config.epochs

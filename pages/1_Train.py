@@ -1,0 +1,270 @@
+"""Train: launch a run from a preset, watch it live, stop, resume or delete it."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from byol import runs
+from byol.config import PRESET_HELP, PRESETS, preset
+from byol.estimate import estimate_time, rough_cpu_seconds
+from byol.jobs import launch_problems
+from ui.common import (
+    HELP, LIVE_REFRESH_SECONDS, collapse_figure, data_source_input, device_facts, fmt_duration, fmt_number,
+    fmt_pct, get_runner, knn_figure, link, loss_figure, page_setup, plain_errors, preset_label, rank_figure,
+    run_picker, runs_dir, state_badge,
+)
+
+page_setup("Train", ":material/model_training:")
+runner = get_runner()
+device = device_facts()
+
+st.title("Train")
+st.caption(
+    "Trainings run inside this app's server, one at a time per device; the others wait in a queue. "
+    "Stopping the server stops them, and a stopped run can be resumed from its last checkpoint."
+)
+
+# A launch selects its new run on the next rerun (before the picker is drawn).
+if "train_select_next" in st.session_state:
+    st.session_state["train_run"] = st.session_state.pop("train_select_next")
+    st.query_params["run"] = st.session_state["train_run"]
+
+summaries = runs.list_runs(runs_dir())
+
+# --- start a new run -------------------------------------------------------------------------
+with st.expander("Start a new run", expanded=not summaries, icon=":material/rocket_launch:"):
+    preset_names = list(PRESETS)
+    default_preset = "cpu" if device["is_cpu"] else "gpu"
+    name = st.selectbox(
+        "Preset", preset_names, index=preset_names.index(default_preset), key="new_preset",
+        format_func=preset_label, help=HELP["preset"],
+    )
+    st.caption(PRESET_HELP.get(name, ""))
+    base = PRESETS[name]
+    data = data_source_input("new")
+
+    # Widget keys carry the preset's name, so picking another preset shows that preset's values.
+    def key(field: str) -> str:
+        return f"new_{field}_{name}"
+
+    c1, c2, c3 = st.columns(3)
+    epochs = c1.number_input("Epochs", value=base.epochs, step=1, key=key("epochs"), help=HELP["epochs"])
+    batch_size = c2.number_input("Batch size", value=base.batch_size, step=32, key=key("batch"), help=HELP["batch_size"])
+    lr = c3.number_input("Learning rate", value=base.lr, format="%g", step=None, key=key("lr"), help=HELP["lr"])
+    c1, c2, c3 = st.columns(3)
+    width = c1.number_input("Backbone width", value=base.width, step=8, key=key("width"), help=HELP["width"])
+    seed = c2.number_input("Seed", value=base.seed, step=1, key=key("seed"), help=HELP["seed"])
+    head_bn = c3.toggle("Batch norm in the heads", value=base.head_bn, key=key("head_bn"), help=HELP["head_bn"])
+
+    with st.expander("Advanced settings"):
+        a1, a2, a3 = st.columns(3)
+        subset = a1.number_input("Training subset (0 = all)", value=base.subset, step=1000, key=key("subset"), help=HELP["subset"])
+        warmup = a2.number_input("Warm-up epochs", value=base.warmup_epochs, format="%g", step=None, key=key("warmup"), help=HELP["warmup_epochs"])
+        weight_decay = a3.number_input("Weight decay", value=base.weight_decay, format="%g", step=None, key=key("wd"), help=HELP["weight_decay"])
+        projector_hidden = a1.number_input("Projector hidden size", value=base.projector_hidden, step=256, key=key("ph"), help=HELP["projector_hidden"])
+        projector_dim = a2.number_input("Projector output size (d)", value=base.projector_dim, step=32, key=key("pd"), help=HELP["projector_dim"])
+        predictor_hidden = a3.number_input("Predictor hidden size", value=base.predictor_hidden, step=256, key=key("qh"), help=HELP["predictor_hidden"])
+        optimizers = ["lars", "sgd", "adamw", "adam"]
+        optimizer = a1.selectbox("Optimizer", optimizers, index=optimizers.index(base.optimizer), key=key("opt"), help=HELP["optimizer"])
+        tau_base = a2.number_input("Target EMA rate τ at the start", value=base.tau_base, format="%g", step=None, key=key("tau"), help=HELP["tau_base"])
+        schedules = ["cosine", "fixed"]
+        tau_schedule = a3.selectbox("τ schedule", schedules, index=schedules.index(base.tau_schedule), key=key("tau_s"), help=HELP["tau_schedule"])
+        eval_every = a1.number_input("kNN every (epochs)", value=base.eval_every, format="%g", step=None, key=key("eval"), help=HELP["eval_every"])
+        eval_bank = a2.number_input("kNN bank size (0 = all)", value=base.eval_bank_size, step=1000, key=key("bank"), help=HELP["eval_bank_size"])
+        eval_query = a3.number_input("kNN test images (0 = all)", value=base.eval_query_size, step=1000, key=key("query"), help=HELP["eval_query_size"])
+        knn_k = a1.number_input("kNN neighbours (k)", value=base.knn_k, step=10, key=key("k"), help=HELP["knn_k"])
+        devices = ["auto", "cpu", "cuda"]
+        device_choice = a2.selectbox("Device", devices, key=key("device"), help=HELP["device"])
+        precisions = ["auto", "fp32", "bf16"]
+        precision = a3.selectbox("Precision", precisions, key=key("precision"), help=HELP["precision"])
+        run_name = st.text_input("Run name (optional)", key="new_run_name", help=HELP["run_name"]).strip()
+
+    config = base.replace(
+        data=data, epochs=epochs, batch_size=batch_size, lr=lr, width=width, seed=seed, head_bn=head_bn,
+        subset=subset, warmup_epochs=warmup, weight_decay=weight_decay, projector_hidden=projector_hidden,
+        projector_dim=projector_dim, predictor_hidden=predictor_hidden, optimizer=optimizer, tau_base=tau_base,
+        tau_schedule=tau_schedule, eval_every=eval_every, eval_bank_size=eval_bank, eval_query_size=eval_query,
+        knn_k=knn_k, device=device_choice, precision=precision,
+    )
+    problems = launch_problems(config)
+    if not data:
+        problems.insert(0, "Give the path of an image folder or archive, or pick another data source.")
+    for problem in problems:
+        st.error(problem, icon=":material/error:")
+
+    # --- honest time estimate ---
+    estimate = None
+    if not problems:
+        with plain_errors():
+            estimate = estimate_time(config, measure=False)  # instant when measured before
+            trains_on_cpu = device["is_cpu"] and device_choice != "cuda"
+            if estimate is None and st.button("Estimate time", key="estimate", help=HELP["estimate"], icon=":material/timer:"):
+                if runner.current() is not None:
+                    st.caption("A training is running, so this measurement competes with it and reads slower than it will be.")
+                with st.spinner("Timing a few real training steps..."):
+                    estimate = estimate_time(config)
+            if estimate is not None:
+                st.info(
+                    f"**Estimated time: {fmt_duration(estimate.seconds)}** "
+                    f"(training {fmt_duration(estimate.train_seconds)}, kNN measurements {fmt_duration(estimate.eval_seconds)}).",
+                    icon=":material/timer:",
+                )
+                st.caption(estimate.assumptions)
+            if trains_on_cpu and config.width >= 64:
+                hours = estimate.hours if estimate else rough_cpu_seconds(config) / 3600
+                how = "measured" if estimate else "by a rough rule; press Estimate time to measure"
+                st.warning(
+                    f"**This is a GPU recipe and this machine trains on its CPU: about {hours:,.0f} hours ({how}).** "
+                    "Pick the cpu preset (or a width of 16) to see learning within minutes.",
+                    icon=":material/warning:",
+                )
+
+    live_here = [p.name for p in runner.running()] + [p.name for p in runner.queue()]
+    if live_here:
+        st.caption(f"This run will wait for {len(live_here)} run(s) ahead of it on this server.")
+    if st.button("Launch training", type="primary", disabled=bool(problems), key="launch", icon=":material/play_arrow:",
+                 help="Create the run and start it (or queue it behind the current one)."):
+        with plain_errors():
+            run_dir = runner.launch(config, run_name or None)
+            st.session_state["train_select_next"] = run_dir.name
+            st.rerun()
+
+# --- the queue -------------------------------------------------------------------------------
+running, waiting = runner.running(), runner.queue()
+if running or waiting:
+    parts = [f"Training now: **{', '.join(p.name for p in running) or 'nothing'}**"]
+    if waiting:
+        parts.append("Waiting: " + ", ".join(f"{i}. {p.name}" for i, p in enumerate(waiting, 1)))
+    st.markdown(" · ".join(parts))
+
+if not summaries:
+    st.info(
+        "No runs yet. Open **Start a new run** above, keep the suggested preset and data, and press "
+        "**Launch training**; its progress and curves appear here.",
+        icon=":material/info:",
+    )
+    st.stop()
+
+# --- one run ---------------------------------------------------------------------------------
+st.divider()
+picked = run_picker(summaries, key="train_run", label="Show run")
+run_dir = picked.path
+config = runs.read_config(run_dir)
+status = runs.read_status(run_dir)
+state = status.get("state", runs.INTERRUPTED)
+managed = runner.is_managed(run_dir)
+
+title, badge = st.columns([6, 1])
+title.subheader(picked.name)
+with badge:
+    state_badge(state)
+st.caption(
+    f"{preset_label(config.preset) if config.preset in PRESETS else 'custom'} · data: {config.data} · "
+    f"batch norm in heads: {'yes' if config.head_bn else 'no'} · seed {config.seed}"
+)
+
+# Controls
+c_stop, c_resume, c_delete = st.columns(3)
+with c_stop:
+    if state in runs.LIVE_STATES:
+        if managed:
+            if st.button("Stop", key="stop", icon=":material/stop_circle:",
+                         help="Stops after the current step and saves a checkpoint; resume later to continue."):
+                with plain_errors():
+                    outcome = runner.stop(run_dir)
+                    st.toast("Stopping after the current step..." if outcome == "stopping" else "Taken out of the queue.")
+                    st.rerun()
+        else:
+            st.caption("This run trains in another process (the command line?): stop it there with Ctrl-C.")
+with c_resume:
+    if state in runs.RESUMABLE_STATES or state == runs.FINISHED:
+        minimum = config.epochs + 1 if state == runs.FINISHED else config.epochs
+        total = st.number_input("Total epochs", value=minimum, step=1, key=f"resume_epochs_{picked.name}", help=HELP["resume_epochs"])
+        label = "Train further" if state == runs.FINISHED else "Resume"
+        if st.button(label, key="resume", icon=":material/play_arrow:", help="Continue from the last checkpoint."):
+            with plain_errors():
+                runner.resume(run_dir, epochs=int(total))
+                st.rerun()
+with c_delete:
+    if state not in runs.LIVE_STATES:
+        sure = st.checkbox("Yes, delete this run", key=f"confirm_delete_{picked.name}", help=HELP["confirm_delete"])
+        if st.button("Delete run", key="delete", disabled=not sure, icon=":material/delete:",
+                     help="Removes the run folder and all its checkpoints (tick the box first)."):
+            with plain_errors():
+                runs.delete_run(run_dir)
+                st.session_state.pop("train_run", None)
+                st.query_params.pop("run", None)
+                st.rerun()
+
+
+def show_run(run_path: str, live_at_start: bool) -> None:
+    """Progress, message and the four curves; re-run every few seconds by the fragment while live."""
+    folder = runs.run_path(runs_dir(), run_path)
+    status = runs.read_status(folder)
+    state = status.get("state", runs.INTERRUPTED)
+    if live_at_start and state not in runs.LIVE_STATES:
+        st.rerun()  # the run just ended: redraw the whole page (controls change, the timer stops)
+    message = status.get("message", "")
+    progress = status.get("progress") or {}
+    summary = runs.summarize_run(folder)
+    projector_dim = runs.read_config(folder).projector_dim
+
+    if state == runs.QUEUED:
+        st.info(f"Waiting for its turn. {message}", icon=":material/hourglass_top:")
+    elif state == runs.RUNNING:
+        total_steps = int(progress.get("total_steps") or 0)
+        step = int(progress.get("step") or 0)
+        fraction = min(1.0, step / total_steps) if total_steps else 0.0
+        st.progress(
+            fraction,
+            text=f"Epoch {fmt_number(round(float(progress.get('epoch') or 0), 2))} of {progress.get('epochs', '?')} · "
+            f"step {step:,} of {total_steps:,} · {message}",
+        )
+    elif state == runs.FINISHED:
+        st.success(message or "Finished.", icon=":material/check_circle:")
+    elif state == runs.FAILED:
+        st.error(message or "Training failed.", icon=":material/error:")
+    elif state == runs.STOPPED:
+        st.info(message or "Stopped; resume to continue.", icon=":material/pause_circle:")
+    else:
+        st.warning(message or "Interrupted; resume to continue.", icon=":material/power_off:")
+
+    m1, m2, m3, m4, m5 = st.columns(5)
+    m1.metric("Epochs done", f"{fmt_number(summary.epochs_done)} / {summary.epochs_total}")
+    m2.metric("Images / s", fmt_number(progress.get("images_per_s")) if state == runs.RUNNING else "–",
+              help="Training speed over the last few steps.")
+    m3.metric("Time left", fmt_duration(progress.get("eta_seconds")) if state == runs.RUNNING else "–",
+              help="From the current speed; kNN measurements add a little.")
+    m4.metric("Latest kNN", fmt_pct(summary.latest_knn),
+              delta=None if summary.latest_knn is None or summary.baseline_knn is None else f"{summary.latest_knn - summary.baseline_knn:+.1f} vs random init",
+              help="kNN accuracy of the newest measurement; the delta is against the untrained network.")
+    m5.metric("Raw pixels", fmt_pct(summary.pixel_knn), help="kNN accuracy on raw pixels: the floor to beat.")
+
+    metrics = runs.read_metrics(folder)
+    if metrics.empty:
+        st.info("No measurements yet: the first curves appear after the data is loaded and the first steps ran.",
+                icon=":material/hourglass_top:")
+        return
+    left, right = st.columns(2)
+    left.plotly_chart(loss_figure(metrics), key="chart_loss")
+    right.plotly_chart(knn_figure(metrics, summary.baseline_knn, summary.pixel_knn), key="chart_knn")
+    left.plotly_chart(collapse_figure(metrics, projector_dim), key="chart_collapse")
+    right.plotly_chart(rank_figure(metrics), key="chart_rank")
+    st.caption(
+        "Read kNN against its two dashed lines: above **random init** means training helped, above "
+        "**raw pixels** means the features beat comparing pixels. The collapse meter should stay near "
+        "its green line; a fall towards zero means every image is getting the same vector."
+    )
+
+
+live = state in runs.LIVE_STATES
+st.fragment(run_every=LIVE_REFRESH_SECONDS if live else None)(show_run)(picked.name, live)
+
+st.divider()
+links = st.columns(3)
+with links[0]:
+    link("compare", "Compare runs")
+with links[1]:
+    link("embeddings", "See the learned map", query_params={"run": picked.name})
+with links[2]:
+    link("retrieval", "Find similar images", query_params={"run": picked.name})

@@ -1,0 +1,147 @@
+"""Compare: overlay runs' curves, see which settings differ, and launch the BN vs no-BN experiment."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from byol import runs
+from byol.collapse import DEFAULT_FRACTION, collapse_point, criterion_text, healthy_std
+from byol.config import PRESET_HELP, PRESETS, preset
+from byol.jobs import latest_pair, launch_problems
+from ui.common import (
+    HELP, RUNS_TABLE_COLUMNS, config_differences, data_source_input, device_facts, fmt_number, get_runner, link,
+    overlay_figure, page_setup, plain_errors, preset_label, runs_dir, state_text,
+)
+
+page_setup("Compare", ":material/compare_arrows:")
+runner = get_runner()
+
+st.title("Compare runs")
+st.markdown(
+    "**Collapse** is BYOL's typical failure: the network learns to give every image the same vector, "
+    "which makes the two copies agree perfectly, so the loss looks excellent while nothing useful is "
+    "learned. Batch norm in the projector and predictor is what usually prevents it; the experiment "
+    "below trains the same recipe with and without it. Look at the **spread** chart: a healthy run "
+    "stays near the green 1/√d line, a collapsing one slides towards zero (marked ✕), and its kNN "
+    "accuracy stalls near the random-init level."
+)
+
+# --- the BN vs no-BN experiment ------------------------------------------------------------
+with st.expander("Run the batch-norm experiment", icon=":material/science:", expanded=False):
+    st.caption(
+        "Launches two runs that are identical (same seed too) except for batch norm in the heads; "
+        "they train one after the other and appear here as a pair."
+    )
+    bases = [name for name, config in PRESETS.items() if config.head_bn]
+    b1, b2 = st.columns([1, 2])
+    base_name = b1.selectbox("Base recipe", bases, index=bases.index("cpu") if "cpu" in bases else 0,
+                             format_func=preset_label, key="pair_preset", help=HELP["bn_base"])
+    b1.caption(PRESET_HELP.get(base_name, ""))
+    epochs = b1.number_input("Epochs for each run", value=PRESETS[base_name].epochs, step=1,
+                             key=f"pair_epochs_{base_name}", help=HELP["epochs"])
+    with b2:
+        data = data_source_input("pair")
+    experiment = preset(base_name, data=data, epochs=epochs)
+    problems = launch_problems(experiment)
+    if not data:
+        problems.insert(0, "Give the path of an image folder or archive, or pick another data source.")
+    for problem in problems:
+        st.error(problem, icon=":material/error:")
+    if device_facts()["is_cpu"] and experiment.width >= 64:
+        st.warning("This recipe is made for a GPU; on this CPU each run would take many hours. Pick the cpu recipe.",
+                   icon=":material/warning:")
+    if st.button("Launch both runs", type="primary", disabled=bool(problems), key="launch_pair",
+                 icon=":material/play_arrow:", help="Queue the run with batch norm, then the one without."):
+        with plain_errors():
+            with_bn, without_bn = runner.launch_pair_bn_experiment(experiment)
+            st.session_state["compare_runs"] = [with_bn.name, without_bn.name]
+            st.success(f"Queued {with_bn.name} and {without_bn.name}.", icon=":material/check:")
+    link("train", "Watch them train")
+
+# --- pick runs -------------------------------------------------------------------------------
+summaries = runs.list_runs(runs_dir())
+if not summaries:
+    st.info(
+        "No runs to compare yet. Launch the batch-norm experiment above (two runs, one click), or "
+        "start runs on the Train page.",
+        icon=":material/info:",
+    )
+    link("train", "Go to Train")
+    st.stop()
+
+names = [s.name for s in summaries]
+by_name = {s.name: s for s in summaries}
+if "compare_runs" in st.session_state:
+    st.session_state["compare_runs"] = [n for n in st.session_state["compare_runs"] if n in names]
+else:
+    pair = latest_pair(names)
+    st.session_state["compare_runs"] = list(pair) if pair else names[:2]
+c1, c2 = st.columns([3, 1])
+picked = c1.multiselect("Runs", names, key="compare_runs", help=HELP["compare_runs"],
+                        format_func=lambda n: f"{n} · {state_text(by_name[n].state)}")
+smoothing = c2.slider("Smoothing", 0.0, 0.99, 0.6, 0.01, key="compare_smoothing", help=HELP["smoothing"])
+if not picked:
+    st.info("Pick one or more runs above to draw their curves.", icon=":material/info:")
+    st.stop()
+
+metrics = {name: runs.read_metrics(by_name[name].path) for name in picked}
+configs = {name: runs.read_config(by_name[name].path) for name in picked}
+collapsed = {name: collapse_point(metrics[name], configs[name].projector_dim) for name in picked}
+
+# --- curves ----------------------------------------------------------------------------------
+left, right = st.columns(2)
+left.plotly_chart(
+    overlay_figure(metrics, "loss", "Loss (log scale)", "loss", smoothing=smoothing, log_y=True, markers=collapsed),
+    key="overlay_loss",
+)
+right.plotly_chart(
+    overlay_figure(metrics, "knn", "kNN accuracy (%)", "kNN accuracy (%)", kind="eval"), key="overlay_knn",
+)
+spread = overlay_figure(metrics, "z_std", "Projection spread (z_std): the collapse meter", "spread",
+                        smoothing=smoothing, markers=collapsed)
+for d in sorted({c.projector_dim for c in configs.values()}):
+    spread.add_hline(y=healthy_std(d), line=dict(color="#2b8a3e", dash="dash"),
+                     annotation_text=f"healthy 1/√{d}", annotation_position="top right")
+    spread.add_hline(y=DEFAULT_FRACTION * healthy_std(d), line=dict(color="#c92a2a", dash="dot"),
+                     annotation_text=f"collapse line for d={d}", annotation_position="bottom right")
+spread.update_yaxes(rangemode="tozero")
+left.plotly_chart(spread, key="overlay_spread")
+
+with right:
+    st.markdown("**Verdict**")
+    rows = []
+    for name in picked:
+        s = by_name[name]
+        step = collapsed[name]
+        rows.append({
+            "Run": name,
+            "Status": state_text(s.state),
+            "BN in heads": "yes" if configs[name].head_bn else "no",
+            "Collapsed": f"at step {step:,}" if step is not None else "no",
+            "Best kNN %": s.best_knn,
+            "Random init %": s.baseline_knn,
+            "Last spread": s.last_z_std,
+            "Healthy spread": healthy_std(configs[name].projector_dim),
+            "Epochs": f"{fmt_number(s.epochs_done)} / {s.epochs_total}",
+        })
+    st.dataframe(
+        rows, hide_index=True,
+        column_config={
+            **RUNS_TABLE_COLUMNS,
+            "Random init %": RUNS_TABLE_COLUMNS["Best kNN %"],
+            "Last spread": st.column_config.NumberColumn(format="%.4f", help="z_std at the newest logged step"),
+            "Healthy spread": st.column_config.NumberColumn(format="%.4f", help="1/√d for this run's projector size"),
+        },
+    )
+    st.caption(criterion_text())
+
+# --- settings --------------------------------------------------------------------------------
+st.subheader("Settings that differ")
+if len(picked) < 2:
+    st.caption("Pick two or more runs to see which settings differ.")
+else:
+    differences = config_differences(configs)
+    if differences.empty:
+        st.caption("These runs have identical settings.")
+    else:
+        st.dataframe(differences, hide_index=True)

@@ -1,0 +1,127 @@
+"""Embeddings: the test images as a 2-D map (UMAP) coloured by class; pick points to see them and their neighbours."""
+
+import streamlit as st
+
+from byol import retrieval
+from byol.checkpoint import CheckpointError
+from byol.data import DataError
+from byol.runs import RunError, read_config
+from ui import inspect
+
+st.set_page_config(page_title="Embeddings · BYOL Studio", layout="wide")
+st.title("Embeddings: what the network learned, as a map")
+st.markdown(
+    "Every dot is one test image, placed by the network's own idea of similarity. If training worked, "
+    "dots of the same colour (class) gather in groups, although the network never saw a single label."
+)
+with st.expander("What am I looking at?"):
+    st.markdown(inspect.explain("embedding", "umap", "knn", "checkpoint", "cosine"))
+
+NEIGHBOURS_SHOWN = 8
+GRID_LIMIT = 40
+
+# --- widgets and guards --------------------------------------------------------------------------
+run, choice = inspect.pick_run_and_checkpoint("emb")
+try:
+    config = read_config(run.path)
+    data = inspect.dataset_for(config)
+except (RunError, DataError, ValueError) as error:
+    st.error(str(error))
+    st.stop()
+
+inspect.ensure_prepared(
+    run.path, choice.path, retrieval.FULL, data, config.knn_k, config.knn_temperature, what="The map", key="emb"
+)
+
+# --- one library call: the prepared map and its kNN accuracy --------------------------------------
+try:
+    map_data = retrieval.load_map(run.path, choice.path)
+    knn = retrieval.checkpoint_knn(run.path, choice.path, config.knn_k, config.knn_temperature)
+except (retrieval.NotPrepared, CheckpointError, ValueError) as error:
+    st.error(str(error))
+    st.stop()
+
+# --- render --------------------------------------------------------------------------------------
+first, second, third = st.columns(3)
+first.metric(
+    "kNN accuracy", f"{knn.accuracy:.1f}%",
+    help=f"{inspect.GLOSSARY['knn']} Here every one of the {knn.bank_size:,} training images votes and "
+    f"all {knn.query_size:,} test images are graded, with k = {knn.k}.",
+)
+second.metric("Chance level", f"{100 / max(len(knn.classes), 1):.0f}%", help="What guessing a class at random would score.")
+third.metric("Checkpoint", choice.label.split(" · ")[0], help=inspect.GLOSSARY["checkpoint"])
+if choice.random_init:
+    st.caption(
+        "This is the untrained network (random init). Even so, similar-looking images often land near each "
+        "other; compare with a later checkpoint to see what training added."
+    )
+
+
+
+def _clear_typed_number() -> None:
+    # A new selection on the map wins over a number typed earlier: the latest action is what is shown.
+    st.session_state["emb-test-image"] = None
+
+
+left, right = st.columns([3, 2])
+with left:
+    st.subheader("The map")
+    st.caption(
+        "Hover a dot to see its class. Click a dot, or draw around several with the lasso or box tool "
+        "(top right of the chart), to see those images below. Double-click an empty spot to clear."
+    )
+    event = st.plotly_chart(
+        inspect.map_figure(map_data),
+        key=f"map-{run.name}-{choice.path.stem}",
+        on_select=_clear_typed_number,
+        selection_mode=("points", "box", "lasso"),
+        width="stretch",
+    )
+with right:
+    st.subheader("Accuracy per class")
+    st.caption("How often the nearest training images vote for the right class, for test images of each class.")
+    st.plotly_chart(inspect.accuracy_figure(knn), key="per-class", width="stretch")
+
+selected = inspect.selected_test_indices(event)
+typed = st.number_input(
+    "Or look at test image number",
+    min_value=0,
+    max_value=len(map_data.indices) - 1,
+    value=None,
+    step=1,
+    key="emb-test-image",
+    placeholder="e.g. 0",
+    help="Type the number of a test image (hover a dot to see its number) to show it and its nearest "
+    "training images, without clicking on the map. Clear the box to go back to the map's selection.",
+)
+focus = inspect.focus_index(selected, typed)
+if focus is None:
+    st.info("Click a dot on the map (or type a test image number above) to see the image and its nearest neighbours.")
+    st.stop()
+
+shown = ([focus] if focus not in selected else []) + selected
+if len(shown) > 1:
+    st.subheader(f"Selected images ({len(shown):,}{f', first {GRID_LIMIT} shown' if len(shown) > GRID_LIMIT else ''})")
+    shown = shown[:GRID_LIMIT]
+    inspect.image_grid(
+        [data.test_images[i] for i in shown],
+        [f"#{i} {data.classes[int(data.test_labels[i])]}" for i in shown],
+        columns=10, scale=3,
+    )
+
+st.subheader(f"Test image #{focus} and its {NEIGHBOURS_SHOWN} nearest training images")
+st.caption(inspect.GLOSSARY["neighbours"] + " " + inspect.GLOSSARY["cosine"])
+try:
+    found = retrieval.neighbours_of_test_image(run.path, choice.path, focus, NEIGHBOURS_SHOWN)
+except (retrieval.NotPrepared, ValueError) as error:
+    st.error(str(error))
+    st.stop()
+query_label = int(data.test_labels[focus])
+query_col, result_col = st.columns([1, 4])
+query_col.image(retrieval.thumbnail(data.test_images[focus], 5), caption=f"query: test image #{focus} ({data.classes[query_label]})")
+with result_col:
+    inspect.image_grid(
+        [data.train_images[n.train_index] for n in found], inspect.neighbour_captions(found, data.classes), columns=4, scale=4
+    )
+same = sum(n.label == query_label for n in found)
+st.caption(f"{same} of {len(found)} neighbours are {data.classes[query_label]} images (precision@{len(found)}).")

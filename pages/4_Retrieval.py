@@ -1,0 +1,167 @@
+"""Retrieval: click a test image (or upload one) and see the training images the network finds most alike."""
+
+import streamlit as st
+
+from byol import retrieval
+from byol.checkpoint import CheckpointError
+from byol.data import DataError
+from byol.runs import RunError, read_config
+from ui import inspect
+
+st.set_page_config(page_title="Retrieval · BYOL Studio", layout="wide")
+st.title("Retrieval: find the most similar training images")
+st.markdown(
+    "Pick a picture and the network looks through all the training images for the ones it finds most "
+    "alike. It was never told what the pictures show, so when the neighbours share the query's class, "
+    "that is something it worked out on its own."
+)
+with st.expander("What am I looking at?"):
+    st.markdown(inspect.explain("neighbours", "embedding", "cosine", "precision", "random_init", "pixels"))
+
+GALLERY_COLUMNS = 10
+
+# --- widgets and guards --------------------------------------------------------------------------
+run, choice = inspect.pick_run_and_checkpoint("ret")
+try:
+    config = read_config(run.path)
+    data = inspect.dataset_for(config)
+except (RunError, DataError, ValueError) as error:
+    st.error(str(error))
+    st.stop()
+
+inspect.ensure_prepared(run.path, choice.path, retrieval.BANK, data, what="Searching", key="ret")
+
+state = st.session_state
+state.setdefault("ret-query", None)  # test-image number of the chosen query
+state.setdefault("ret-upload-generation", 0)  # bumping it empties the upload box
+state.setdefault("ret-seed", 0)
+
+
+def use_test_image(index: int) -> None:
+    state["ret-query"] = index
+    state["ret-upload-generation"] += 1  # a click on a picture replaces an earlier upload
+
+
+def reshuffle() -> None:
+    state["ret-seed"] += 1
+
+
+left, right = st.columns([2, 1])
+k = left.slider(
+    "Neighbours to show (k)", min_value=1, max_value=30, value=10, key="ret-k",
+    help="How many of the most similar training images to show, most similar first.",
+)
+compare = right.toggle(
+    "Compare with random init and raw pixels", key="ret-compare",
+    help="Show side by side what the untrained network (random init) and plain pixel comparison find for the "
+    "same picture, to see what training added.",
+)
+
+gallery_tab, upload_tab = st.tabs(["Pick a test image", "Upload your own picture"])
+with gallery_tab:
+    filter_col, shuffle_col = st.columns([3, 1])
+    everything = "all classes"
+    shown_class = filter_col.selectbox(
+        "Show test images of", [everything, *data.classes], key="ret-class",
+        help="Narrow the pictures below to one class, or show a few of every class.",
+    )
+    shuffle_col.button("Reshuffle", key="ret-reshuffle", on_click=reshuffle, help="Show other randomly chosen test images.")
+    only = None if shown_class == everything else data.classes.index(shown_class)
+    candidates = retrieval.gallery_indices(data.test_labels, 3 if only is None else 20, state["ret-seed"], only)
+    st.caption("Click **Find similar** under a picture to use it as the query. These are test images, which training never used.")
+    for start in range(0, len(candidates), GALLERY_COLUMNS):
+        for cell, index in zip(st.columns(GALLERY_COLUMNS), candidates[start : start + GALLERY_COLUMNS]):
+            cell.image(retrieval.thumbnail(data.test_images[index], 3), caption=f"#{index} {data.classes[int(data.test_labels[index])]}")
+            cell.button(
+                "Find similar", key=f"query-{index}", on_click=use_test_image, args=(index,), width="stretch",
+                help=f"Search the training images for the ones most like test image #{index}.",
+            )
+with upload_tab:
+    uploaded = st.file_uploader(
+        "Upload a picture", key=f"ret-upload-{state['ret-upload-generation']}", max_upload_size=50,
+        help="Any common picture format (PNG, JPEG, GIF, BMP, WebP, TIFF), up to 50 MB. It is shrunk to "
+        f"{config.image_size}×{config.image_size} pixels, the size the network was trained on.",
+    )
+
+# --- the query -----------------------------------------------------------------------------------
+query, query_label, query_words = None, None, ""
+if uploaded is not None:
+    try:
+        query = retrieval.query_from_upload(uploaded.getvalue(), config.image_size)
+    except ValueError as error:
+        st.error(f"{uploaded.name}: {error}")
+        st.stop()
+    query_words = f"your picture ({uploaded.name})"
+elif state["ret-query"] is not None:
+    try:
+        query = retrieval.image_at(data, "test", state["ret-query"])
+    except ValueError:  # a number from another run's data set
+        state["ret-query"] = None
+    else:
+        query_label = int(data.test_labels[state["ret-query"]])
+        query_words = f"test image #{state['ret-query']} ({data.classes[query_label]})"
+if query is None:
+    st.info("Click **Find similar** under a picture above, or upload a picture of your own, to search.")
+    st.stop()
+
+# --- one library call: the neighbours ------------------------------------------------------------
+try:
+    found = retrieval.image_neighbours(run.path, choice.path, query, k)
+except (CheckpointError, retrieval.NotPrepared, ValueError) as error:
+    st.error(str(error))
+    st.stop()
+
+# --- render --------------------------------------------------------------------------------------
+st.subheader(f"The {len(found)} training images most like {query_words}")
+query_col, results_col = st.columns([1, 4])
+with query_col:
+    st.image(retrieval.thumbnail(query, 6), caption=f"query: {query_words}")
+    if query_label is not None:
+        precision = retrieval.precision_at_k([n.label for n in found], query_label)
+        st.metric(
+            f"precision@{len(found)}", f"{precision:.0%}", help=inspect.GLOSSARY["precision"],
+        )
+    else:
+        st.caption("Your picture has no class, so precision@k cannot be measured: judge the neighbours by eye.")
+
+
+def show(found_here: list, prefix: str) -> None:
+    if query_label is not None:
+        share = retrieval.precision_at_k([n.label for n in found_here], query_label)
+        st.caption(f"precision@{len(found_here)}: {share:.0%} share the query's class")
+    st.image(
+        [retrieval.thumbnail(data.train_images[n.train_index], 4) for n in found_here],
+        caption=inspect.neighbour_captions(found_here, data.classes, prefix),
+    )
+
+
+with results_col:
+    if not compare:
+        st.caption("Each picture shows its class and its cosine similarity to the query (1 = identical direction).")
+        inspect.image_grid(
+            [data.train_images[n.train_index] for n in found], inspect.neighbour_captions(found, data.classes),
+            columns=5, scale=4,
+        )
+    else:
+        trained_col, random_col, pixel_col = st.columns(3)
+        with trained_col:
+            st.markdown(f"**This checkpoint** ({choice.label.split(' · ')[0]})")
+            show(found, "neighbour")
+        with random_col:
+            st.markdown("**Random init** (the same network before training)")
+            untrained = retrieval.random_init_checkpoint(run.path)
+            if untrained is None:
+                st.info("This run has no saved random-init network (step 0) to compare with.")
+            elif untrained == choice.path:
+                st.info("The chosen checkpoint already is the random-init network; pick a later one to compare.")
+            elif inspect.ensure_prepared(
+                run.path, untrained, retrieval.BANK, data, what="This comparison", key="ret-random", stop=False
+            ):
+                try:
+                    show(retrieval.image_neighbours(run.path, untrained, query, k), "random init")
+                except (CheckpointError, retrieval.NotPrepared, ValueError) as error:
+                    st.error(str(error))
+        with pixel_col:
+            st.markdown("**Raw pixels** (no network at all)")
+            with st.spinner("Preparing the pixel comparison (once per data set)..."):
+                show(retrieval.pixel_neighbours(data, query, k), "pixels")

@@ -1,0 +1,90 @@
+"""The command line contract: train, resume, embed, list; one plain line and non-zero exit on bad input."""
+
+import json
+
+import pytest
+
+from byol import runs
+from helpers import run_cli
+
+TINY = [
+    "--set", "width=4", "--set", "projector_hidden=32", "--set", "projector_dim=16", "--set", "predictor_hidden=32",
+    "--set", "subset=256", "--set", "eval_bank_size=256", "--set", "eval_query_size=100", "--set", "knn_k=20",
+    "--set", "warmup_epochs=0", "--batch-size", "64",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    runs_dir = tmp_path_factory.mktemp("runs")
+    result = run_cli("train", "--preset", "cpu", "--data", "synthetic", "--epochs", "1", "--runs-dir", str(runs_dir), *TINY)
+    assert result.returncode == 0, result.stderr
+    return runs_dir, result
+
+
+def test_train_prints_the_run_directory_last(trained):
+    runs_dir, result = trained
+    run_dir = result.stdout.strip().splitlines()[-1]
+    assert runs.read_status(run_dir)["state"] == runs.FINISHED
+    assert run_dir.startswith(str(runs_dir))
+    assert "Traceback" not in result.stderr
+
+
+def test_no_bn_and_overrides_reach_the_config(tmp_path):
+    result = run_cli("train", "--data", "synthetic", "--epochs", "1", "--no-bn", "--runs-dir", str(tmp_path), *TINY)
+    assert result.returncode == 0, result.stderr
+    config = json.loads((tmp_path / result.stdout.strip().splitlines()[-1].split("/")[-1] / "config.json").read_text())
+    assert config["head_bn"] is False and config["batch_size"] == 64 and config["epochs"] == 1
+
+
+def test_resume_extends_a_finished_run_and_list_shows_it(trained):
+    runs_dir, result = trained
+    run_dir = result.stdout.strip().splitlines()[-1]
+    resumed = run_cli("resume", run_dir, "--epochs", "2")
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.strip().splitlines()[-1] == run_dir
+    steps = [r["step"] for r in runs.read_metric_rows(run_dir) if r["kind"] == "step"]
+    assert steps == [4, 5, 8]  # logged every 5 steps and at each epoch's end, never twice
+    listing = run_cli("list", "--runs-dir", str(runs_dir))
+    assert listing.returncode == 0 and "finished" in listing.stdout and "epoch 2/2" in listing.stdout
+
+
+def test_embed_writes_bank_and_queries(trained):
+    _, result = trained
+    run_dir = result.stdout.strip().splitlines()[-1]
+    embedded = run_cli("embed", run_dir)
+    assert embedded.returncode == 0, embedded.stderr
+    names = sorted(line.rsplit("/", 1)[-1] for line in embedded.stdout.split())
+    assert names == ["last-test.npz", "last-train.npz"]
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["train", "--epochs", "0", "--data", "synthetic"], "Epochs (epochs) must be from 1"),
+        (["train", "--batch-size", "abc"], "invalid int value"),
+        (["train", "--data", "/no/such/folder", "--epochs", "1"], "/no/such/folder"),
+        (["train", "--set", "nonsense=1"], "--set expects FIELD=VALUE with a known field"),
+        (["train", "--set", "lr=fast"], "--set lr: expected a float"),
+        (["train", "--data", "synthetic", "--batch-size", "100000", "--epochs", "1"], "Batch size (batch_size)"),
+        (["resume", "/no/such/run"], "is not a run folder"),
+        (["embed", "/no/such/run"], "is not a run folder"),
+        (["train", "--preset", "nope"], "invalid choice"),
+    ],
+)
+def test_bad_input_exits_non_zero_with_one_plain_line(tmp_path, args, words):
+    if args[0] == "train":
+        args = [*args, "--runs-dir", str(tmp_path)]
+    result = run_cli(*args)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert words in result.stderr, result.stderr
+    assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")] or args[0] != "train"
+
+
+def test_embed_refuses_an_untrustworthy_checkpoint(tmp_path):
+    config_run = runs.create_run(tmp_path, __import__("byol.config", fromlist=["preset"]).preset("cpu", data="synthetic"))
+    (config_run / "last.pt").write_bytes(b"not a checkpoint at all")
+    result = run_cli("embed", str(config_run))
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "damaged or not a PyTorch checkpoint" in result.stderr

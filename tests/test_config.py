@@ -1,0 +1,63 @@
+"""Config presets and validation: every bad value gets a sentence naming the field and the range."""
+
+import math
+
+import pytest
+
+from byol.config import PRESETS, ConfigError, TrainConfig, check_against_data, config_errors, preset, validate
+
+
+def test_presets_are_valid_and_no_bn_differs_only_in_heads():
+    for name, config in PRESETS.items():
+        assert validate(config) is config, name
+    gpu, no_bn = PRESETS["gpu"].to_dict(), PRESETS["no-bn"].to_dict()
+    assert {k for k in gpu if gpu[k] != no_bn[k]} == {"head_bn", "preset"}
+    assert PRESETS["gpu"].width == 64 and PRESETS["gpu"].epochs == 100
+    cpu, cpu_no_bn = PRESETS["cpu"].to_dict(), PRESETS["cpu-no-bn"].to_dict()
+    assert {k for k in cpu if cpu[k] != cpu_no_bn[k]} == {"head_bn", "preset"}
+
+
+def test_round_trip_through_dict_ignores_unknown_keys():
+    config = preset("cpu", epochs=3)
+    assert TrainConfig.from_dict({**config.to_dict(), "from_the_future": 1}) == config
+
+
+def test_lr_scales_with_batch_size():
+    assert preset("gpu", batch_size=512).effective_lr == pytest.approx(2 * preset("gpu").effective_lr)
+
+
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("epochs", 0, "Epochs (epochs) must be from 1 to 10000; got 0."),
+        ("epochs", 2.5, "Epochs (epochs) must be a whole number"),
+        ("batch_size", -8, "Batch size (batch_size) must be from 2 to 65536; got -8."),
+        ("lr", math.nan, "Learning rate (lr) must be a finite number"),
+        ("lr", "fast", "Learning rate (lr) must be a number from"),
+        ("lr", 1e6, "Learning rate (lr) must be from 1e-07 to 100; got 1e+06."),
+        ("tau_base", 1.5, "Target EMA rate (tau) (tau_base) must be from 0 to 1; got 1.5."),
+        ("width", 0, "Backbone width (width)"),
+        ("knn_k", 0, "kNN k (knn_k)"),
+        ("optimizer", "rmsprop", "Optimizer (optimizer) must be one of lars, sgd, adamw, adam"),
+        ("precision", "fp8", "Precision (precision) must be one of auto, fp32, bf16"),
+        ("device", "tpu", "Device (device) must be auto, cpu, cuda or cuda:N"),
+        ("data", "", "Data source (data)"),
+        ("head_bn", "yes", "Batch norm in the heads (head_bn) must be true or false"),
+    ],
+)
+def test_bad_values_give_a_plain_sentence(field, value, words):
+    errors = config_errors(preset("cpu", **{field: value}))
+    assert any(words in e for e in errors), errors
+    with pytest.raises(ConfigError, match=field):
+        validate(preset("cpu", **{field: value}))
+
+
+def test_every_problem_is_listed_at_once():
+    assert len(config_errors(preset("cpu", epochs=0, lr=-1, batch_size=1))) == 3
+
+
+def test_checks_that_need_the_data_size():
+    with pytest.raises(ConfigError, match=r"Batch size \(batch_size\) must be at most the number of training images \(100\)"):
+        check_against_data(preset("cpu", batch_size=256), train_size=100, test_size=10)
+    with pytest.raises(ConfigError, match=r"kNN k"):
+        check_against_data(preset("cpu", batch_size=8, knn_k=200, eval_bank_size=0), train_size=100, test_size=10)

@@ -1,0 +1,198 @@
+"""The training loop: what a run leaves behind, stop, resume, failures, the device lock, a kill."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+
+from byol import runs
+from byol.checkpoint import load_checkpoint
+from byol.config import ConfigError
+from byol.lock import DeviceBusy, DeviceLock
+from byol.model import BYOLNetworks
+from byol.train import train
+from helpers import REPO, tiny_config
+
+
+def new_run(tmp_path, **overrides):
+    config = tiny_config(**overrides)
+    return config, runs.create_run(tmp_path / "runs", config)
+
+
+def step_rows(run_dir):
+    return [r for r in runs.read_metric_rows(run_dir) if r["kind"] == "step"]
+
+
+def eval_rows(run_dir):
+    return [r for r in runs.read_metric_rows(run_dir) if r["kind"] == "eval"]
+
+
+def test_a_run_leaves_everything_the_dashboard_reads(tmp_path):
+    config, run_dir = new_run(tmp_path)
+    events = []
+    assert train(config, run_dir, on_event=events.append) == runs.FINISHED
+    status = runs.read_status(run_dir)
+    assert status["state"] == runs.FINISHED and status["pid"] == os.getpid()
+    assert json.loads((run_dir / "config.json").read_text()) == config.to_dict()
+    steps = [r["step"] for r in step_rows(run_dir)]
+    assert steps == list(range(1, 9))  # 256 images / 64 per batch = 4 steps per epoch, 2 epochs, logged every step
+    evals = eval_rows(run_dir)
+    assert [r["step"] for r in evals] == [0, 4, 8]  # step 0 is the random-init baseline
+    assert all(0 <= r["knn"] <= 100 and r["pixel_knn"] is not None and r["effective_rank"] >= 1 for r in evals)
+    assert all(0 <= r["loss"] <= 8 and r["z_std"] > 0 for r in step_rows(run_dir))
+    assert sorted(p.name for p in run_dir.glob("step-*.pt")) == ["step-00000000.pt", "step-00000004.pt", "step-00000008.pt"]
+    assert load_checkpoint(run_dir / "last.pt")["step"] == 8
+    assert {e["kind"] for e in events} >= {"status", "step", "eval"}
+
+
+def test_stop_finishes_the_step_and_leaves_a_loadable_checkpoint(tmp_path):
+    config, run_dir = new_run(tmp_path, epochs=3)
+    stop = threading.Event()
+
+    def stop_at_step_3(event):
+        if event.get("kind") == "step" and event["step"] == 3:
+            stop.set()
+
+    assert train(config, run_dir, stop, stop_at_step_3) == runs.STOPPED
+    assert runs.read_status(run_dir)["state"] == runs.STOPPED
+    state = load_checkpoint(run_dir / "last.pt")
+    assert (state["step"], state["epoch"], state["step_in_epoch"]) == (3, 0, 3)
+
+
+def test_resume_continues_at_the_same_step_and_matches_an_uninterrupted_run(tmp_path):
+    config, straight = new_run(tmp_path, epochs=3)
+    train(config, straight)
+
+    _, resumed = new_run(tmp_path, epochs=3)
+    stop = threading.Event()
+    train(config, resumed, stop, lambda e: e.get("kind") == "step" and e["step"] == 6 and stop.set())
+    # Simulate rows written after the checkpoint by a process that died: resume must drop them.
+    runs.append_metrics(resumed, [{"kind": "step", "step": 7, "loss": 9.0}])
+    with open(resumed / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "step", "st')  # a torn line from a kill mid-write
+    assert train(config, resumed) == runs.FINISHED
+
+    steps = [r["step"] for r in step_rows(resumed)]
+    assert steps == sorted(set(steps)) == list(range(1, 13))
+    # Same data order, same augmentation draws, same optimiser state: the same numbers.
+    for a, b in zip(step_rows(straight), step_rows(resumed)):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(resumed / "last.pt")
+    for key in a["backbone"]:
+        torch.testing.assert_close(a["backbone"][key], b["backbone"][key], rtol=1e-3, atol=1e-4)
+
+
+def test_resume_extended_to_more_epochs(tmp_path):
+    config, run_dir = new_run(tmp_path, epochs=1)
+    train(config, run_dir)
+    longer = config.replace(epochs=2)
+    runs.update_config(run_dir, longer)
+    assert train(longer, run_dir) == runs.FINISHED
+    assert [r["step"] for r in step_rows(run_dir)] == list(range(1, 9))
+    assert load_checkpoint(run_dir / "last.pt")["step"] == 8
+
+
+def test_nan_loss_fails_with_advice(tmp_path, monkeypatch):
+    config, run_dir = new_run(tmp_path)
+
+    def nan_loss(self, v1, v2):
+        loss, projections = original(self, v1, v2)
+        return loss * float("nan"), projections
+
+    original = BYOLNetworks.forward_loss
+    monkeypatch.setattr(BYOLNetworks, "forward_loss", nan_loss)
+    assert train(config, run_dir) == runs.FAILED
+    message = runs.read_status(run_dir)["message"]
+    assert "loss became nan" in message and "Lower the learning rate" in message
+
+
+def test_any_exception_ends_as_failed_with_its_message(tmp_path, monkeypatch):
+    config, run_dir = new_run(tmp_path)
+
+    def boom(self, v1, v2):
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(BYOLNetworks, "forward_loss", boom)
+    assert train(config, run_dir) == runs.FAILED
+    status = runs.read_status(run_dir)
+    assert status["state"] == runs.FAILED and "injected fault" in status["message"]
+    assert eval_rows(run_dir)[0]["step"] == 0  # what was measured before the fault is kept
+
+
+def test_out_of_memory_gets_a_plain_message(tmp_path, monkeypatch):
+    config, run_dir = new_run(tmp_path)
+
+    def oom(self, v1, v2):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(BYOLNetworks, "forward_loss", oom)
+    assert train(config, run_dir) == runs.FAILED
+    assert "ran out of memory" in runs.read_status(run_dir)["message"]
+
+
+def test_missing_data_is_refused_before_anything_changes(tmp_path):
+    config, run_dir = new_run(tmp_path, data=str(tmp_path / "no-such-folder"))
+    with pytest.raises(ConfigError, match="no-such-folder"):
+        train(config, run_dir)
+    assert runs.read_status(run_dir)["state"] == runs.QUEUED
+
+
+def test_unusable_data_fails_plainly(tmp_path):
+    (tmp_path / "empty-folder").mkdir()
+    config, run_dir = new_run(tmp_path, data=str(tmp_path / "empty-folder"))
+    assert train(config, run_dir) == runs.FAILED
+    message = runs.read_status(run_dir)["message"]
+    assert "train" in message and "Traceback" not in message
+
+
+def test_second_training_on_a_locked_device_is_refused(tmp_path):
+    config, run_dir = new_run(tmp_path)
+    before = sorted(p.name for p in run_dir.iterdir())
+    with DeviceLock(run_dir.parent, "cpu", "someone-else"):
+        with pytest.raises(DeviceBusy, match="someone-else"):
+            train(config, run_dir)
+    assert sorted(p.name for p in run_dir.iterdir()) == before
+    assert runs.read_status(run_dir)["state"] == runs.QUEUED
+    assert train(config, run_dir) == runs.FINISHED  # free again once the holder is gone
+
+
+KILL_SCRIPT = """
+import sys, threading
+from byol import runs
+from byol.train import train
+from byol.config import TrainConfig
+run_dir = sys.argv[1]
+train(runs.read_config(run_dir), run_dir)
+"""
+
+
+def test_a_killed_run_reads_interrupted_and_resumes(tmp_path):
+    config, run_dir = new_run(tmp_path, epochs=40, checkpoint_minutes=0.05, eval_every=100.0)
+    runs.update_config(run_dir, config.replace(eval_every=40.0))
+    process = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(run_dir)], cwd=REPO)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            rows = step_rows(run_dir)
+            if (run_dir / "last.pt").exists() and rows and rows[-1]["step"] >= 12:
+                break
+            time.sleep(0.2)
+        assert runs.read_status(run_dir)["state"] == runs.RUNNING
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    status = runs.read_status(run_dir)
+    assert status["state"] == runs.INTERRUPTED and "Resume" in status["message"]
+    saved_step = load_checkpoint(run_dir / "last.pt")["step"]
+    assert saved_step > 0
+    short = runs.read_config(run_dir).replace(epochs=(saved_step // 4) + 2)
+    runs.update_config(run_dir, short)
+    assert train(short, run_dir) == runs.FINISHED
+    steps = [r["step"] for r in step_rows(run_dir)]
+    assert steps == sorted(set(steps)) and steps[-1] == short.epochs * 4

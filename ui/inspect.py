@@ -1,0 +1,326 @@
+"""Page helpers for the Embeddings and Retrieval pages: shared objects, pickers, progress, pictures, words.
+
+The pages stay "widgets -> guard -> one library call -> render"; what they share lives here. The
+plain functions (`selected_test_indices`, `focus_index`, `map_figure`, `accuracy_figure`) take no
+streamlit state, so tests can call them directly (AppTest cannot click a plotly chart).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import streamlit as st
+
+from byol import retrieval, tasks
+from byol.config import TrainConfig
+from byol.data import Dataset
+from byol.runs import RunSummary, default_runs_dir, list_runs
+
+# Plain-language explanations of every technical word these pages use.
+GLOSSARY: dict[str, str] = {
+    "embedding": (
+        "An **embedding** is the list of numbers the network turns an image into. The network was never "
+        "told what the images show; images it considers alike simply get similar lists of numbers."
+    ),
+    "umap": (
+        "**UMAP** squeezes each long embedding into just two numbers, so every image becomes a dot on a "
+        "flat map, keeping images that were alike close together. Read it by which dots sit together; "
+        "the distances between far-apart groups mean little."
+    ),
+    "knn": (
+        "**kNN accuracy** (k nearest neighbours): for each test image, find the k most similar training "
+        "images and let them vote for a class, closer ones with a bigger vote. The accuracy is the share "
+        "of test images that get their true class. Training never saw a label; labels are only used here, "
+        "to grade what the network learned."
+    ),
+    "cosine": (
+        "**Cosine similarity** says how alike two embeddings are: 1 means the same direction (very alike), "
+        "0 unrelated, below 0 opposite."
+    ),
+    "neighbours": (
+        "**Nearest neighbours**: the training images whose embeddings are most similar to the query's."
+    ),
+    "precision": (
+        "**precision@k**: the share of the k neighbours that have the same class as the query. "
+        "Chance level is about one in the number of classes."
+    ),
+    "random_init": (
+        "**Random init**: the same network before any training, with random weights (saved at step 0). "
+        "What it finds shows what the network gets for free; the difference is what training added."
+    ),
+    "pixels": (
+        "**Raw pixels**: comparing the images pixel by pixel (after subtracting the average image), with no "
+        "network at all. A useful embedding should do clearly better than this."
+    ),
+    "checkpoint": (
+        "A **checkpoint** is the network saved at one point in training. The run saves one at every "
+        "evaluation, so you can look at the same network early and late in training."
+    ),
+}
+
+
+def explain(*terms: str) -> str:
+    """The glossary entries for `terms`, one per line (for st.markdown or an expander)."""
+    return "\n\n".join(GLOSSARY[t] for t in terms)
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared objects (one per server process)
+# --------------------------------------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner=False)
+def get_task_runner() -> tasks.TaskRunner:
+    """The server's runner for embedding/map computations (one at a time: they use every core)."""
+    return tasks.TaskRunner(max_workers=1)
+
+
+@st.cache_resource(show_spinner="Loading the data set...", max_entries=2)
+def _dataset(data: str, data_root: str, image_size: int) -> Dataset:
+    return retrieval.load_data(TrainConfig(data=data, data_root=data_root, image_size=image_size))
+
+
+def dataset_for(config: TrainConfig) -> Dataset:
+    """The run's data set, loaded once per server and shared by every session (raises DataError)."""
+    return _dataset(config.data, config.data_root or "", int(config.image_size))
+
+
+# --------------------------------------------------------------------------------------------------
+# Picking a run and a checkpoint
+# --------------------------------------------------------------------------------------------------
+
+
+def _run_label(summary: RunSummary) -> str:
+    knn = f", kNN {summary.latest_knn:.1f}%" if summary.latest_knn is not None else ""
+    return f"{summary.name} ({summary.state}{knn})"
+
+
+def pick_run_and_checkpoint(page: str) -> tuple[RunSummary, retrieval.CheckpointChoice]:
+    """A run and one of its checkpoints (newest by default); stops the page with advice when there is none."""
+    summaries = list_runs(default_runs_dir())
+    if not summaries:
+        st.info(
+            "There are no training runs yet. Start one on the **Train** page (the *cpu* preset learns "
+            "visibly in about 15 minutes on a laptop), then come back here to look inside it."
+        )
+        st.stop()
+    by_name = {s.name: s for s in summaries}
+    wanted = st.query_params.get("run")
+    names = list(by_name)
+    left, right = st.columns(2)
+    name = left.selectbox(
+        "Run",
+        names,
+        index=names.index(wanted) if wanted in by_name else 0,
+        format_func=lambda n: _run_label(by_name[n]),
+        key=f"{page}-run",
+        help="A training run from the runs folder, newest first. Runs started from the command line show up here too.",
+    )
+    summary = by_name[name]
+    choices = retrieval.checkpoint_choices(summary.path)
+    if not choices:
+        st.info(
+            f"The run **{name}** has no saved checkpoint yet. Its first one is written a few seconds after "
+            "training starts (the untrained network, as a baseline); wait a moment, or pick another run."
+        )
+        st.stop()
+    by_file = {c.path.name: c for c in choices}
+    files = list(by_file)
+    chosen = right.selectbox(
+        "Checkpoint (point in training)",
+        files,
+        index=len(files) - 1,
+        format_func=lambda f: by_file[f].label,
+        key=f"{page}-checkpoint-{name}",
+        help=(
+            "Which saved network to look at. The run saves one at every evaluation; step 0 is the untrained "
+            "(random init) network. Pick an early one and then a late one to watch the picture sharpen."
+        ),
+    )
+    return summary, by_file[chosen]
+
+
+# --------------------------------------------------------------------------------------------------
+# Background computation with a progress bar that refreshes itself
+# --------------------------------------------------------------------------------------------------
+
+
+def task_key(level: str, checkpoint: Path) -> str:
+    return f"prepare-{level}:{Path(checkpoint).resolve()}"
+
+
+def ensure_prepared(
+    run_dir: Path,
+    checkpoint: Path,
+    level: str,
+    data: Dataset,
+    k: int = 200,
+    temperature: float = 0.1,
+    what: str = "this",
+    key: str = "",
+    stop: bool = True,
+) -> bool:
+    """True when the checkpoint's embeddings (and map) are ready; otherwise offer to compute them.
+
+    While they are computed in the background a progress bar refreshes itself every second, and the
+    whole page reruns when they are ready. With `stop` the rest of the page waits (st.stop()).
+    """
+    missing = retrieval.missing_work(run_dir, checkpoint, level, data, k, temperature)
+    if not missing:
+        return True
+    runner = get_task_runner()
+    # A full preparation also makes the search bank, so a bank-only page waits on it too.
+    keys = [task_key(level, checkpoint)] + ([task_key(retrieval.FULL, checkpoint)] if level == retrieval.BANK else [])
+    active = next((runner.status(k_) for k_ in keys if runner.status(k_).active), None)
+    if active is not None:
+        _progress(runner, active.key, lambda: not retrieval.missing_work(run_dir, checkpoint, level, data, k, temperature))
+    else:
+        failed = runner.status(keys[0])
+        if failed.state == tasks.FAILED:
+            st.error(failed.message)
+        images = len(data.train_labels) + (len(data.test_labels) if level == retrieval.FULL else 0)
+        st.info(
+            f"{what} needs {_join(missing)} of **{Path(checkpoint).name}**, which have not been computed yet. "
+            f"That means running the network over {images:,} images"
+            + (" and drawing the map" if level == retrieval.FULL else "")
+            + ": seconds on a GPU, a minute or more on a CPU. The result is saved, so this happens once."
+        )
+        if st.button(
+            "Compute now" if failed.state != tasks.FAILED else "Try again",
+            key=f"compute-{key or level}",
+            type="primary",
+            help="Runs in the background: you can keep using the dashboard, and other tabs share the result.",
+        ):
+            runner.submit(
+                keys[0],
+                lambda report: retrieval.prepare_checkpoint(run_dir, checkpoint, report, data, level, k, temperature),
+                label=f"{level} {Path(checkpoint).name}",
+                again=True,
+            )
+            st.rerun()
+    if stop:
+        st.stop()
+    return False
+
+
+def _progress(runner: tasks.TaskRunner, key: str, ready: Callable[[], bool]) -> None:
+    @st.fragment(run_every=1.0)
+    def panel() -> None:
+        status = runner.status(key)
+        if status.active:
+            st.progress(status.fraction or 0.0, text=f"{status.message}  ({status.elapsed:.0f} s)")
+            st.caption("You can leave this page meanwhile: the computation goes on and its result is saved.")
+        elif status.state == tasks.DONE and ready():
+            st.rerun()  # the whole page, which now finds the result
+        elif status.state == tasks.FAILED:
+            st.error(status.message)
+            st.rerun()  # back to the full page, which offers to try again
+        else:
+            st.info("The computation finished, but its result is not there (deleted meanwhile?). Compute it again.")
+
+    panel()
+
+
+def _join(parts: Sequence[str]) -> str:
+    parts = list(parts)
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+# --------------------------------------------------------------------------------------------------
+# The map: figure and selection (plain functions)
+# --------------------------------------------------------------------------------------------------
+
+
+def class_colours(count: int) -> list[str]:
+    import plotly.express as px
+
+    palette = px.colors.qualitative.D3 if count <= 10 else px.colors.qualitative.Alphabet
+    return [palette[i % len(palette)] for i in range(count)]
+
+
+def map_figure(map_data: retrieval.MapData, height: int = 560) -> Any:
+    """The 2-D map as a WebGL scatter, one trace per class; each point's customdata is its test-image number."""
+    import numpy as np
+    import plotly.graph_objects as go
+
+    figure = go.Figure()
+    colours = class_colours(len(map_data.classes))
+    for c, name in enumerate(map_data.classes):
+        rows = np.flatnonzero(map_data.labels == c)
+        if not len(rows):
+            continue
+        figure.add_trace(go.Scattergl(
+            x=map_data.coordinates[rows, 0], y=map_data.coordinates[rows, 1], mode="markers", name=name,
+            marker=dict(size=5, color=colours[c], opacity=0.8),
+            customdata=map_data.indices[rows].reshape(-1, 1),
+            hovertemplate=f"<b>{name}</b><br>test image #%{{customdata[0]}}<extra></extra>",
+        ))
+    figure.update_layout(
+        height=height, margin=dict(l=10, r=10, t=30, b=10), legend=dict(title="class", itemsizing="constant"),
+        dragmode="lasso", clickmode="event+select",
+    )
+    figure.update_xaxes(showticklabels=False, title=None)
+    figure.update_yaxes(showticklabels=False, title=None, scaleanchor="x", scaleratio=1)
+    return figure
+
+
+def selected_test_indices(event: Any) -> list[int]:
+    """Test-image numbers of the points selected on the map (click, box or lasso), first-seen order, no repeats."""
+    try:
+        points = event["selection"]["points"] if event is not None else []
+    except (KeyError, TypeError):
+        return []
+    chosen: list[int] = []
+    for point in points or []:
+        value = point.get("customdata") if isinstance(point, dict) else None
+        if isinstance(value, (list, tuple)):
+            value = value[0] if value else None
+        try:
+            index = int(value)
+        except (TypeError, ValueError):
+            continue
+        if index not in chosen:
+            chosen.append(index)
+    return chosen
+
+
+def focus_index(selected: Sequence[int], typed: int | None) -> int | None:
+    """Whose neighbours to show: the typed test-image number if any, else the first selected point."""
+    if typed is not None:
+        return int(typed)
+    return selected[0] if selected else None
+
+
+def accuracy_figure(knn: retrieval.KnnResult, height: int = 360) -> Any:
+    """Per-class kNN accuracy as horizontal bars, worst class at the bottom."""
+    import plotly.graph_objects as go
+
+    pairs = sorted(zip(knn.classes, knn.per_class), key=lambda p: (p[1] != p[1], p[1]))  # NaN last
+    colours = class_colours(len(knn.classes))
+    colour_of = dict(zip(knn.classes, colours))
+    figure = go.Figure(go.Bar(
+        x=[v for _, v in pairs], y=[c for c, _ in pairs], orientation="h",
+        marker_color=[colour_of[c] for c, _ in pairs],
+        hovertemplate="%{y}: %{x:.1f}%<extra></extra>", text=[f"{v:.0f}%" for _, v in pairs], textposition="auto",
+    ))
+    figure.update_layout(height=height, margin=dict(l=10, r=10, t=30, b=10), xaxis=dict(range=[0, 100], title="kNN accuracy (%)"))
+    return figure
+
+
+# --------------------------------------------------------------------------------------------------
+# Pictures
+# --------------------------------------------------------------------------------------------------
+
+
+def image_grid(images: Sequence[Any], captions: Sequence[str], columns: int, scale: int = 4) -> None:
+    """uint8 [3, H, W] images in rows of `columns`, upscaled with sharp pixels, each with its caption."""
+    for start in range(0, len(images), columns):
+        cells = st.columns(columns)
+        for cell, image, caption in zip(cells, images[start : start + columns], captions[start : start + columns]):
+            cell.image(retrieval.thumbnail(image, scale), caption=caption)
+
+
+def neighbour_captions(found: Sequence[retrieval.Neighbour], classes: Sequence[str], prefix: str = "neighbour") -> list[str]:
+    """Stable, findable captions: "neighbour 1: cat (0.93)" (browser tests look for them)."""
+    return [f"{prefix} {i}: {classes[n.label]} ({n.similarity:.2f})" for i, n in enumerate(found, start=1)]
