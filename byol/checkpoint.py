@@ -2,7 +2,7 @@
 
 Two kinds live in a run directory:
 - `last.pt`, everything needed to resume: online and target networks, predictor, optimiser state,
-  step, epoch, RNG states and the config (a plain dict). Replaced atomically at every save.
+  step, epoch, the augmentation RNG state and the config (a plain dict). Replaced atomically at every save.
 - `step-NNNNNNNN.pt`, a snapshot at an evaluation point: only the online backbone in half
   precision plus the config and the kNN it scored, so the dashboard can compare a model over time
   without filling the disk.
@@ -61,17 +61,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
-def rng_states() -> dict[str, Any]:
-    states: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def restore_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(states["cuda"])
+def restore_augment_rng(generator: torch.Generator, state: dict[str, Any]) -> None:
+    """Put the run's augmentation generator back where the checkpoint left it."""
+    generator.set_state(state["rng"]["augment"])
 
 
 def _cpu_state_dict(module: torch.nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
@@ -91,6 +83,7 @@ def full_state(
     step: int,
     epoch: int,
     step_in_epoch: int,
+    augment_rng: torch.Generator,
 ) -> dict[str, Any]:
     """Everything needed to resume exactly where training stands now."""
     return {
@@ -106,7 +99,9 @@ def full_state(
         "target_backbone": _cpu_state_dict(networks.target_backbone),
         "target_projector": _cpu_state_dict(networks.target_projector),
         "optimizer": optimizer.state_dict(),
-        "rng": rng_states(),
+        # The run's own augmentation generator, so a resumed run draws the same views (the data
+        # order is a function of seed and epoch, and needs no state).
+        "rng": {"augment": augment_rng.get_state()},
     }
 
 

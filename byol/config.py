@@ -125,6 +125,7 @@ def preset(name: str, **overrides: Any) -> TrainConfig:
 
 # --- validation ------------------------------------------------------------------------------
 OPTIMIZERS = ("lars", "sgd", "adamw", "adam")
+NAMED_SOURCES = ("cifar10", "cifar-10", "synthetic")  # data sources that are names, not paths (see data.py)
 TAU_SCHEDULES = ("cosine", "fixed")
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -198,7 +199,7 @@ def config_errors(config: TrainConfig) -> list[str]:
     errors = [e for name in _NUMERIC_RANGES if (e := _check_number(name, getattr(config, name)))]
     if not isinstance(config.data, str) or not config.data.strip():
         errors.append("Data source (data) must be 'cifar10', 'synthetic' or a path to an image folder.")
-    elif config.data not in ("cifar10", "synthetic") and not Path(config.data).expanduser().exists():
+    elif config.data.strip().lower() not in NAMED_SOURCES and not Path(config.data).expanduser().exists():
         errors.append(
             f"Data source (data): there is no folder or archive at {config.data}. Give 'cifar10', 'synthetic', "
             "or the path of a folder with train/<class>/ and test/<class>/ images (or a .tar.gz/.zip of one)."

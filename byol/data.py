@@ -34,7 +34,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile
+from PIL import Image
 
 from byol.files import write_atomic
 
@@ -61,17 +61,14 @@ _EXPECTED_LAYOUT = (
     "folder there."
 )
 
-# Some real-world JPEGs are cut short by a few bytes but still show fine; decode what is there
-# rather than dropping them (a file that is really broken still fails to open and is skipped).
-ImageFile.LOAD_TRUNCATED_IMAGES = True
-
-
 class DataError(ValueError):
     """Bad or missing data, with a plain-language message meant for the user (no traceback needed)."""
 
 
 @dataclass
 class Dataset:
+    """A whole data set in memory: both splits as uint8 image tensors with int64 labels."""
+
     name: str  # "cifar10", "synthetic", or "folder:<basename>"
     classes: list[str]
     train_images: torch.Tensor  # uint8 [N, 3, H, W], CPU, contiguous
@@ -164,6 +161,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     mode = img.mode
     if mode == "RGB":
         return img
+    if mode == "La":  # premultiplied alpha, which Pillow converts only to LA
+        img, mode = img.convert("LA"), "LA"
     if mode.startswith("I") or mode == "F":
         # 16/32-bit and float greyscale: Pillow's convert() clips to 0..255 instead of scaling, which
         # turns most 16-bit scans white. Scale the value range to 0..255 ourselves.
@@ -174,13 +173,13 @@ def _to_rgb(img: Image.Image) -> Image.Image:
             low, high = float(values.min()), float(values.max())
             values = (values - low) * (255.0 / max(high - low, 1e-6))
         return Image.fromarray(np.clip(values, 0, 255).round().astype(np.uint8), "L").convert("RGB")
-    if mode in ("P", "PA") or "A" in mode or "transparency" in img.info:
+    if mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in img.info:
         # Transparent pixels often hold arbitrary colour (black, or leftovers from editing): dropping
         # alpha would show it. Composite on white, the way such images are usually displayed.
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+    return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV, RGBX
 
 
 def _decode(data: bytes, size: int) -> np.ndarray | None:
@@ -358,7 +357,10 @@ def _list_folder(path: Path) -> _Listing:
                     # A cheap stand-in for the content: count, total size and newest change time.
                     st = os.stat(os.path.join(folder, name))
                     count, total_size, newest = count + 1, total_size + st.st_size, max(newest, st.st_mtime_ns)
-    return _Listing(dirs=_with_parents(files, dirs), files=files, stamp=["folder", count, total_size, newest])
+    # The names go in too (hashed), so renaming a class folder or moving files between classes,
+    # which changes no size or time, still gives a new cache entry.
+    names = hashlib.sha256("\n".join("/".join(f) for f in files).encode()).hexdigest()
+    return _Listing(dirs=_with_parents(files, dirs), files=files, stamp=["folder", count, total_size, newest, names])
 
 
 def _list_archive(path: Path) -> _Listing:
@@ -605,15 +607,15 @@ def _synthetic_split(per_class: int, rng: np.random.Generator, size: int) -> tup
     radius = per_image(7 * px, 12 * px)
     period = per_image(5 * px, 9 * px)  # texture period: above 4 px so nothing aliases at 32x32
     phase = per_image(0, 1)
-    # Stripe orientation is the class for the three stripe classes, so they only wobble a little;
+    # Orientation is what tells the three stripe classes apart, so they only wobble a little;
     # everything else turns freely. Diagonal stripes lean either way (a horizontal flip swaps them).
     angle = per_image(0, 2 * math.pi)
     wobble = per_image(-0.2, 0.2)
     lean = np.where(rng.random(n) < 0.5, 1.0, -1.0).astype(np.float32)[:, None, None]
-    stripe_angle = {5: 0.0, 6: math.pi / 2}
-    for cls, base in stripe_angle.items():
-        angle[labels == cls] = base + wobble[labels == cls]
-    angle[labels == 7] = (lean * math.pi / 4 + wobble)[labels == 7]
+    stripe_angles = {"horizontal stripes": 0.0, "vertical stripes": math.pi / 2, "diagonal stripes": lean * math.pi / 4}
+    for name, base in stripe_angles.items():
+        pick = labels == SYNTHETIC_CLASSES.index(name)
+        angle[pick] = (base + wobble)[pick]
 
     coords = np.arange(size, dtype=np.float32) + 0.5
     x, y = coords[None, None, :] - cx, coords[None, :, None] - cy
@@ -636,6 +638,7 @@ def _paint(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     n = len(mask)
     background, foreground = _contrasting_colours(rng, n)
     images = background[:, :, None, None] * (1 - mask) + foreground[:, :, None, None] * mask
+    # A little sensor-like noise, so flat areas are not perfectly flat (nothing should hinge on that).
     images += rng.standard_normal(images.shape, dtype=np.float32) * 8.0
     return np.clip(np.rint(images), 0, 255).astype(np.uint8)
 

@@ -24,7 +24,6 @@ Assumptions, also returned with every estimate so the dashboard can show them:
 
 from __future__ import annotations
 
-import json
 import math
 import tarfile
 import time

@@ -75,7 +75,8 @@ def launch_problems(config: TrainConfig) -> list[str]:
     except (RuntimeError, ValueError):
         pass  # a malformed device string: config_errors already said so
     source = config.data.strip() if isinstance(config.data, str) else ""
-    if source and source.lower() not in ("cifar10", "cifar-10", "synthetic"):
+    data_checked = any(problem.startswith("Data source") for problem in problems)
+    if source and not data_checked and source.lower() not in ("cifar10", "cifar-10", "synthetic"):
         path = Path(source).expanduser()
         if not path.exists():
             problems.append(
@@ -133,17 +134,18 @@ class JobRunner:
         check_launchable(without_bn)
         base = name or pair_base_name(config)
         runs.check_run_name(base + PAIR_SUFFIX_NO_BN)
-        for attempt in range(1, 1000):
-            candidate = base if attempt == 1 else f"{base}-{attempt}"
-            if not any((self.runs_dir / (candidate + s)).exists() for s in (PAIR_SUFFIX_BN, PAIR_SUFFIX_NO_BN)):
-                base = candidate
-                break
-        first = self.launch(with_bn, base + PAIR_SUFFIX_BN)
-        try:
-            second = self.launch(without_bn, base + PAIR_SUFFIX_NO_BN)
-        except Exception:
-            self.stop(first)
-            raise
+        with self._lock:  # no other launch can slip in between the two halves
+            for attempt in range(1, 1000):
+                candidate = base if attempt == 1 else f"{base}-{attempt}"
+                if not any((self.runs_dir / (candidate + s)).exists() for s in (PAIR_SUFFIX_BN, PAIR_SUFFIX_NO_BN)):
+                    base = candidate
+                    break
+            first = self.launch(with_bn, base + PAIR_SUFFIX_BN)
+            try:
+                second = self.launch(without_bn, base + PAIR_SUFFIX_NO_BN)
+            except Exception:
+                self.stop(first)
+                raise
         return first, second
 
     def resume(self, run_dir: Path | str, epochs: int | None = None) -> None:

@@ -19,7 +19,6 @@ path and modification time, so a page that reruns on every click does not reload
 from __future__ import annotations
 
 import io
-import json
 import math
 import threading
 from collections import OrderedDict
@@ -36,7 +35,7 @@ from .checkpoint import CheckpointError, load_backbone
 from .config import TrainConfig
 from .data import Dataset, image_to_uint8_tensor, load_dataset
 from .device import resolve_device
-from .files import read_json, write_json_atomic
+from .files import read_json, write_atomic, write_json_atomic
 from .knn import knn_predict, per_class_accuracy, pixel_features
 from .runs import list_snapshots
 
@@ -45,6 +44,7 @@ FULL, BANK = "full", "bank"  # what prepare_checkpoint computes: everything, or 
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 MAX_UPLOAD_PIXELS = 50_000_000  # width x height; far above any photo's need, far below a decompression bomb
 FEATURE_CHUNK = 2048  # images per progress report while computing embeddings
+MIN_UMAP_POINTS = 20  # below this UMAP's neighbour graph breaks down; a plain 2-D projection is drawn instead
 
 Report = Callable[..., None]  # report(message=None, fraction=None), as tasks.TaskRunner passes it
 
@@ -105,6 +105,8 @@ def checkpoint_step(path: Path) -> int | None:
     except OSError:
         return None
     if key not in _step_cache:
+        if len(_step_cache) > 1000:  # last.pt changes all through a long training: keep this bounded
+            _step_cache.clear()
         try:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             _step_cache[key] = int(state["step"]) if isinstance(state, dict) and "step" in state else None
@@ -199,7 +201,7 @@ def load_split(run_dir: Path, checkpoint: Path, split: str) -> embed.Embeddings:
         )
     try:
         return _embeddings_cache.get(_file_key(path), lambda: embed.load_embeddings(path))
-    except (OSError, ValueError, KeyError) as error:
+    except Exception as error:  # a damaged .npz raises BadZipFile, EOFError, KeyError...
         raise NotPrepared(
             f"The saved {_split_words(split)} embeddings of {Path(checkpoint).name} are unreadable "
             f"({type(error).__name__}); compute them again."
@@ -235,7 +237,7 @@ def _umap_ok(run_dir: Path, checkpoint: Path, data: Dataset | None) -> bool:
         return True
     try:
         return len(np.load(path, mmap_mode="r", allow_pickle=False)) == len(data.test_labels)
-    except (OSError, ValueError):
+    except Exception:  # damaged file: compute it again
         return False
 
 
@@ -320,6 +322,7 @@ def prepare_checkpoint(
             features = np.concatenate(chunks) if chunks else np.zeros((0, backbone.out_dim), np.float32)
             embed.save_embeddings(run_dir, checkpoint, split, features, labels.numpy(), data.classes)
         del backbone
+        _knn_path(run_dir, checkpoint).unlink(missing_ok=True)  # measured on the old embeddings
     if need_map:
         stale = embed.umap_path(run_dir, checkpoint, "test")
         stale.unlink(missing_ok=True)  # a stale map (last.pt replaced) would otherwise be reused
@@ -329,11 +332,29 @@ def prepare_checkpoint(
             "also compiles UMAP, which can take a minute or two...",
             feature_share,
         )
-        embed.umap_coordinates(run_dir, checkpoint, "test", data)
+        if count >= MIN_UMAP_POINTS:
+            embed.umap_coordinates(run_dir, checkpoint, "test", data)
+        else:
+            _save_pca_map(run_dir, checkpoint)
     if need_knn:
         report("Measuring the kNN accuracy on the test set...", 1.0 - knn_share)
         checkpoint_knn(run_dir, checkpoint, k, temperature, recompute=True)
     report("Done.", 1.0)
+
+
+def _save_pca_map(run_dir: Path, checkpoint: Path) -> None:
+    """The map of a tiny test set: its two main directions of variation (PCA) instead of UMAP."""
+    features = load_split(run_dir, checkpoint, "test").features
+    centred = features - features.mean(axis=0, keepdims=True) if len(features) else features
+    coordinates = np.zeros((len(features), 2), dtype=np.float32)
+    if len(features) > 1:
+        _u, _s, vt = np.linalg.svd(centred, full_matrices=False)
+        projected = centred @ vt[:2].T
+        coordinates[:, : projected.shape[1]] = projected
+    path = embed.umap_path(run_dir, checkpoint, "test")
+    buffer = io.BytesIO()
+    np.save(buffer, coordinates)
+    write_atomic(path, lambda f: f.write(buffer.getvalue()))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -355,7 +376,10 @@ def load_map(run_dir: Path, checkpoint: Path) -> MapData:
     test = load_split(run_dir, checkpoint, "test")
     if not _fresh(path, checkpoint):
         raise NotPrepared(f"The map of {Path(checkpoint).name} has not been computed yet; compute it first.")
-    coordinates = np.load(path, allow_pickle=False)
+    try:
+        coordinates = np.load(path, allow_pickle=False)
+    except Exception:  # damaged file
+        coordinates = np.zeros((0, 2), np.float32)
     if len(coordinates) != len(test.labels):
         raise NotPrepared(f"The saved map of {Path(checkpoint).name} does not match its embeddings; compute it again.")
     return MapData(coordinates, test.labels, test.indices, test.classes)

@@ -274,7 +274,7 @@ class Snapshot:
 
 
 def list_snapshots(run_dir: Path) -> list[Snapshot]:
-    """Evaluation-point checkpoints, oldest first, with last.pt appended when it is newer."""
+    """Evaluation-point checkpoints (`step-*.pt`), oldest first, labelled with their epoch and kNN."""
     run_dir = Path(run_dir)
     evals = {int(r["step"]): r for r in read_metric_rows(run_dir) if r.get("kind") == "eval"}
     snapshots = []

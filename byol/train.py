@@ -28,7 +28,7 @@ import torch
 
 from . import runs
 from .augment import byol_views
-from .checkpoint import full_state, load_checkpoint, restore_networks, restore_rng_states, save_checkpoint, snapshot_state
+from .checkpoint import full_state, load_checkpoint, restore_augment_rng, restore_networks, save_checkpoint, snapshot_state
 from .config import TrainConfig, check_against_data, validate
 from .data import Dataset, default_cache_dir, load_dataset
 from .device import device_key, resolve_device, use_bf16
@@ -142,7 +142,11 @@ def _train(
     device: torch.device,
     bf16: bool,
 ) -> tuple[str, str]:
+    # Weights are drawn from the global generator right after seeding it; augmentation draws come
+    # from the run's own generator, so other threads of the app drawing random numbers (a time
+    # estimate, another page) cannot shift this run's stream, and a resume repeats it exactly.
     torch.manual_seed(config.seed)
+    augment_rng = torch.Generator(device=device).manual_seed(config.seed)
 
     # --- data, resident on the training device as uint8 ---------------------------------------
     data = load_dataset(config.data, config.data_root or None, image_size=config.image_size)
@@ -171,12 +175,12 @@ def _train(
         saved = load_checkpoint(last_path)
         restore_networks(networks, saved)
         optimizer.load_state_dict(saved["optimizer"])
-        restore_rng_states(saved["rng"])
+        restore_augment_rng(augment_rng, saved)
         step, epoch, start_in_epoch = saved["step"], saved["epoch"], saved["step_in_epoch"]
     runs.truncate_metrics(run_dir, step if last_path.exists() else -1)
 
     def save_last(step_in_epoch: int) -> None:
-        save_checkpoint(last_path, full_state(networks, optimizer, config, step, epoch, step_in_epoch))
+        save_checkpoint(last_path, full_state(networks, optimizer, config, step, epoch, step_in_epoch, augment_rng))
 
     def evaluate() -> dict[str, Any]:
         started = time.perf_counter()
@@ -213,7 +217,7 @@ def _train(
             tau = target_tau(step, total_steps, config.tau_base, config.tau_schedule)
             set_learning_rate(optimizer, lr)
 
-            view1, view2 = byol_views(batch)
+            view1, view2 = byol_views(batch, generator=augment_rng)
             view1 = view1.contiguous(memory_format=memory_format)
             view2 = view2.contiguous(memory_format=memory_format)
             with autocast_context(device, bf16):
@@ -258,7 +262,7 @@ def _train(
                 return runs.STOPPED, f"Stopped at step {step:,} of {total_steps:,}; resume to continue."
         epoch += 1
         start_in_epoch = 0
-    return runs.FINISHED, f"Finished {config.epochs} epochs ({total_steps:,} steps)."
+    return runs.FINISHED, f"Finished {config.epochs} epoch{'s' if config.epochs != 1 else ''} ({total_steps:,} steps)."
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from byol import runs
-from byol.config import PRESET_HELP, PRESETS, preset
+from byol.config import PRESET_HELP, PRESETS
 from byol.estimate import estimate_time, rough_cpu_seconds
 from byol.jobs import launch_problems
 from ui.common import (
@@ -87,8 +87,6 @@ with st.expander("Start a new run", expanded=not summaries, icon=":material/rock
         knn_k=knn_k, device=device_choice, precision=precision,
     )
     problems = launch_problems(config)
-    if not data:
-        problems.insert(0, "Give the path of an image folder or archive, or pick another data source.")
     for problem in problems:
         st.error(problem, icon=":material/error:")
 
@@ -159,8 +157,8 @@ title.subheader(picked.name)
 with badge:
     state_badge(state)
 st.caption(
-    f"{preset_label(config.preset) if config.preset in PRESETS else 'custom'} · data: {config.data} · "
-    f"batch norm in heads: {'yes' if config.head_bn else 'no'} · seed {config.seed}"
+    f"preset {config.preset or 'custom'} · width {config.width} · {config.epochs} epochs · batch {config.batch_size} · "
+    f"data: {config.data} · batch norm in heads: {'yes' if config.head_bn else 'no'} · seed {config.seed}"
 )
 
 # Controls

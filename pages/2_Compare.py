@@ -43,8 +43,6 @@ with st.expander("Run the batch-norm experiment", icon=":material/science:", exp
         data = data_source_input("pair")
     experiment = preset(base_name, data=data, epochs=epochs)
     problems = launch_problems(experiment)
-    if not data:
-        problems.insert(0, "Give the path of an image folder or archive, or pick another data source.")
     for problem in problems:
         st.error(problem, icon=":material/error:")
     if device_facts()["is_cpu"] and experiment.width >= 64:
@@ -95,9 +93,9 @@ left.plotly_chart(
     key="overlay_loss",
 )
 right.plotly_chart(
-    overlay_figure(metrics, "knn", "kNN accuracy (%)", "kNN accuracy (%)", kind="eval"), key="overlay_knn",
+    overlay_figure(metrics, "knn", "kNN accuracy", "kNN accuracy (%)", kind="eval"), key="overlay_knn",
 )
-spread = overlay_figure(metrics, "z_std", "Projection spread (z_std): the collapse meter", "spread",
+spread = overlay_figure(metrics, "z_std", "Collapse meter", "spread (z_std)",
                         smoothing=smoothing, markers=collapsed)
 for d in sorted({c.projector_dim for c in configs.values()}):
     spread.add_hline(y=healthy_std(d), line=dict(color="#2b8a3e", dash="dash"),
@@ -106,34 +104,36 @@ for d in sorted({c.projector_dim for c in configs.values()}):
                      annotation_text=f"collapse line for d={d}", annotation_position="bottom right")
 spread.update_yaxes(rangemode="tozero")
 left.plotly_chart(spread, key="overlay_spread")
+right.plotly_chart(
+    overlay_figure(metrics, "effective_rank", "Effective rank", "effective rank", kind="eval"), key="overlay_rank",
+)
 
-with right:
-    st.markdown("**Verdict**")
-    rows = []
-    for name in picked:
-        s = by_name[name]
-        step = collapsed[name]
-        rows.append({
-            "Run": name,
-            "Status": state_text(s.state),
-            "BN in heads": "yes" if configs[name].head_bn else "no",
-            "Collapsed": f"at step {step:,}" if step is not None else "no",
-            "Best kNN %": s.best_knn,
-            "Random init %": s.baseline_knn,
-            "Last spread": s.last_z_std,
-            "Healthy spread": healthy_std(configs[name].projector_dim),
-            "Epochs": f"{fmt_number(s.epochs_done)} / {s.epochs_total}",
-        })
-    st.dataframe(
-        rows, hide_index=True,
-        column_config={
-            **RUNS_TABLE_COLUMNS,
-            "Random init %": RUNS_TABLE_COLUMNS["Best kNN %"],
-            "Last spread": st.column_config.NumberColumn(format="%.4f", help="z_std at the newest logged step"),
-            "Healthy spread": st.column_config.NumberColumn(format="%.4f", help="1/√d for this run's projector size"),
-        },
-    )
-    st.caption(criterion_text())
+st.subheader("Verdict")
+rows = []
+for name in picked:
+    s = by_name[name]
+    step = collapsed[name]
+    rows.append({
+        "Run": name,
+        "Status": state_text(s.state),
+        "BN in heads": "yes" if configs[name].head_bn else "no",
+        "Collapsed": f"at step {step:,}" if step is not None else "no",
+        "Best kNN %": s.best_knn,
+        "Random init %": s.baseline_knn,
+        "Last spread": s.last_z_std,
+        "Healthy spread": healthy_std(configs[name].projector_dim),
+        "Epochs": f"{fmt_number(s.epochs_done)} / {s.epochs_total}",
+    })
+st.dataframe(
+    rows, hide_index=True,
+    column_config={
+        **RUNS_TABLE_COLUMNS,
+        "Random init %": st.column_config.NumberColumn(format="%.1f", help="kNN accuracy of the untrained network (step 0)"),
+        "Last spread": st.column_config.NumberColumn(format="%.4f", help="z_std at the newest logged step"),
+        "Healthy spread": st.column_config.NumberColumn(format="%.4f", help="1/√d for this run's projector size"),
+    },
+)
+st.caption(criterion_text())
 
 # --- settings --------------------------------------------------------------------------------
 st.subheader("Settings that differ")

@@ -1,5 +1,6 @@
 """Embeddings: the test images as a 2-D map (UMAP) coloured by class; pick points to see them and their neighbours."""
 
+import numpy as np
 import streamlit as st
 
 from byol import retrieval
@@ -7,8 +8,9 @@ from byol.checkpoint import CheckpointError
 from byol.data import DataError
 from byol.runs import RunError, read_config
 from ui import inspect
+from ui.common import page_setup
 
-st.set_page_config(page_title="Embeddings · BYOL Studio", layout="wide")
+page_setup("Embeddings", ":material/scatter_plot:")
 st.title("Embeddings: what the network learned, as a map")
 st.markdown(
     "Every dot is one test image, placed by the network's own idea of similarity. If training worked, "
@@ -30,7 +32,7 @@ except (RunError, DataError, ValueError) as error:
     st.stop()
 
 inspect.ensure_prepared(
-    run.path, choice.path, retrieval.FULL, data, config.knn_k, config.knn_temperature, what="The map", key="emb"
+    run.path, choice.path, retrieval.FULL, data, config.knn_k, config.knn_temperature, what="The map page", key="emb"
 )
 
 # --- one library call: the prepared map and its kNN accuracy --------------------------------------
@@ -46,10 +48,14 @@ first, second, third = st.columns(3)
 first.metric(
     "kNN accuracy", f"{knn.accuracy:.1f}%",
     help=f"{inspect.GLOSSARY['knn']} Here every one of the {knn.bank_size:,} training images votes and "
-    f"all {knn.query_size:,} test images are graded, with k = {knn.k}.",
+    f"all {knn.query_size:,} test images are graded, with k = {knn.k}. The Train page measures on a smaller "
+    "sample while training, so its number can differ a little.",
 )
 second.metric("Chance level", f"{100 / max(len(knn.classes), 1):.0f}%", help="What guessing a class at random would score.")
-third.metric("Checkpoint", choice.label.split(" · ")[0], help=inspect.GLOSSARY["checkpoint"])
+third.metric(
+    "Checkpoint", f"step {choice.step:,}" if choice.step is not None else choice.path.name,
+    help=f"{choice.label}. {inspect.GLOSSARY['checkpoint']}",
+)
 if choice.random_init:
     st.caption(
         "This is the untrained network (random init). Even so, similar-looking images often land near each "
@@ -67,8 +73,9 @@ left, right = st.columns([3, 2])
 with left:
     st.subheader("The map")
     st.caption(
-        "Hover a dot to see its class. Click a dot, or draw around several with the lasso or box tool "
-        "(top right of the chart), to see those images below. Double-click an empty spot to clear."
+        "Hover a dot to see its class. Click a dot to see it and its nearest training images below; to see "
+        "many at once, pick the lasso or box tool (top right of the chart) and draw around them. "
+        "Double-click an empty spot to clear the selection."
     )
     event = st.plotly_chart(
         inspect.map_figure(map_data),
@@ -101,8 +108,11 @@ if focus is None:
 
 shown = ([focus] if focus not in selected else []) + selected
 if len(shown) > 1:
-    st.subheader(f"Selected images ({len(shown):,}{f', first {GRID_LIMIT} shown' if len(shown) > GRID_LIMIT else ''})")
-    shown = shown[:GRID_LIMIT]
+    if len(shown) > GRID_LIMIT:  # an even spread over the selection, which comes ordered by class
+        st.subheader(f"Selected images ({len(shown):,}; {GRID_LIMIT} of them shown, spread over the selection)")
+        shown = [shown[int(i)] for i in np.linspace(0, len(shown) - 1, GRID_LIMIT)]
+    else:
+        st.subheader(f"Selected images ({len(shown):,})")
     inspect.image_grid(
         [data.test_images[i] for i in shown],
         [f"#{i} {data.classes[int(data.test_labels[i])]}" for i in shown],
@@ -118,7 +128,10 @@ except (retrieval.NotPrepared, ValueError) as error:
     st.stop()
 query_label = int(data.test_labels[focus])
 query_col, result_col = st.columns([1, 4])
-query_col.image(retrieval.thumbnail(data.test_images[focus], 5), caption=f"query: test image #{focus} ({data.classes[query_label]})")
+query_col.image(
+    retrieval.thumbnail(data.test_images[focus], 5), caption=f"query: test image #{focus} ({data.classes[query_label]})",
+    width=5 * int(data.test_images.shape[-1]),
+)
 with result_col:
     inspect.image_grid(
         [data.train_images[n.train_index] for n in found], inspect.neighbour_captions(found, data.classes), columns=4, scale=4

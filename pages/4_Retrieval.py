@@ -7,8 +7,9 @@ from byol.checkpoint import CheckpointError
 from byol.data import DataError
 from byol.runs import RunError, read_config
 from ui import inspect
+from ui.common import page_setup
 
-st.set_page_config(page_title="Retrieval · BYOL Studio", layout="wide")
+page_setup("Retrieval", ":material/image_search:")
 st.title("Retrieval: find the most similar training images")
 st.markdown(
     "Pick a picture and the network looks through all the training images for the ones it finds most "
@@ -68,12 +69,15 @@ with gallery_tab:
     shuffle_col.button("Reshuffle", key="ret-reshuffle", on_click=reshuffle, help="Show other randomly chosen test images.")
     only = None if shown_class == everything else data.classes.index(shown_class)
     candidates = retrieval.gallery_indices(data.test_labels, 3 if only is None else 20, state["ret-seed"], only)
-    st.caption("Click **Find similar** under a picture to use it as the query. These are test images, which training never used.")
+    st.caption("Click **Search** under a picture to use it as the query. These are test images, which training never used.")
     for start in range(0, len(candidates), GALLERY_COLUMNS):
         for cell, index in zip(st.columns(GALLERY_COLUMNS), candidates[start : start + GALLERY_COLUMNS]):
-            cell.image(retrieval.thumbnail(data.test_images[index], 3), caption=f"#{index} {data.classes[int(data.test_labels[index])]}")
+            cell.image(
+                retrieval.thumbnail(data.test_images[index], 3), caption=f"#{index} {data.classes[int(data.test_labels[index])]}",
+                width=3 * int(data.test_images.shape[-1]),
+            )
             cell.button(
-                "Find similar", key=f"query-{index}", on_click=use_test_image, args=(index,), width="stretch",
+                "Search", key=f"query-{index}", on_click=use_test_image, args=(index,), width="stretch",
                 help=f"Search the training images for the ones most like test image #{index}.",
             )
 with upload_tab:
@@ -101,7 +105,7 @@ elif state["ret-query"] is not None:
         query_label = int(data.test_labels[state["ret-query"]])
         query_words = f"test image #{state['ret-query']} ({data.classes[query_label]})"
 if query is None:
-    st.info("Click **Find similar** under a picture above, or upload a picture of your own, to search.")
+    st.info("Click **Search** under a picture above, or upload a picture of your own, to search.")
     st.stop()
 
 # --- one library call: the neighbours ------------------------------------------------------------
@@ -115,7 +119,7 @@ except (CheckpointError, retrieval.NotPrepared, ValueError) as error:
 st.subheader(f"The {len(found)} training images most like {query_words}")
 query_col, results_col = st.columns([1, 4])
 with query_col:
-    st.image(retrieval.thumbnail(query, 6), caption=f"query: {query_words}")
+    st.image(retrieval.thumbnail(query, 6), caption=f"query: {query_words}", width=6 * int(query.shape[-1]))
     if query_label is not None:
         precision = retrieval.precision_at_k([n.label for n in found], query_label)
         st.metric(
@@ -130,8 +134,9 @@ def show(found_here: list, prefix: str) -> None:
         share = retrieval.precision_at_k([n.label for n in found_here], query_label)
         st.caption(f"precision@{len(found_here)}: {share:.0%} share the query's class")
     st.image(
-        [retrieval.thumbnail(data.train_images[n.train_index], 4) for n in found_here],
+        [retrieval.thumbnail(data.train_images[n.train_index], 3) for n in found_here],
         caption=inspect.neighbour_captions(found_here, data.classes, prefix),
+        width=3 * int(data.train_images.shape[-1]),  # 96 px for 32x32 images: two fit side by side
     )
 
 

@@ -27,7 +27,7 @@ def trained_bits():
 def test_full_checkpoint_round_trips_with_weights_only(tmp_path):
     config, nets, optimizer = trained_bits()
     path = tmp_path / "last.pt"
-    save_checkpoint(path, full_state(nets, optimizer, config, step=7, epoch=1, step_in_epoch=3))
+    save_checkpoint(path, full_state(nets, optimizer, config, step=7, epoch=1, step_in_epoch=3, augment_rng=torch.Generator()))
     raw = torch.load(path, weights_only=True)  # must not need unsafe unpickling
     assert raw["step"] == 7 and raw["config"] == config.to_dict()
     state = load_checkpoint(path)
@@ -64,7 +64,7 @@ def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", failing_save)
     with pytest.raises(OSError):
-        save_checkpoint(path, full_state(nets, optimizer, config, 1, 0, 1))
+        save_checkpoint(path, full_state(nets, optimizer, config, 1, 0, 1, torch.Generator()))
     assert path.read_bytes() == good
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
 
@@ -92,7 +92,7 @@ def test_bad_files_give_plain_errors(tmp_path, content, message):
 def test_truncated_checkpoint_is_refused(tmp_path):
     config, nets, optimizer = trained_bits()
     path = tmp_path / "last.pt"
-    save_checkpoint(path, full_state(nets, optimizer, config, 1, 0, 1))
+    save_checkpoint(path, full_state(nets, optimizer, config, 1, 0, 1, torch.Generator()))
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="damaged"):
         load_checkpoint(path)

@@ -183,6 +183,10 @@ def test_cache_follows_changes_and_image_size(tree: Path, tmp_path: Path) -> Non
     changed = load_dataset(str(tree), cache_dir=cache)
     assert changed.train_images.shape[0] == 13
     assert changed.fingerprint != first.fingerprint
+    (tree / "train" / "owl").rename(tree / "train" / "bat")  # same files, sizes and times
+    (tree / "test" / "owl").rename(tree / "test" / "bat")
+    renamed = load_dataset(str(tree), cache_dir=cache)
+    assert renamed.classes == ["bat", "cat", "dog"]
 
 
 def test_torn_cache_is_ignored_and_rewritten(tree: Path, tmp_path: Path) -> None:
@@ -283,9 +287,14 @@ def test_unsupported_file_type(tmp_path: Path) -> None:
 # -- single images ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["RGB", "L", "LA", "P", "RGBA", "I;16", "I", "F", "CMYK", "1", "YCbCr"])
+@pytest.mark.parametrize(
+    "mode", ["RGB", "L", "LA", "P", "RGBA", "I;16", "I", "F", "CMYK", "1", "YCbCr", "LAB", "HSV", "RGBa", "La", "PA"]
+)
 def test_image_to_uint8_tensor_any_mode(mode: str) -> None:
-    img = Image.new("RGB", (48, 20), (200, 100, 50)).convert(mode)
+    try:
+        img = Image.new("RGB", (48, 20), (200, 100, 50)).convert(mode)
+    except ValueError:  # Pillow cannot convert to every mode; a blank image of that mode will do
+        img = Image.new(mode, (48, 20))
     out = image_to_uint8_tensor(img, 32)
     assert out.shape == (3, 32, 32) and out.dtype == torch.uint8 and out.is_contiguous()
 

@@ -155,6 +155,19 @@ def test_embeddings_of_another_data_set_size_count_as_missing(run_dir, data):
     assert retrieval.missing_work(run_dir, checkpoint, retrieval.BANK, small_data(train_per_class=21)) == ["training-set embeddings"]
 
 
+def test_damaged_saved_results_count_as_missing(run_dir, data, fake_umap):
+    checkpoint = run_dir / "step-00000004.pt"
+    retrieval.prepare_checkpoint(run_dir, checkpoint, None, data, k=20)
+    retrieval.clear_caches()
+    embed.embedding_path(run_dir, checkpoint, "test").write_bytes(b"PK\x03\x04 cut short")
+    embed.umap_path(run_dir, checkpoint, "test").write_bytes(b"\x93NUMPY")
+    assert retrieval.missing_work(run_dir, checkpoint, retrieval.FULL, data, 20) == ["test-set embeddings", "the 2-D map (UMAP)"]
+    with pytest.raises(retrieval.NotPrepared, match="unreadable"):
+        retrieval.load_map(run_dir, checkpoint)
+    retrieval.prepare_checkpoint(run_dir, checkpoint, None, data, k=20)
+    assert retrieval.missing_work(run_dir, checkpoint, retrieval.FULL, data, 20) == []
+
+
 def test_damaged_checkpoint_gives_a_plain_error(run_dir, data):
     checkpoint = run_dir / "step-00000004.pt"
     checkpoint.write_bytes(b"this is not a checkpoint")
@@ -162,6 +175,15 @@ def test_damaged_checkpoint_gives_a_plain_error(run_dir, data):
         retrieval.prepare_checkpoint(run_dir, checkpoint, None, data)
     with pytest.raises(CheckpointError, match="damaged"):
         retrieval.embed_query(checkpoint, data.test_images[0])
+
+
+def test_a_tiny_test_set_gets_a_plain_projection_instead_of_umap(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "umap", None)  # importing umap now fails: it must not be needed
+    run = make_run(tmp_path / "runs")
+    data = small_data(train_per_class=3, test_per_class=1)  # 10 test images
+    retrieval.prepare_checkpoint(run, run / "step-00000004.pt", None, data, k=5)
+    coordinates = retrieval.load_map(run, run / "step-00000004.pt").coordinates
+    assert coordinates.shape == (10, 2) and np.isfinite(coordinates).all() and coordinates.std() > 0
 
 
 def test_real_umap_draws_a_map_of_200_points(tmp_path):

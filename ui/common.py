@@ -151,8 +151,8 @@ STATE_LOOK: dict[str, tuple[str, str, str]] = {
     runs.INTERRUPTED: ("Interrupted", "orange", ":material/power_off:"),
 }
 STATE_TEXT: dict[str, str] = {
-    runs.QUEUED: "⏳ waiting", runs.RUNNING: "🔵 training", runs.FINISHED: "✅ finished",
-    runs.STOPPED: "⏸️ stopped", runs.FAILED: "❌ failed", runs.INTERRUPTED: "⚠️ interrupted",
+    runs.QUEUED: "waiting", runs.RUNNING: "training", runs.FINISHED: "finished",
+    runs.STOPPED: "stopped", runs.FAILED: "failed", runs.INTERRUPTED: "interrupted",
 }
 
 
@@ -270,14 +270,18 @@ def run_picker(summaries: Sequence[runs.RunSummary], key: str, label: str = "Run
         return None
     names = [s.name for s in summaries]
     by_name = {s.name: s for s in summaries}
-    if st.session_state.get(key) not in names:
-        st.session_state.pop(key, None)
-        st.session_state[key] = names[pick_default_run(summaries, st.query_params.get("run"))]
+    wanted = st.query_params.get("run")
+    url_key = f"_{key}_url"  # the ?run= value this picker last wrote; a different one came from a link
+    if wanted in names and wanted != st.session_state.get(url_key) and wanted != st.session_state.get(key):
+        st.session_state[key] = wanted
+    elif st.session_state.get(key) not in names:
+        st.session_state[key] = names[pick_default_run(summaries, wanted)]
     name = st.selectbox(
         label, names, key=key, help=HELP["pick_run"],
         format_func=lambda n: f"{n} · {state_text(by_name[n].state)}",
     )
-    if st.query_params.get("run") != name:
+    st.session_state[url_key] = name
+    if wanted != name:
         st.query_params["run"] = name
     return by_name[name]
 
@@ -357,17 +361,18 @@ def fmt_duration(seconds: float | None) -> str:
 PALETTE = ["#3b5bdb", "#e8590c", "#2b8a3e", "#c2255c", "#7048e8", "#0b7285", "#e67700", "#495057"]
 
 
-def _base_figure(title: str, y_title: str, x_title: str = "epoch", height: int = 320) -> go.Figure:
+def _base_figure(title: str, y_title: str, x_title: str = "epoch", height: int = 320, subtitle: str = "") -> go.Figure:
     figure = go.Figure()
     figure.update_layout(
-        title=dict(text=title, x=0, font=dict(size=15)),
+        title=dict(text=title, x=0, font=dict(size=15), subtitle=dict(text=subtitle, font=dict(size=12, color="#868e96"))),
         height=height,
-        margin=dict(l=10, r=10, t=40, b=10),
+        margin=dict(l=10, r=10, t=60 if subtitle else 40, b=10),
         xaxis_title=x_title,
         yaxis_title=y_title,
         hovermode="x unified",
-        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
+        showlegend=False,
     )
+    figure.update_xaxes(rangemode="tozero")
     return figure
 
 
@@ -380,8 +385,9 @@ def eval_rows(metrics: pd.DataFrame) -> pd.DataFrame:
 
 
 def _column(frame: pd.DataFrame, name: str) -> pd.DataFrame:
-    if name not in frame:
-        return frame.iloc[0:0]
+    """Rows of `frame` that have a value in `name` (always with step, epoch and `name` columns)."""
+    if name not in frame or "epoch" not in frame or "step" not in frame:
+        return pd.DataFrame({"step": pd.Series(dtype="int64"), "epoch": pd.Series(dtype="float"), name: pd.Series(dtype="float")})
     return frame[frame[name].notna()]
 
 
@@ -391,11 +397,11 @@ def _smoothed(values: Sequence[float], weight: float) -> list[float | None]:
 
 def loss_figure(metrics: pd.DataFrame, smoothing: float = 0.0) -> go.Figure:
     rows = _column(step_rows(metrics), "loss")
-    figure = _base_figure("Loss (lower = the two copies agree more)", "loss")
+    figure = _base_figure("Loss", "loss", subtitle="lower = the two copies agree more")
     if smoothing > 0:
         figure.add_scatter(x=rows["epoch"], y=rows["loss"], mode="lines", name="raw", line=dict(color="#adb5bd", width=1))
     figure.add_scatter(
-        x=rows["epoch"], y=_smoothed(rows["loss"], smoothing), mode="lines", name="loss",
+        x=rows["epoch"], y=_smoothed(rows["loss"], smoothing), mode="lines" if len(rows) >= 20 else "lines+markers", name="loss",
         line=dict(color=PALETTE[0], width=2), customdata=rows["step"], hovertemplate="%{y:.4f} (step %{customdata})",
     )
     return figure
@@ -404,7 +410,7 @@ def loss_figure(metrics: pd.DataFrame, smoothing: float = 0.0) -> go.Figure:
 def knn_figure(metrics: pd.DataFrame, baseline: float | None = None, pixel: float | None = None) -> go.Figure:
     """kNN accuracy over training with the random-init and raw-pixel baselines as reference lines."""
     rows = _column(eval_rows(metrics), "knn")
-    figure = _base_figure("kNN accuracy (higher = better features)", "kNN accuracy (%)")
+    figure = _base_figure("kNN accuracy", "kNN accuracy (%)", subtitle="higher = better features")
     figure.add_scatter(
         x=rows["epoch"], y=rows["knn"], mode="lines+markers", name="kNN accuracy",
         line=dict(color=PALETTE[2], width=2), customdata=rows["step"], hovertemplate="%{y:.1f}% (step %{customdata})",
@@ -422,9 +428,9 @@ def collapse_figure(metrics: pd.DataFrame, projector_dim: int, smoothing: float 
     """The collapse meter: projection spread with the healthy level 1/√d and the collapse threshold."""
     rows = _column(step_rows(metrics), "z_std")
     healthy = healthy_std(projector_dim)
-    figure = _base_figure("Collapse meter: projection spread (z_std)", "spread")
+    figure = _base_figure("Collapse meter", "spread (z_std)", subtitle="projection spread; falling to 0 = collapse")
     figure.add_scatter(
-        x=rows["epoch"], y=_smoothed(rows["z_std"], smoothing), mode="lines", name="spread",
+        x=rows["epoch"], y=_smoothed(rows["z_std"], smoothing), mode="lines" if len(rows) >= 20 else "lines+markers", name="spread",
         line=dict(color=PALETTE[3], width=2), customdata=rows["step"], hovertemplate="%{y:.4f} (step %{customdata})",
     )
     figure.add_hline(y=healthy, line=dict(color="#2b8a3e", dash="dash"),
@@ -441,7 +447,7 @@ def collapse_figure(metrics: pd.DataFrame, projector_dim: int, smoothing: float 
 
 def rank_figure(metrics: pd.DataFrame) -> go.Figure:
     rows = _column(eval_rows(metrics), "effective_rank")
-    figure = _base_figure("Effective rank of the features (higher = richer)", "effective rank")
+    figure = _base_figure("Effective rank", "effective rank", subtitle="directions the features use; higher = richer")
     figure.add_scatter(
         x=rows["epoch"], y=rows["effective_rank"], mode="lines+markers", name="effective rank",
         line=dict(color=PALETTE[4], width=2), customdata=rows["step"], hovertemplate="%{y:.1f} (step %{customdata})",
@@ -464,13 +470,15 @@ def overlay_figure(
     markers: dict[str, int | None] | None = None,
 ) -> go.Figure:
     """One line per run of `column` over epochs; `markers` = run name -> step to mark with an ✕."""
-    figure = _base_figure(title, y_title, height=360)
+    figure = _base_figure(title, y_title, height=400)
+    figure.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0), margin=dict(b=10))
     for i, (name, metrics) in enumerate(frames.items()):
         rows = _column(step_rows(metrics) if kind == "step" else eval_rows(metrics), column)
         color = PALETTE[i % len(PALETTE)]
         y = _smoothed(rows[column], smoothing) if kind == "step" else list(rows[column])
+        few = kind != "step" or len(rows) < 20  # a line through one or two points would not show
         figure.add_scatter(
-            x=rows["epoch"], y=y, mode="lines" if kind == "step" else "lines+markers", name=name,
+            x=rows["epoch"], y=y, mode="lines+markers" if few else "lines", name=name,
             line=dict(color=color, width=2), customdata=rows["step"], hovertemplate=f"{name}: %{{y:.4g}} (step %{{customdata}})<extra></extra>",
         )
         step = (markers or {}).get(name)
@@ -486,7 +494,7 @@ def overlay_figure(
                 )
     if log_y:
         figure.update_yaxes(type="log")
-    figure.update_layout(hovermode="closest")
+    figure.update_layout(hovermode="closest", showlegend=True)
     return figure
 
 

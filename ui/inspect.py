@@ -16,6 +16,7 @@ from byol import retrieval, tasks
 from byol.config import TrainConfig
 from byol.data import Dataset
 from byol.runs import RunSummary, default_runs_dir, list_runs
+from ui import common
 
 # Plain-language explanations of every technical word these pages use.
 GLOSSARY: dict[str, str] = {
@@ -91,11 +92,6 @@ def dataset_for(config: TrainConfig) -> Dataset:
 # --------------------------------------------------------------------------------------------------
 
 
-def _run_label(summary: RunSummary) -> str:
-    knn = f", kNN {summary.latest_knn:.1f}%" if summary.latest_knn is not None else ""
-    return f"{summary.name} ({summary.state}{knn})"
-
-
 def pick_run_and_checkpoint(page: str) -> tuple[RunSummary, retrieval.CheckpointChoice]:
     """A run and one of its checkpoints (newest by default); stops the page with advice when there is none."""
     summaries = list_runs(default_runs_dir())
@@ -104,20 +100,12 @@ def pick_run_and_checkpoint(page: str) -> tuple[RunSummary, retrieval.Checkpoint
             "There are no training runs yet. Start one on the **Train** page (the *cpu* preset learns "
             "visibly in about 15 minutes on a laptop), then come back here to look inside it."
         )
+        common.link("train", "Go to the Train page")
         st.stop()
-    by_name = {s.name: s for s in summaries}
-    wanted = st.query_params.get("run")
-    names = list(by_name)
     left, right = st.columns(2)
-    name = left.selectbox(
-        "Run",
-        names,
-        index=names.index(wanted) if wanted in by_name else 0,
-        format_func=lambda n: _run_label(by_name[n]),
-        key=f"{page}-run",
-        help="A training run from the runs folder, newest first. Runs started from the command line show up here too.",
-    )
-    summary = by_name[name]
+    with left:
+        summary = common.run_picker(summaries, key=f"{page}-run")
+    name = summary.name
     choices = retrieval.checkpoint_choices(summary.path)
     if not choices:
         st.info(
@@ -157,7 +145,7 @@ def ensure_prepared(
     data: Dataset,
     k: int = 200,
     temperature: float = 0.1,
-    what: str = "this",
+    what: str = "This page",
     key: str = "",
     stop: bool = True,
 ) -> bool:
@@ -179,12 +167,17 @@ def ensure_prepared(
         failed = runner.status(keys[0])
         if failed.state == tasks.FAILED:
             st.error(failed.message)
-        images = len(data.train_labels) + (len(data.test_labels) if level == retrieval.FULL else 0)
+        embeddings = [m for m in missing if "embeddings" in m]
+        images = (len(data.train_labels) if "training-set embeddings" in missing else 0) + (
+            len(data.test_labels) if "test-set embeddings" in missing else 0
+        )
+        cost = (
+            f"That means running the network over {images:,} images: seconds on a GPU, a minute or more on a CPU. "
+            if embeddings else "That takes a few seconds. "
+        )
         st.info(
             f"{what} needs {_join(missing)} of **{Path(checkpoint).name}**, which have not been computed yet. "
-            f"That means running the network over {images:,} images"
-            + (" and drawing the map" if level == retrieval.FULL else "")
-            + ": seconds on a GPU, a minute or more on a CPU. The result is saved, so this happens once."
+            + cost + "The result is saved, so this happens once."
         )
         if st.button(
             "Compute now" if failed.state != tasks.FAILED else "Try again",
@@ -253,15 +246,18 @@ def map_figure(map_data: retrieval.MapData, height: int = 560) -> Any:
         figure.add_trace(go.Scattergl(
             x=map_data.coordinates[rows, 0], y=map_data.coordinates[rows, 1], mode="markers", name=name,
             marker=dict(size=5, color=colours[c], opacity=0.8),
-            customdata=map_data.indices[rows].reshape(-1, 1),
+            # A plain list, not a numpy array: plotly would send an array as a typed array, which comes
+            # back from a selection as {"0": 17} instead of [17].
+            customdata=[[int(i)] for i in map_data.indices[rows]],
             hovertemplate=f"<b>{name}</b><br>test image #%{{customdata[0]}}<extra></extra>",
         ))
     figure.update_layout(
         height=height, margin=dict(l=10, r=10, t=30, b=10), legend=dict(title="class", itemsizing="constant"),
-        dragmode="lasso", clickmode="event+select",
     )
+    # No dragmode/clickmode here: Streamlit sets them for on_select (pan + click-to-select). A lasso or
+    # box dragmode would switch click-to-select off.
     figure.update_xaxes(showticklabels=False, title=None)
-    figure.update_yaxes(showticklabels=False, title=None, scaleanchor="x", scaleratio=1)
+    figure.update_yaxes(showticklabels=False, title=None)
     return figure
 
 
@@ -274,6 +270,8 @@ def selected_test_indices(event: Any) -> list[int]:
     chosen: list[int] = []
     for point in points or []:
         value = point.get("customdata") if isinstance(point, dict) else None
+        if isinstance(value, dict):  # a typed array serialised as {"0": 17}
+            value = value.get("0")
         if isinstance(value, (list, tuple)):
             value = value[0] if value else None
         try:
@@ -318,7 +316,7 @@ def image_grid(images: Sequence[Any], captions: Sequence[str], columns: int, sca
     for start in range(0, len(images), columns):
         cells = st.columns(columns)
         for cell, image, caption in zip(cells, images[start : start + columns], captions[start : start + columns]):
-            cell.image(retrieval.thumbnail(image, scale), caption=caption)
+            cell.image(retrieval.thumbnail(image, scale), caption=caption, width=int(image.shape[-1]) * scale)
 
 
 def neighbour_captions(found: Sequence[retrieval.Neighbour], classes: Sequence[str], prefix: str = "neighbour") -> list[str]:

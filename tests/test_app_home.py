@@ -1,0 +1,86 @@
+"""Home page: empty state, a finished run as showcase, the demo run first, interrupted runs with Resume."""
+
+from __future__ import annotations
+
+import json
+
+from byol import runs
+from byol.files import write_json_atomic
+
+
+def texts(at) -> str:
+    """Every piece of text the page shows, in one string (markdown, alerts, captions, headers)."""
+    parts = []
+    for kind in ("markdown", "info", "warning", "error", "success", "caption", "title", "subheader"):
+        parts += [str(element.value) for element in at.get(kind)]
+    return "\n".join(parts)
+
+
+def test_empty_state_says_what_to_do(runs_dir, app_test):
+    at = app_test("app.py")
+    at.run()
+    assert not at.exception
+    shown = texts(at)
+    assert "No runs yet" in shown and "Launch training" in shown
+    assert "Training device" in shown
+    assert "stopping the server stops the training" in shown
+    assert len(at.get("plotly_chart")) == 0
+
+
+def test_finished_run_is_shown_with_its_knn_curve(finished_run, app_test):
+    at = app_test("app.py")
+    at.run()
+    assert not at.exception
+    assert any("Best finished run: tiny-finished" in s.value for s in at.subheader)
+    assert len(at.get("plotly_chart")) == 1
+    table = at.dataframe[0].value
+    assert list(table["Run"]) == ["tiny-finished"]
+    assert table["Status"].iloc[0].endswith("finished")
+    assert table["Epochs"].iloc[0] == "2 / 2"
+    assert "GPUs" not in table  # only shown when a run used several
+
+
+def test_demo_run_comes_first(finished_run, runs_dir, app_test, tiny_config):
+    other = runs.create_run(runs_dir, tiny_config(), "demo-run")
+    (other / "demo.json").write_text(json.dumps({"demo": True}))
+    at = app_test("app.py")
+    at.run()
+    assert not at.exception
+    assert any("Demo run: demo-run" in s.value for s in at.subheader)
+
+
+def test_interrupted_run_offers_resume(runs_dir, app_test, tiny_config, fake_train):
+    fake_train.auto_release = True
+    run = runs.create_run(runs_dir, tiny_config(), "left-behind")
+    record = runs.read_status(run)
+    record.update(state=runs.RUNNING, pid=2**22 + 4321, pid_start=None)  # its server is gone
+    write_json_atomic(run / "status.json", record)
+
+    at = app_test("app.py")
+    at.run()
+    assert not at.exception
+    assert any(s.value == "Interrupted runs" for s in at.subheader)
+    at.button(key="resume_left-behind").click().run()
+    assert not at.exception
+    from byol.jobs import shared_runner
+
+    assert shared_runner(runs_dir).wait(timeout=10)
+    assert fake_train.calls == ["left-behind"]
+    assert runs.read_status(run)["state"] == runs.FINISHED
+
+
+def test_display_helpers():
+    import numpy as np
+
+    from ui.common import fmt_bytes, fmt_duration, fmt_pct, upscale
+
+    assert fmt_duration(42) == "42 s" and fmt_duration(720) == "12 min" and fmt_duration(3 * 3600 + 300) == "3 h 05 min"
+    assert fmt_duration(60 * 3600) == "2 days 12 h" and fmt_duration(None) == "–"
+    assert fmt_pct(None) == "–" and fmt_pct(61.234) == "61.2%"
+    assert fmt_bytes(1_500_000) == "1.5 MB"
+    image = np.zeros((3, 32, 32), dtype=np.uint8)
+    image[0, 0, 0] = 255
+    big = upscale(image, 4)
+    assert big.size == (128, 128)
+    pixels = np.asarray(big)
+    assert (pixels[:4, :4, 0] == 255).all() and pixels[4, 4, 0] == 0  # nearest neighbour: sharp blocks

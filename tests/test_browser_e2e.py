@@ -1,0 +1,212 @@
+"""The dashboard end to end, in a real browser: launch a tiny run from the Train page, watch its curves
+grow live, then search similar images for a clicked test picture on the Retrieval page.
+
+Drives headless Debian Chromium with Playwright against `streamlit run app.py` (see tests/browser.py).
+Skips when Playwright or Chromium is missing, unless BYOL_REQUIRE_BROWSER=1 (CI), where it fails.
+Screenshots of every stage go to $BYOL_SCREENSHOTS when set (else the test's tmp_path), for a person
+to look at. About 2 minutes on a busy 2-core machine.
+
+Every setting is typed into the page's own widgets, the way a person would: synthetic data, a width-8
+network with small heads, 2,048 training images in batches of 64 for 3 epochs (96 steps, a loss row
+every 5 steps), kNN every epoch on a 256-image bank and 100 test images, fp32.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from browser import (
+    StreamlitServer, keyed_button, launch_chromium, progress_text, require_browser, screenshot, set_number, wait_idle,
+)
+
+RUN_NAME = "e2e-run"
+EPOCHS, BATCH, SUBSET = 3, 64, 2048
+TOTAL_STEPS = EPOCHS * (SUBSET // BATCH)
+TIMEOUT_MS = 120_000  # for anything the slow, busy machine must compute before it shows
+STEP_PATTERN = r"step (\d[\d,]*) of (\d[\d,]*)"
+CAPTION_PATTERN = re.compile(r"^neighbour (\d+): \S.* \((-?\d\.\d\d)\)$")
+
+# The number of points drawn in a chart (its first trace) and the progress bar's step, read in the page.
+POINTS_JS = """(key) => {
+    const plot = document.querySelector(`.st-key-${key} .js-plotly-plot`);
+    return plot && plot.data && plot.data.length ? plot.data[0].x.length : -1;
+}"""
+
+
+@pytest.fixture
+def shots(tmp_path) -> Path:
+    folder = Path(os.environ.get("BYOL_SCREENSHOTS") or tmp_path / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture
+def server(tmp_path, request):
+    """The dashboard on a free port with empty runs and cache folders; always stopped afterwards."""
+    require_browser()
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "cache").mkdir()
+    # One torch thread: the browser, the server and the training share a small machine.
+    extra = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    app = StreamlitServer(tmp_path / "runs", tmp_path / "cache", tmp_path / "streamlit.log", extra)
+    request.addfinalizer(app.stop)  # also when start() itself fails half-way
+    app.start()
+    return app
+
+
+def _step(text: str) -> int:
+    match = re.search(STEP_PATTERN, text)
+    return int(match.group(1).replace(",", "")) if match else -1
+
+
+def test_train_watch_and_retrieve(server, shots):
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(TIMEOUT_MS)
+            expect.set_options(timeout=TIMEOUT_MS)
+            try:
+                _scenario(page, server.url, shots)
+            except BaseException:
+                try:
+                    screenshot(page, shots, "99-failure")
+                finally:
+                    print(f"--- streamlit log (tail) ---\n{server.log_tail()}")
+                raise
+        finally:
+            browser.close()
+
+
+def _scenario(page, url: str, shots: Path) -> None:
+    from playwright.sync_api import expect
+
+    # --- Train: fill in a tiny run with the page's own controls ------------------------------------
+    page.goto(f"{url}/Train")
+    expect(page.get_by_role("heading", name="Train", exact=True)).to_be_visible()
+    launch = keyed_button(page, "launch")
+    launch.wait_for()
+    wait_idle(page)
+    screenshot(page, shots, "01-train-empty")
+
+    page.get_by_text("Synthetic shapes", exact=False).click()
+    expect(page.locator(".st-key-new_path")).to_have_count(0)  # the folder path box goes away
+    wait_idle(page)
+    # Widget keys carry the preset's name; the page suggests "cpu" on a machine without a GPU.
+    preset = "cpu"
+    set_number(page, f"new_epochs_{preset}", EPOCHS)
+    set_number(page, f"new_batch_{preset}", BATCH)
+    set_number(page, f"new_width_{preset}", 8)
+
+    page.get_by_text("Advanced settings", exact=True).click()
+    for field, value in (("subset", SUBSET), ("ph", 32), ("pd", 16), ("qh", 32), ("bank", 256), ("query", 100), ("k", 20)):
+        set_number(page, f"new_{field}_{preset}", value)
+    page.locator(f".st-key-new_precision_{preset}").get_by_role("combobox").click()
+    page.get_by_role("option", name="fp32", exact=True).click()
+    expect(page.locator(f".st-key-new_precision_{preset}")).to_contain_text("fp32")
+    name_box = page.locator(".st-key-new_run_name input")
+    name_box.fill(RUN_NAME)
+    name_box.press("Enter")
+    wait_idle(page)
+    expect(launch).to_be_enabled()  # disabled while the page lists launch problems
+    screenshot(page, shots, "02-train-settings")
+
+    # --- launch and watch it live --------------------------------------------------------------------
+    launch.click()
+    expect(page.get_by_role("heading", name=RUN_NAME)).to_be_visible()
+    expect(page.get_by_text(f"width 8 · {EPOCHS} epochs · batch {BATCH} · data: synthetic")).to_be_visible()
+
+    # First observation: training has taken steps and the loss chart has points.
+    handle = page.wait_for_function(
+        f"""() => {{
+            const bar = document.querySelector('[data-testid="stProgress"]');
+            const m = bar && bar.innerText.match(/{STEP_PATTERN}/);
+            return m && Number(m[1].replace(/,/g, '')) > 0 && ({POINTS_JS})('chart_loss') > 0 ? bar.innerText : null;
+        }}""",
+        timeout=TIMEOUT_MS,
+    )
+    first_text = handle.json_value()
+    first_step, first_points = _step(first_text), page.evaluate(POINTS_JS, "chart_loss")
+    assert re.search(rf"of {TOTAL_STEPS}\b", first_text), f"expected {TOTAL_STEPS} steps in total: {first_text!r}"
+    expect(page.locator(".st-key-chart_knn .js-plotly-plot")).to_be_visible()  # the random-init kNN point
+    screenshot(page, shots, "03-train-live-first")
+
+    # Second observation: the same page, untouched, shows a later step and more loss points.
+    page.wait_for_function(
+        f"""([step, points]) => {{
+            const bar = document.querySelector('[data-testid="stProgress"]');
+            const m = bar && bar.innerText.match(/{STEP_PATTERN}/);
+            return m && Number(m[1].replace(/,/g, '')) > step && ({POINTS_JS})('chart_loss') > points;
+        }}""",
+        arg=[first_step, first_points],
+        timeout=TIMEOUT_MS,
+    )
+    second_text = progress_text(page)
+    second_step, second_points = _step(second_text), page.evaluate(POINTS_JS, "chart_loss")
+    assert second_step > first_step and second_points > first_points, (first_text, second_text)
+    screenshot(page, shots, "04-train-live-second")
+
+    # --- the run finishes; the page redraws itself with the final curves ---------------------------------
+    expect(page.get_by_text(f"Finished {EPOCHS} epochs ({TOTAL_STEPS} steps)")).to_be_visible(timeout=180_000)
+    expect(page.locator("[data-testid='stProgress']")).to_have_count(0)
+    # kNN at step 0 (random init) and after each epoch.
+    page.wait_for_function(f"() => ({POINTS_JS})('chart_knn') === {EPOCHS + 1}")
+    assert page.evaluate(POINTS_JS, "chart_loss") > second_points
+    wait_idle(page)
+    screenshot(page, shots, "05-train-finished")
+
+    # --- Retrieval: follow the run's link, prepare the search, click a test picture --------------------
+    page.get_by_role("link", name=re.compile("Find similar images")).click()
+    expect(page.get_by_role("heading", name=re.compile("Retrieval"))).to_be_visible()
+    expect(page.locator(".st-key-ret-run")).to_contain_text(RUN_NAME)
+    compute = keyed_button(page, "compute-ret")
+    query_buttons = page.locator("[class*='st-key-query-']").get_by_role("button", name="Search")
+    query_buttons.first.or_(compute).wait_for()
+    if compute.count():  # the page asks to embed the training images first
+        wait_idle(page)
+        screenshot(page, shots, "06-retrieval-compute")
+        compute.click()
+    query_buttons.first.wait_for(timeout=TIMEOUT_MS)
+    wait_idle(page)
+    slider = page.locator(".st-key-ret-k [role='slider']")
+    k = int(slider.get_attribute("aria-valuenow"))
+    assert k == 10, f"the page's default k changed to {k}; update this test's expectation"
+    screenshot(page, shots, "07-retrieval-gallery")
+
+    target = query_buttons.first
+    key_class = next(c for c in target.locator("xpath=ancestor::*[contains(@class, 'st-key-query-')][1]")
+                     .get_attribute("class").split() if c.startswith("st-key-query-"))
+    index = int(key_class.removeprefix("st-key-query-"))
+    keyed_button(page, f"query-{index}").click()
+    expect(page.get_by_role("heading", name=re.compile(rf"most like test image #{index}\b"))).to_be_visible()
+
+    captions = page.locator("[data-testid='stImageCaption']").filter(has_text=re.compile(r"^neighbour \d+: "))
+    expect(captions).to_have_count(k)
+    texts = [t.strip() for t in captions.all_inner_texts()]
+    numbers = []
+    for text in texts:
+        match = CAPTION_PATTERN.match(text)
+        assert match, f"unexpected neighbour caption {text!r}"
+        numbers.append(int(match.group(1)))
+        assert -1.0 <= float(match.group(2)) <= 1.0, text
+    assert numbers == list(range(1, k + 1)), texts
+    # The k pictures themselves arrived (each caption's image has pixels).
+    page.wait_for_function(
+        """(k) => {
+            const captions = [...document.querySelectorAll('[data-testid="stImageCaption"]')]
+                .filter((c) => /^neighbour \\d+: /.test(c.innerText.trim()));
+            return captions.length === k && captions.every((c) => {
+                const img = c.parentElement.querySelector('img');
+                return img && img.complete && img.naturalWidth > 0;
+            });
+        }""",
+        arg=k,
+    )
+    wait_idle(page)
+    screenshot(page, shots, "08-retrieval-neighbours")

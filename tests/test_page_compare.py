@@ -1,0 +1,122 @@
+"""Compare page and the collapse criterion behind its ✕ marks."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+
+from byol import runs
+from byol.collapse import collapse_point, criterion_text, healthy_std, smooth
+from byol.jobs import shared_runner
+
+PAGE = "pages/2_Compare.py"
+
+
+# --- the criterion ---------------------------------------------------------------------------
+def rows(values, start=10, every=10):
+    return [{"kind": "step", "step": start + i * every, "z_std": v} for i, v in enumerate(values)]
+
+
+def test_healthy_run_never_collapses():
+    d = 16
+    assert collapse_point(rows([healthy_std(d)] * 50), d) is None
+
+
+def test_collapse_is_the_first_step_it_stays_below():
+    d = 64
+    healthy = healthy_std(d)
+    values = [healthy] * 10 + [healthy * 0.01] * 20
+    step = collapse_point(rows(values), d, fraction=0.2, smoothing=0.0)
+    assert step == 10 + 10 * 10  # the 11th row
+    # Smoothing delays the mark a little, never earlier.
+    assert collapse_point(rows(values), d, fraction=0.2, smoothing=0.6) > step
+
+
+def test_a_dip_that_recovers_or_only_ends_the_run_is_not_collapse():
+    d = 64
+    healthy = healthy_std(d)
+    dip = [healthy] * 5 + [0.0] * 5 + [healthy] * 5
+    assert collapse_point(rows(dip), d, smoothing=0.0) is None
+    late = [healthy] * 10 + [0.0] * 2  # fewer than min_points rows below
+    assert collapse_point(rows(late), d, smoothing=0.0, min_points=3) is None
+
+
+def test_eval_rows_and_missing_values_are_ignored():
+    d = 4
+    mixed = rows([0.5, None, 0.001, 0.001, 0.001]) + [{"kind": "eval", "step": 999, "knn": 10.0}]
+    assert collapse_point(mixed, d, smoothing=0.0) == 30
+
+
+def test_smooth_and_criterion_text():
+    assert smooth([1.0, 1.0, 1.0], 0.9) == pytest.approx([1.0, 1.0, 1.0])  # bias-corrected
+    assert smooth([1.0, None, 3.0], 0.0) == [1.0, None, 3.0]
+    assert math.isclose(healthy_std(256), 1 / 16)
+    text = criterion_text(0.2, 0.6, 3)
+    assert "20%" in text and "1/√d" in text
+
+
+# --- the page --------------------------------------------------------------------------------
+def test_empty_state_says_what_to_do(runs_dir, app_test):
+    at = app_test(PAGE)
+    at.run()
+    assert not at.exception
+    assert any("No runs to compare yet" in str(e.value) for e in at.info)
+    assert "collapse" in at.markdown[0].value.lower()
+
+
+def test_two_runs_overlay_and_differences(finished_run, runs_dir, app_test):
+    other = runs_dir / "seed-1"
+    shutil.copytree(finished_run, other)
+    config = json.loads((other / "config.json").read_text())
+    config["seed"] = 1
+    (other / "config.json").write_text(json.dumps(config))
+
+    at = app_test(PAGE)
+    at.run()
+    assert not at.exception
+    assert sorted(at.multiselect(key="compare_runs").value) == ["seed-1", "tiny-finished"]
+    assert len(at.get("plotly_chart")) == 4  # loss, kNN, spread, effective rank
+    verdict = at.dataframe[0].value
+    assert set(verdict["Collapsed"]) == {"no"}
+    differences = at.dataframe[1].value
+    assert list(differences["setting"]) == ["seed"]
+
+    at.slider(key="compare_smoothing").set_value(0.0).run()
+    assert not at.exception
+    at.multiselect(key="compare_runs").set_value([]).run()
+    assert not at.exception
+    assert any("Pick one or more runs" in str(e.value) for e in at.info)
+
+
+def test_bn_experiment_launches_a_pair(runs_dir, app_test, fake_train):
+    fake_train.auto_release = True
+    at = app_test(PAGE)
+    at.run()
+    at.radio(key="pair_source").set_value("synthetic")
+    at.run()
+    at.number_input(key="pair_epochs_cpu").set_value(1)
+    at.run()
+    at.button(key="launch_pair").click().run()
+    assert not at.exception
+    assert shared_runner(runs_dir).wait(timeout=10)
+    names = sorted(p.name for p in runs_dir.iterdir() if not p.name.startswith("."))
+    assert len(names) == 2 and names[0].endswith("-bn") and names[1].endswith("-no-bn")
+    assert [c.head_bn for c in (runs.read_config(runs_dir / n) for n in names)] == [True, False]
+    at.run()
+    assert not at.exception
+    assert sorted(at.multiselect(key="compare_runs").value) == names
+
+
+def test_bn_experiment_bad_input_is_a_plain_error(runs_dir, app_test):
+    at = app_test(PAGE)
+    at.run()
+    at.radio(key="pair_source").set_value("synthetic")
+    at.run()
+    at.number_input(key="pair_epochs_cpu").set_value(0)
+    at.run()
+    assert not at.exception
+    assert "Epochs (epochs) must be from 1 to 10000; got 0." in [str(e.value) for e in at.error]
+    assert at.button(key="launch_pair").disabled

@@ -1,0 +1,131 @@
+"""The Embeddings page (AppTest) and its plain helpers: empty state, computing the map, picking a point, errors.
+
+The run is conftest's `finished_run`; the data set it trained on is swapped for a smaller synthetic
+one (200 training / 80 test images) and UMAP for a cheap stand-in, so a whole page test takes seconds.
+"""
+
+import time
+
+import numpy as np
+import pytest
+
+from byol import retrieval
+from test_retrieval import install_fake_umap, small_data
+from ui import inspect
+
+PAGE = "pages/3_Embeddings.py"
+
+
+@pytest.fixture
+def quick(monkeypatch):
+    """Small data and a stand-in UMAP for every page run of the test."""
+    data = small_data()
+    monkeypatch.setattr(retrieval, "load_data", lambda config: data)
+    install_fake_umap(monkeypatch)
+    retrieval.clear_caches()
+    return data
+
+
+def run_until(at, done, timeout: float = 90.0):
+    """Rerun the page (as its self-refreshing progress bar would) until `done(at)` or the timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        at.run()
+        assert not at.exception, at.exception[0].value if at.exception else ""
+        if done(at):
+            return at
+        assert time.monotonic() < deadline, "the page did not get there in time: " + " | ".join(
+            str(e.value) for e in (*at.info, *at.error)
+        )
+        time.sleep(0.3)
+
+
+def has_map(at) -> bool:
+    return len(at.get("plotly_chart")) == 2  # the map and the per-class accuracy bars
+
+
+def compute_map(at):
+    at.run()
+    assert not at.exception
+    at.button(key="compute-emb").click()
+    return run_until(at, has_map)
+
+
+# --- plain helpers -------------------------------------------------------------------------------
+def test_selection_event_gives_test_image_numbers_in_order_without_repeats():
+    event = {"selection": {"points": [
+        {"curve_number": 2, "point_index": 0, "customdata": [17]},
+        {"curve_number": 0, "point_index": 4, "customdata": [3]},
+        {"curve_number": 2, "point_index": 0, "customdata": [17]},  # box and lasso can repeat a point
+        {"curve_number": 1, "point_index": 1, "customdata": 5},  # a scalar customdata is fine too
+        {"curve_number": 1, "point_index": 2},  # no customdata: ignored
+    ], "point_indices": [0, 4, 0, 1, 2], "box": [], "lasso": []}}
+    assert inspect.selected_test_indices(event) == [17, 3, 5]
+    assert inspect.selected_test_indices(None) == []
+    assert inspect.selected_test_indices({"selection": {"points": []}}) == []
+
+
+def test_focus_is_the_typed_number_else_the_first_selected_point():
+    assert inspect.focus_index([4, 9], None) == 4
+    assert inspect.focus_index([4, 9], 12) == 12
+    assert inspect.focus_index([], None) is None
+
+
+def test_map_figure_holds_test_numbers_in_customdata_and_names_classes():
+    data = retrieval.MapData(
+        coordinates=np.arange(12, dtype=np.float32).reshape(6, 2), labels=np.array([0, 1, 0, 1, 2, 2]),
+        indices=np.arange(6) + 100, classes=["cat", "dog", "ship"],
+    )
+    figure = inspect.map_figure(data)
+    assert [trace.name for trace in figure.data] == ["cat", "dog", "ship"]
+    assert figure.data[0].type == "scattergl"
+    assert [int(v[0]) for v in figure.data[1].customdata] == [101, 103]
+    assert "dog" in figure.data[1].hovertemplate
+
+
+# --- the page ------------------------------------------------------------------------------------
+def test_empty_runs_folder_says_what_to_do(runs_dir, app_test):
+    at = app_test(PAGE).run()
+    assert not at.exception
+    assert any("no training runs yet" in info.value for info in at.info)
+
+
+def test_finished_run_map_appears_after_computing_and_a_point_shows_its_neighbours(finished_run, app_test, quick):
+    at = app_test(PAGE).run()
+    assert not at.exception
+    assert any("have not been computed yet" in info.value for info in at.info)
+    assert not has_map(at)
+
+    compute_map(at)
+    assert any(metric.label == "kNN accuracy" for metric in at.metric)
+    assert any("Click a dot" in info.value for info in at.info)  # nothing picked yet
+
+    at.number_input(key="emb-test-image").set_value(5)
+    at.run()
+    assert not at.exception
+    neighbour_captions = [c for image in at.image for c in image.captions if c.startswith("neighbour ")]
+    assert len(neighbour_captions) == 8
+    assert any("query: test image #5" in c for image in at.image for c in image.captions)
+    classes = quick.classes
+    assert all(any(name in c for name in classes) for c in neighbour_captions)
+
+
+def test_an_earlier_checkpoint_can_be_mapped_too(finished_run, app_test, quick):
+    at = app_test(PAGE).run()
+    picker = at.selectbox(key=f"emb-checkpoint-{finished_run.name}")
+    assert "random init" in picker.options[0] and picker.value == "step-00000008.pt"  # newest first shown
+    picker.set_value("step-00000000.pt")
+    at.run()
+    compute_map(at)
+    assert (finished_run / "embeddings" / "step-00000000-test-umap.npy").is_file()
+    assert any("untrained network" in caption.value for caption in at.caption)
+
+
+def test_damaged_checkpoint_shows_a_plain_error(finished_run, app_test, quick):
+    (finished_run / "step-00000008.pt").write_bytes(b"\x00garbage, not a checkpoint")
+    at = app_test(PAGE).run()
+    at.button(key="compute-emb").click()
+    run_until(at, lambda at: len(at.error) > 0)
+    assert "damaged" in at.error[0].value
+    assert at.button(key="compute-emb").label == "Try again"
+    assert not at.exception

@@ -1,0 +1,194 @@
+"""Train page: empty state, a finished run's curves, plain errors for bad input, launch/stop/delete."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from byol import runs
+from byol.config import preset
+from byol.device import resolve_device, use_bf16
+from byol.estimate import speed_key
+from byol.jobs import shared_runner
+
+PAGE = "pages/1_Train.py"
+
+
+def alerts(at, kind: str) -> list[str]:
+    return [str(e.value) for e in at.get(kind)]
+
+
+def widget(at, kind: str, key_start: str):
+    """The widget of `kind` whose key starts with `key_start` (keys carry the preset's name)."""
+    for element in at.get(kind):
+        if element.key and element.key.startswith(key_start):
+            return element
+    raise AssertionError(f"no {kind} with a key starting {key_start!r}")
+
+
+def use_synthetic(at) -> None:
+    at.radio(key="new_source").set_value("synthetic")
+
+
+def test_empty_state_says_what_to_do(runs_dir, app_test):
+    at = app_test(PAGE)
+    at.run()
+    assert not at.exception
+    assert any("No runs yet" in text for text in alerts(at, "info"))
+    assert at.button(key="launch") is not None
+    assert len(at.get("plotly_chart")) == 0
+
+
+def test_finished_run_shows_its_curves_and_message(finished_run, app_test):
+    at = app_test(PAGE)
+    at.run()
+    assert not at.exception
+    assert at.selectbox(key="train_run").value == "tiny-finished"
+    assert any(text.startswith("Finished") for text in alerts(at, "success"))
+    assert len(at.get("plotly_chart")) == 4  # loss, kNN with baselines, collapse meter, effective rank
+    assert at.button(key="resume").label == "Train further"
+    assert at.button(key="delete").disabled  # until the confirmation box is ticked
+
+
+def test_query_param_picks_the_run(finished_run, runs_dir, app_test):
+    shutil.copytree(finished_run, runs_dir / "another")
+    status = json.loads((runs_dir / "another" / "status.json").read_text())
+    status["created"] = status["created"] + 10  # newest, so it would be the default
+    (runs_dir / "another" / "status.json").write_text(json.dumps(status))
+    at = app_test(PAGE)
+    at.run()
+    assert at.selectbox(key="train_run").value == "another"
+    at = app_test(PAGE, query_params={"run": "tiny-finished"})
+    at.run()
+    assert not at.exception
+    assert at.selectbox(key="train_run").value == "tiny-finished"
+
+
+def test_zero_epochs_is_a_plain_error_and_launch_is_disabled(runs_dir, app_test):
+    at = app_test(PAGE)
+    at.run()
+    use_synthetic(at)
+    widget(at, "number_input", "new_epochs_").set_value(0)
+    at.run()
+    assert not at.exception
+    assert "Epochs (epochs) must be from 1 to 10000; got 0." in alerts(at, "error")
+    assert at.button(key="launch").disabled
+    assert list(runs_dir.iterdir()) == []
+
+
+def test_missing_data_folder_is_a_plain_error(runs_dir, app_test, tmp_path):
+    at = app_test(PAGE)
+    at.run()
+    at.radio(key="new_source").set_value("folder")
+    at.run()
+    at.text_input(key="new_path").input(str(tmp_path / "no-such-folder"))
+    at.run()
+    assert not at.exception
+    errors = alerts(at, "error")
+    assert any("no-such-folder" in e and "Data source" in e for e in errors), errors
+    assert at.button(key="launch").disabled
+
+
+def test_launch_queues_a_run_and_shows_it(runs_dir, app_test, fake_train):
+    fake_train.auto_release = True
+    at = app_test(PAGE)
+    at.run()
+    use_synthetic(at)
+    widget(at, "number_input", "new_epochs_").set_value(2)
+    at.text_input(key="new_run_name").input("from-the-page")
+    at.run()
+    at.button(key="launch").click().run()
+    assert not at.exception
+    assert shared_runner(runs_dir).wait(timeout=10)
+    assert fake_train.calls == ["from-the-page"]
+    config = runs.read_config(runs_dir / "from-the-page")
+    assert (config.data, config.epochs, config.preset) == ("synthetic", 2, at.selectbox(key="new_preset").value)
+    at.run()
+    assert at.selectbox(key="train_run").value == "from-the-page"
+
+
+def test_running_run_can_be_stopped(runs_dir, app_test, fake_train, tiny_config):
+    runner = shared_runner(runs_dir)
+    run = runner.launch(tiny_config(), "live-one")
+    assert fake_train.wait_started("live-one")
+    at = app_test(PAGE)
+    at.run()
+    assert not at.exception
+    assert at.selectbox(key="train_run").value == "live-one"
+    assert any("Training now" in m.value for m in at.markdown)
+    at.button(key="stop").click().run()
+    assert not at.exception
+    assert runner.wait(timeout=10)
+    assert runs.read_status(run)["state"] == runs.STOPPED
+
+
+def test_delete_needs_confirmation(finished_run, app_test):
+    at = app_test(PAGE)
+    at.run()
+    at.checkbox(key="confirm_delete_tiny-finished").check().run()
+    at.button(key="delete").click().run()
+    assert not at.exception
+    assert not finished_run.exists()
+    assert any("No runs yet" in text for text in alerts(at, "info"))
+
+
+def test_cached_speed_shows_the_estimate(runs_dir, app_test, session_cache_dir):
+    at = app_test(PAGE)
+    at.run()
+    use_synthetic(at)
+    at.run()
+    cfg = preset(at.selectbox(key="new_preset").value, data="synthetic")
+    device = resolve_device("auto")
+    key = speed_key(cfg, device, use_bf16("auto", device))
+    speed_file = session_cache_dir / "speed.json"
+    table = json.loads(speed_file.read_text()) if speed_file.exists() else {}
+    table[key] = {"images_per_s": 1000.0, "batch": cfg.batch_size}
+    speed_file.write_text(json.dumps(table))
+    at.run()
+    assert not at.exception
+    assert any("Estimated time" in text for text in alerts(at, "info"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the warning is for machines without a GPU")
+def test_gpu_preset_on_cpu_warns_in_hours(runs_dir, app_test):
+    at = app_test(PAGE)
+    at.run()
+    use_synthetic(at)
+    at.selectbox(key="new_preset").set_value("gpu")
+    at.run()
+    assert not at.exception
+    warnings = alerts(at, "warning")
+    assert any("hours" in w and "cpu preset" in w for w in warnings), warnings
+
+
+def test_estimate_button_measures_real_steps(runs_dir, app_test):
+    at = app_test(PAGE)
+    at.run()
+    use_synthetic(at)
+    widget(at, "number_input", "new_width_").set_value(4)
+    widget(at, "number_input", "new_batch_").set_value(16)
+    widget(at, "number_input", "new_ph_").set_value(32)
+    widget(at, "number_input", "new_qh_").set_value(32)
+    widget(at, "number_input", "new_k_").set_value(10)
+    at.run()
+    assert not any("Estimated time" in text for text in alerts(at, "info"))
+    at.button(key="estimate").click().run()
+    assert not at.exception
+    assert any("Estimated time" in text for text in alerts(at, "info"))
+    assert any("Measured" in c.value for c in at.caption)
+
+
+def test_picker_follows_a_new_link_but_keeps_a_choice(finished_run, runs_dir, app_test):
+    shutil.copytree(finished_run, runs_dir / "another")
+    at = app_test(PAGE, query_params={"run": "another"})
+    at.run()
+    assert at.selectbox(key="train_run").value == "another"
+    at.selectbox(key="train_run").set_value("tiny-finished").run()
+    assert at.selectbox(key="train_run").value == "tiny-finished"
+    assert at.query_params["run"] == "tiny-finished"  # the URL follows the choice
+    at.query_params["run"] = "another"  # arriving again through a link to the other run
+    at.run()
+    assert at.selectbox(key="train_run").value == "another"
