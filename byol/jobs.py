@@ -4,7 +4,7 @@ One `JobRunner` serves every browser session of a server (the app holds it in `s
 and gets it through `shared_runner()`, so clearing Streamlit's cache never orphans a training).
 It never calls streamlit: it writes run directories through `train()`, and pages read them.
 
-- `launch(config)` checks the config (ConfigError/DataError before anything is created), creates the
+- `launch(config)` checks the config (ConfigError before anything is created), creates the
   run folder with status `queued`, and puts it in its device's FIFO queue.
 - Each device has one worker thread (a daemon) that takes the queue's first run and calls
   `train(config, run_dir, stop_flag, on_event)` on it, then the next, so one training at a time
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import runs
-from .config import PRECISIONS, ConfigError, TrainConfig, config_errors, validate
+from .config import PRECISIONS, ConfigError, TrainConfig, config_errors
 from .data import DataError
 from .device import device_key, resolve_device, use_bf16
 from .lock import DeviceBusy
@@ -62,8 +62,8 @@ class Job:
 def launch_problems(config: TrainConfig) -> list[str]:
     """Every problem that can be found before a run folder exists, each as one plain sentence.
 
-    The config's own values (config_errors), a GPU or bf16 asked for where there is none, and a
-    data path that does not exist. Empty list = ready to launch.
+    The config's own values (config_errors, which also checks that a data path exists), and a GPU
+    or bf16 asked for where there is none. Empty list = ready to launch.
     """
     problems = config_errors(config)
     try:
@@ -74,28 +74,14 @@ def launch_problems(config: TrainConfig) -> list[str]:
         problems.append(str(error))
     except (RuntimeError, ValueError):
         pass  # a malformed device string: config_errors already said so
-    source = config.data.strip() if isinstance(config.data, str) else ""
-    data_checked = any(problem.startswith("Data source") for problem in problems)
-    if source and not data_checked and source.lower() not in ("cifar10", "cifar-10", "synthetic"):
-        path = Path(source).expanduser()
-        if not path.exists():
-            problems.append(
-                f"Data source not found: {path}. Give 'cifar10', 'synthetic', or the path of an image "
-                "folder (train/<class>/, test/<class>/) or of a .tar.gz/.zip archive of one."
-            )
     return problems
 
 
 def check_launchable(config: TrainConfig) -> str:
-    """Raise ConfigError (or DataError for a missing data path) unless `config` can launch here.
-
-    Returns the key of the device it will train on ("cpu", "cuda-0"), which names its queue.
-    """
-    validate(config)
+    """Raise ConfigError unless `config` can launch here; returns its device key ("cpu", "cuda-0")."""
     problems = launch_problems(config)
     if problems:
-        missing_data = [p for p in problems if p.startswith("Data source not found")]
-        raise (DataError if missing_data and len(missing_data) == len(problems) else ConfigError)(" ".join(problems))
+        raise ConfigError(" ".join(problems))
     return device_key(resolve_device(config.device))
 
 

@@ -164,6 +164,33 @@ def set_number(page: Any, key: str, value: float, timeout_ms: int = 60_000) -> N
     wait_idle(page, timeout_ms)
 
 
+def select_option(page: Any, key: str, option: str, attempts: int = 5) -> None:
+    """Pick `option` in the st.selectbox with key `key`: open its combobox, click the option.
+
+    A rerun that lands while the list is open redraws the widget and closes the list, so this
+    tries again until the box shows the option.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    combobox = page.locator(f".st-key-{key}").get_by_role("combobox")
+    for _ in range(attempts):
+        wait_idle(page)
+        combobox.click()
+        try:
+            page.get_by_role("option", name=option, exact=True).click(timeout=10_000)
+            page.wait_for_function(
+                "([selector, wanted]) => { const e = document.querySelector(selector); return e && e.value === wanted; }",
+                arg=[f".st-key-{key} input[role=combobox]", option],
+                timeout=10_000,
+            )
+        except PlaywrightTimeout:  # the list closed under us
+            page.keyboard.press("Escape")
+            continue
+        wait_idle(page)
+        return
+    raise AssertionError(f"could not pick {option!r} in the selectbox {key!r} after {attempts} tries")
+
+
 def keyed_button(page: Any, key: str) -> Any:
     """The st.button with key `key`.
 

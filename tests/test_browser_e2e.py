@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from browser import (
-    StreamlitServer, keyed_button, launch_chromium, progress_text, require_browser, screenshot, set_number, wait_idle,
+    StreamlitServer, keyed_button, launch_chromium, progress_text, require_browser, screenshot, select_option,
+    set_number, wait_idle,
 )
 
 RUN_NAME = "e2e-run"
@@ -107,9 +108,7 @@ def _scenario(page, url: str, shots: Path) -> None:
     page.get_by_text("Advanced settings", exact=True).click()
     for field, value in (("subset", SUBSET), ("ph", 32), ("pd", 16), ("qh", 32), ("bank", 256), ("query", 100), ("k", 20)):
         set_number(page, f"new_{field}_{preset}", value)
-    page.locator(f".st-key-new_precision_{preset}").get_by_role("combobox").click()
-    page.get_by_role("option", name="fp32", exact=True).click()
-    expect(page.locator(f".st-key-new_precision_{preset}")).to_contain_text("fp32")
+    select_option(page, f"new_precision_{preset}", "fp32")
     name_box = page.locator(".st-key-new_run_name input")
     name_box.fill(RUN_NAME)
     name_box.press("Enter")
