@@ -54,9 +54,12 @@ def main() -> None:
         # The budget counts from the first training step, after data loading and the step-0 baseline.
         if event.get("kind") == "eval" and args.max_images and event["step"] * config.batch_size >= args.max_images:
             stop.set()  # right after an evaluation, so the curve ends on a measured point
-        if event.get("kind") == "step" and "t0" not in started and not args.max_images:
+        if event.get("kind") == "step" and "t0" not in started:
             started["t0"] = time.monotonic() - event["step"] * config.batch_size / max(event["images_per_s"], 1e-9)
-            threading.Timer(args.minutes * 60 - (time.monotonic() - started["t0"]), stop.set).start()
+            if not args.max_images:
+                timer = threading.Timer(args.minutes * 60 - (time.monotonic() - started["t0"]), stop.set)
+                timer.daemon = True
+                timer.start()
         if event.get("kind") == "eval":
             elapsed = time.monotonic() - started.get("t0", time.monotonic())
             print(f"  {elapsed / 60:5.1f} min  step {event['step']:6d}  epoch {event['epoch']:6.2f}  "

@@ -209,5 +209,6 @@ def progress_text(page: Any) -> str:
 
 def screenshot(page: Any, folder: Path, name: str) -> Path:
     path = Path(folder) / f"{name}.png"
+    page.mouse.move(0, 0)  # no hover tooltip over the picture
     page.screenshot(path=str(path), full_page=True)
     return path

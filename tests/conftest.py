@@ -24,6 +24,7 @@ Fixtures for page tests (tests/test_app_home.py, test_page_*.py) and anyone else
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import threading
@@ -38,20 +39,16 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `import ui.common` and `import byol` from any working directory
 
 from byol import runs  # noqa: E402
-from byol.config import TrainConfig, preset  # noqa: E402
+from byol.config import TrainConfig  # noqa: E402
+from helpers import tiny_config as engine_tiny_config  # noqa: E402
 
 APP_TIMEOUT = 60  # seconds for one AppTest run (a busy 2-core machine is slow to import plotly)
 FINISHED_RUN_NAME = "tiny-finished"
 
 
 def _tiny_config(**overrides) -> TrainConfig:
-    values = dict(
-        data="synthetic", epochs=2, width=4, projector_hidden=32, projector_dim=16, predictor_hidden=32,
-        batch_size=64, subset=256, eval_bank_size=256, eval_query_size=100, knn_k=20, log_every=1,
-        warmup_epochs=0.5, eval_every=1.0,
-    )
-    values.update(overrides)
-    return preset("cpu", **values)
+    """The engine tests' tiny config, with the app's defaults for warm-up and precision."""
+    return engine_tiny_config(**{"warmup_epochs": 0.5, "precision": "auto", **overrides})
 
 
 @pytest.fixture
@@ -60,9 +57,17 @@ def tiny_config():
     return _tiny_config
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def session_cache_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("byol-cache")
+    """One temporary project cache for the whole session, so no test writes into the real .cache."""
+    folder = tmp_path_factory.mktemp("byol-cache")
+    previous = os.environ.get("BYOL_CACHE_DIR")
+    os.environ["BYOL_CACHE_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("BYOL_CACHE_DIR", None)
+    else:
+        os.environ["BYOL_CACHE_DIR"] = previous
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ grow live, then search similar images for a clicked test picture on the Retrieva
 Drives headless Debian Chromium with Playwright against `streamlit run app.py` (see tests/browser.py).
 Skips when Playwright or Chromium is missing, unless BYOL_REQUIRE_BROWSER=1 (CI), where it fails.
 Screenshots of every stage go to $BYOL_SCREENSHOTS when set (else the test's tmp_path), for a person
-to look at. About 2 minutes on a busy 2-core machine.
+to look at. About 70 s on an idle 2-core machine, up to 3 minutes on a busy one.
 
 Every setting is typed into the page's own widgets, the way a person would: synthetic data, a width-8
 network with small heads, 2,048 training images in batches of 64 for 3 epochs (96 steps, a loss row
@@ -13,6 +13,7 @@ every 5 steps), kNN every epoch on a 256-image bank and 100 test images, fp32.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -34,7 +35,9 @@ CAPTION_PATTERN = re.compile(r"^neighbour (\d+): \S.* \((-?\d\.\d\d)\)$")
 # The number of points drawn in a chart (its first trace) and the progress bar's step, read in the page.
 POINTS_JS = """(key) => {
     const plot = document.querySelector(`.st-key-${key} .js-plotly-plot`);
-    return plot && plot.data && plot.data.length ? plot.data[0].x.length : -1;
+    // _fullData: plotly's decoded traces (data[0].x may still be the base64 typed-array spec it was sent).
+    const trace = plot && plot._fullData && plot._fullData[0];
+    return trace && trace.x ? trace.x.length : -1;
 }"""
 
 
@@ -70,11 +73,12 @@ def test_train_watch_and_retrieve(server, shots):
     with sync_playwright() as p:
         browser = launch_chromium(p)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            # Tall: Streamlit scrolls inside the page, so a full-page screenshot shows only the viewport.
+            page = browser.new_page(viewport={"width": 1400, "height": 2000})
             page.set_default_timeout(TIMEOUT_MS)
             expect.set_options(timeout=TIMEOUT_MS)
             try:
-                _scenario(page, server.url, shots)
+                _scenario(page, server.url, server.runs_dir, shots)
             except BaseException:
                 try:
                     screenshot(page, shots, "99-failure")
@@ -85,7 +89,7 @@ def test_train_watch_and_retrieve(server, shots):
             browser.close()
 
 
-def _scenario(page, url: str, shots: Path) -> None:
+def _scenario(page, url: str, runs_dir: Path, shots: Path) -> None:
     from playwright.sync_api import expect
 
     # --- Train: fill in a tiny run with the page's own controls ------------------------------------
@@ -120,6 +124,14 @@ def _scenario(page, url: str, shots: Path) -> None:
     launch.click()
     expect(page.get_by_role("heading", name=RUN_NAME)).to_be_visible()
     expect(page.get_by_text(f"width 8 · {EPOCHS} epochs · batch {BATCH} · data: synthetic")).to_be_visible()
+    # Every value typed into the page reached the run's saved config.
+    saved = json.loads((runs_dir / RUN_NAME / "config.json").read_text())
+    typed = dict(
+        data="synthetic", epochs=EPOCHS, batch_size=BATCH, width=8, subset=SUBSET, projector_hidden=32,
+        projector_dim=16, predictor_hidden=32, eval_bank_size=256, eval_query_size=100, knn_k=20, precision="fp32",
+        preset="cpu",
+    )
+    assert {field: saved.get(field) for field in typed} == typed
 
     # First observation: training has taken steps and the loss chart has points.
     handle = page.wait_for_function(
@@ -163,7 +175,7 @@ def _scenario(page, url: str, shots: Path) -> None:
     # --- Retrieval: follow the run's link, prepare the search, click a test picture --------------------
     page.get_by_role("link", name=re.compile("Find similar images")).click()
     expect(page.get_by_role("heading", name=re.compile("Retrieval"))).to_be_visible()
-    expect(page.locator(".st-key-ret-run")).to_contain_text(RUN_NAME)
+    expect(page.locator(".st-key-ret-run").get_by_role("combobox")).to_have_value(re.compile(rf"^{RUN_NAME} "))
     compute = keyed_button(page, "compute-ret")
     query_buttons = page.locator("[class*='st-key-query-']").get_by_role("button", name="Search")
     query_buttons.first.or_(compute).wait_for()
@@ -173,15 +185,13 @@ def _scenario(page, url: str, shots: Path) -> None:
         compute.click()
     query_buttons.first.wait_for(timeout=TIMEOUT_MS)
     wait_idle(page)
-    slider = page.locator(".st-key-ret-k [role='slider']")
-    k = int(slider.get_attribute("aria-valuenow"))
+    k = int(page.locator(".st-key-ret-k [data-testid='stSliderThumbValue']").inner_text())  # as the user sees it
     assert k == 10, f"the page's default k changed to {k}; update this test's expectation"
     screenshot(page, shots, "07-retrieval-gallery")
 
-    target = query_buttons.first
-    key_class = next(c for c in target.locator("xpath=ancestor::*[contains(@class, 'st-key-query-')][1]")
-                     .get_attribute("class").split() if c.startswith("st-key-query-"))
-    index = int(key_class.removeprefix("st-key-query-"))
+    # The first picture's Search button; its key (query-<test image number>) says which picture it is.
+    classes = page.locator("[class*='st-key-query-']").first.get_attribute("class").split()
+    index = int(next(c for c in classes if c.startswith("st-key-query-")).removeprefix("st-key-query-"))
     keyed_button(page, f"query-{index}").click()
     expect(page.get_by_role("heading", name=re.compile(rf"most like test image #{index}\b"))).to_be_visible()
 

@@ -276,10 +276,9 @@ def run_picker(summaries: Sequence[runs.RunSummary], key: str, label: str = "Run
         st.session_state[key] = wanted
     elif st.session_state.get(key) not in names:
         st.session_state[key] = names[pick_default_run(summaries, wanted)]
-    name = st.selectbox(
-        label, names, key=key, help=HELP["pick_run"],
-        format_func=lambda n: f"{n} · {state_text(by_name[n].state)}",
-    )
+    # Names only: the state changes while a run trains, and a label drawn outside the live
+    # fragment would go stale (the state badge inside the fragment tells it instead).
+    name = st.selectbox(label, names, key=key, help=HELP["pick_run"])
     st.session_state[url_key] = name
     if wanted != name:
         st.query_params["run"] = name

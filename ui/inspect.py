@@ -172,7 +172,7 @@ def ensure_prepared(
             len(data.test_labels) if "test-set embeddings" in missing else 0
         )
         cost = (
-            f"That means running the network over {images:,} images: seconds on a GPU, a minute or more on a CPU. "
+            f"That means running the network over {images:,} images: seconds on a GPU; on a CPU, seconds for a narrow network and up to several minutes for a full-width one on all of CIFAR-10. "
             if embeddings else "That takes a few seconds. "
         )
         st.info(
