@@ -34,14 +34,13 @@ from pathlib import Path
 
 import torch
 
-from .augment import byol_views
 from .config import ConfigError, TrainConfig, validate
 from .data import ARCHIVE_EXTENSIONS, IMAGE_EXTENSIONS, default_cache_dir
 from .device import describe_device, resolve_device, use_bf16
 from .files import read_json, write_json_atomic
-from .knn import autocast_context
-from .model import BYOLNetworks, update_target
+from .model import BYOLNetworks
 from .optim import build_optimizer
+from .train import training_step
 
 EVAL_COST_PER_IMAGE = 1 / 3  # an evaluation image costs this fraction of a training image (see above)
 WARMUP_STEPS, TIMED_STEPS = 2, 3
@@ -179,15 +178,7 @@ def measure_speed(config: TrainConfig, budget_s: float = CPU_MEASURE_BUDGET_S) -
     def step(batch: int) -> float:
         images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device, generator=generator)
         begin = time.perf_counter()
-        view1, view2 = byol_views(images, generator=generator)
-        view1 = view1.contiguous(memory_format=memory_format)
-        view2 = view2.contiguous(memory_format=memory_format)
-        with autocast_context(device, bf16):
-            loss, _ = networks.forward_loss(view1, view2)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        update_target(networks.online_modules(), networks.target_modules(), 0.99)
+        training_step(networks, optimizer, images, 0.99, generator, bf16, memory_format)
         sync()
         return time.perf_counter() - begin
 

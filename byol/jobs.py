@@ -37,7 +37,6 @@ from typing import Any, Callable
 
 from . import runs
 from .config import PRECISIONS, ConfigError, TrainConfig, config_errors
-from .data import DataError
 from .device import device_key, resolve_device, use_bf16
 from .lock import DeviceBusy
 from .train import plain_error, train

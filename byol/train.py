@@ -217,15 +217,7 @@ def _train(
             tau = target_tau(step, total_steps, config.tau_base, config.tau_schedule)
             set_learning_rate(optimizer, lr)
 
-            view1, view2 = byol_views(batch, generator=augment_rng)
-            view1 = view1.contiguous(memory_format=memory_format)
-            view2 = view2.contiguous(memory_format=memory_format)
-            with autocast_context(device, bf16):
-                loss, projections = loss_fn(view1, view2)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            update_target(networks.online_modules(), networks.target_modules(), tau)
+            loss, projections = training_step(networks, optimizer, batch, tau, augment_rng, bf16, memory_format, loss_fn)
             step += 1
             window_steps += 1
             at_epoch_end = i == steps_per_epoch - 1
@@ -263,6 +255,32 @@ def _train(
         epoch += 1
         start_in_epoch = 0
     return runs.FINISHED, f"Finished {config.epochs} epoch{'s' if config.epochs != 1 else ''} ({total_steps:,} steps)."
+
+
+def training_step(
+    networks: BYOLNetworks,
+    optimizer: torch.optim.Optimizer,
+    batch: torch.Tensor,
+    tau: float,
+    augment_rng: torch.Generator,
+    bf16: bool,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One BYOL step on a uint8 batch: two views, the loss, an optimiser step, the target's EMA update.
+
+    Returns the loss and the online projections, still on the device (reading them synchronises).
+    """
+    view1, view2 = byol_views(batch, generator=augment_rng)
+    view1 = view1.contiguous(memory_format=memory_format)
+    view2 = view2.contiguous(memory_format=memory_format)
+    with autocast_context(batch.device, bf16):
+        loss, projections = (loss_fn or networks.forward_loss)(view1, view2)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    update_target(networks.online_modules(), networks.target_modules(), tau)
+    return loss, projections
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:

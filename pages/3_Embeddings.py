@@ -5,8 +5,6 @@ import streamlit as st
 
 from byol import retrieval
 from byol.checkpoint import CheckpointError
-from byol.data import DataError
-from byol.runs import RunError, read_config
 from ui import inspect
 from ui.common import page_setup
 
@@ -23,13 +21,7 @@ NEIGHBOURS_SHOWN = 8
 GRID_LIMIT = 40
 
 # --- widgets and guards --------------------------------------------------------------------------
-run, choice = inspect.pick_run_and_checkpoint("emb")
-try:
-    config = read_config(run.path)
-    data = inspect.dataset_for(config)
-except (RunError, DataError, ValueError) as error:
-    st.error(str(error))
-    st.stop()
+run, choice, config, data = inspect.pick_run_checkpoint_and_data("emb")
 
 inspect.ensure_prepared(
     run.path, choice.path, retrieval.FULL, data, config.knn_k, config.knn_temperature, what="The map page", key="emb"

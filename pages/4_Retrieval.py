@@ -4,8 +4,6 @@ import streamlit as st
 
 from byol import retrieval
 from byol.checkpoint import CheckpointError
-from byol.data import DataError
-from byol.runs import RunError, read_config
 from ui import inspect
 from ui.common import page_setup
 
@@ -22,13 +20,7 @@ with st.expander("What am I looking at?"):
 GALLERY_COLUMNS = 10
 
 # --- widgets and guards --------------------------------------------------------------------------
-run, choice = inspect.pick_run_and_checkpoint("ret")
-try:
-    config = read_config(run.path)
-    data = inspect.dataset_for(config)
-except (RunError, DataError, ValueError) as error:
-    st.error(str(error))
-    st.stop()
+run, choice, config, data = inspect.pick_run_checkpoint_and_data("ret")
 
 inspect.ensure_prepared(run.path, choice.path, retrieval.BANK, data, what="Searching", key="ret")
 

@@ -333,7 +333,7 @@ def test_synthetic_is_deterministic_and_balanced() -> None:
     assert a.train_images.dtype == torch.uint8 and a.train_labels.dtype == torch.int64
     assert a.train_labels.bincount().tolist() == [20] * 10 and a.test_labels.bincount().tolist() == [5] * 10
     assert len(a.classes) == 10 and a.name == "synthetic"
-    assert a.fingerprint == "synthetic-s3-20-5-32" and a.fingerprint != c.fingerprint
+    assert a.fingerprint == "synthetic-v2-s3-20-5-32" and a.fingerprint != c.fingerprint
     # Train and test are different pictures.
     assert not torch.equal(a.train_images[:50], a.test_images)
 

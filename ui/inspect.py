@@ -14,8 +14,8 @@ import streamlit as st
 
 from byol import retrieval, tasks
 from byol.config import TrainConfig
-from byol.data import Dataset
-from byol.runs import RunSummary, default_runs_dir, list_runs
+from byol.data import Dataset, DataError
+from byol.runs import RunError, RunSummary, default_runs_dir, list_runs, read_config
 from ui import common
 
 # Plain-language explanations of every technical word these pages use.
@@ -133,6 +133,18 @@ def pick_run_and_checkpoint(page: str) -> tuple[RunSummary, retrieval.Checkpoint
 # Background computation with a progress bar that refreshes itself
 # --------------------------------------------------------------------------------------------------
 
+
+
+def pick_run_checkpoint_and_data(page: str) -> tuple[RunSummary, retrieval.CheckpointChoice, TrainConfig, Dataset]:
+    """A run, one of its checkpoints, its config and its data set; stops the page plainly on a problem."""
+    run, choice = pick_run_and_checkpoint(page)
+    try:
+        config = read_config(run.path)
+        data = dataset_for(config)
+    except (RunError, DataError, ValueError) as error:
+        st.error(str(error))
+        st.stop()
+    return run, choice, config, data
 
 def task_key(level: str, checkpoint: Path) -> str:
     return f"prepare-{level}:{Path(checkpoint).resolve()}"
