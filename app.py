@@ -64,6 +64,8 @@ finished = [s for s in summaries if s.state == runs.FINISHED and s.best_knn is n
 showcase = demo or (max(finished, key=lambda s: s.best_knn) if finished else None)
 if showcase is not None:
     st.subheader(f"{'Demo run' if showcase is demo else 'Best finished run'}: {showcase.name}")
+    if showcase is demo:
+        st.caption(demo.demo)
     chart, facts = st.columns([3, 1])
     chart.plotly_chart(
         knn_figure(runs.read_metrics(showcase.path), showcase.baseline_knn, showcase.pixel_knn), key="home_knn",

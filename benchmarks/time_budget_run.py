@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from byol import runs  # noqa: E402
-from byol.cli import _parse_value  # noqa: E402
+from byol.cli import apply_overrides  # noqa: E402
 from byol.config import preset, validate  # noqa: E402
 from byol.train import train  # noqa: E402
 
@@ -40,11 +40,7 @@ def main() -> None:
     args = parser.parse_args()
 
     config = preset(args.preset, data=args.data)
-    fields = {f.name: f.type for f in config.__dataclass_fields__.values()}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        config = config.replace(**{key: _parse_value(fields[key], value)})
-    validate(config)
+    config = validate(apply_overrides(config, args.set))
     run_dir = runs.create_run(args.runs_dir, config, args.name)
 
     stop = threading.Event()

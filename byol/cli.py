@@ -97,8 +97,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
     if args.no_bn:
         config = config.replace(head_bn=False)
+    return validate(apply_overrides(config, args.set))
+
+
+def apply_overrides(config: TrainConfig, items: list[str]) -> TrainConfig:
+    """The config with each "FIELD=VALUE" of `--set` applied (not yet validated)."""
     fields = {f.name: f.type for f in config.__dataclass_fields__.values()}
-    for item in args.set:
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep or key not in fields:
             raise CommandError(f"--set expects FIELD=VALUE with a known field; got {item!r}")
@@ -106,7 +111,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             config = config.replace(**{key: _parse_value(fields[key], value)})
         except CommandError as error:
             raise CommandError(f"--set {key}: {error}") from None
-    return validate(config)
+    return config
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -168,8 +173,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     run_dir = runs.create_run(runs_dir, config, args.name)
     try:
         return _run_training(config, run_dir)
-    except (ConfigError, DeviceBusy):
-        # Nothing was trained: do not leave an empty run behind.
+    except (ConfigError, DataError, DeviceBusy):
+        # Refused before anything was trained (bad config, unusable data, busy device): do not
+        # leave an empty run behind.
         runs.delete_run(run_dir, force=True)
         raise
 

@@ -6,26 +6,30 @@ useless. The training loop logs `z_std`, the mean per-dimension standard deviati
 L2-normalised online projections. For d-dimensional projections spread evenly over the unit sphere
 it is about 1/sqrt(d) (the "healthy level"); for a collapsed run it falls towards 0.
 
-The criterion (`CRITERION` says it in words for the dashboard): a run has collapsed at the first
-logged step after which its smoothed z_std stays below `fraction` x 1/sqrt(d) for the rest of the
-run, for at least `min_points` logged rows (so one dip at the very end is not called a collapse yet).
-Smoothing is the exponential moving average that `smooth()` computes, the same one the dashboard
-draws.
+The criterion (`CRITERION` says it in words for the dashboard): a run collapses at the first logged
+step where its smoothed z_std falls below `fraction` x 1/sqrt(d) and then stays below for at least
+`min_points` logged rows in a row (so a single noisy dip is not called a collapse). If the spread
+later climbs back over the line, the run *recovered* at that step: on short CPU runs without batch
+norm the projections often collapse and then partly spread out again, and hiding that first
+collapse would hide the very thing the experiment is meant to show. Smoothing is the exponential
+moving average that `smooth()` computes, the same one the dashboard draws.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 DEFAULT_FRACTION = 0.2
 DEFAULT_SMOOTHING = 0.6
-DEFAULT_MIN_POINTS = 3
+DEFAULT_MIN_POINTS = 5
 
 CRITERION = (
-    "A run is marked as collapsed at the first logged step after which its smoothed projection spread "
-    "(z_std, exponential smoothing {smoothing:g}) stays below {fraction:.0%} of the healthy level "
-    "1/√d (d = projector output size) until the end of the run, for at least {min_points} logged points."
+    "A run is marked as collapsed at the first logged step where its smoothed projection spread "
+    "(z_std, exponential smoothing {smoothing:g}) falls below {fraction:.0%} of the healthy level "
+    "1/√d (d = projector output size) and stays there for at least {min_points} logged points in a row; "
+    "it is marked as recovered if the spread later climbs back above that line."
 )
 
 
@@ -81,6 +85,42 @@ def _steps_and_values(step_rows: Any, column: str) -> tuple[list[int], list[floa
     return steps, values
 
 
+@dataclass(frozen=True)
+class Collapse:
+    step: int  # first logged step of the collapse
+    recovered_step: int | None  # first step the spread was back above the line; None = still collapsed
+
+
+def find_collapse(
+    step_rows: Any,
+    projector_dim: int,
+    fraction: float = DEFAULT_FRACTION,
+    smoothing: float = DEFAULT_SMOOTHING,
+    min_points: int = DEFAULT_MIN_POINTS,
+) -> Collapse | None:
+    """The run's first collapse by `CRITERION` (and its recovery, if any), or None when it has none (yet).
+
+    `step_rows`: the run's metrics (DataFrame from `runs.read_metrics` or a list of row dicts);
+    only rows of kind "step" with a z_std are used.
+    """
+    steps, values = _steps_and_values(step_rows, "z_std")
+    threshold = fraction * healthy_std(projector_dim)
+    smoothed = smooth(values, smoothing)
+    below = [v is not None and v < threshold for v in smoothed]
+    i = 0
+    while i < len(below):
+        if not below[i]:
+            i += 1
+            continue
+        end = i  # the dip runs from i to end - 1
+        while end < len(below) and below[end]:
+            end += 1
+        if end - i >= min_points:
+            return Collapse(steps[i], steps[end] if end < len(below) else None)
+        i = end
+    return None
+
+
 def collapse_point(
     step_rows: Any,
     projector_dim: int,
@@ -88,22 +128,14 @@ def collapse_point(
     smoothing: float = DEFAULT_SMOOTHING,
     min_points: int = DEFAULT_MIN_POINTS,
 ) -> int | None:
-    """The step at which the run collapsed by `CRITERION`, or None when it has not (yet).
+    """The step at which the run first collapsed by `CRITERION` (for chart markers), or None."""
+    found = find_collapse(step_rows, projector_dim, fraction, smoothing, min_points)
+    return found.step if found else None
 
-    `step_rows`: the run's metrics (DataFrame from `runs.read_metrics` or a list of row dicts);
-    only rows of kind "step" with a z_std are used.
-    """
-    steps, values = _steps_and_values(step_rows, "z_std")
-    if len(values) < min_points:
-        return None
-    threshold = fraction * healthy_std(projector_dim)
-    smoothed = smooth(values, smoothing)
-    first_below = None
-    for i in range(len(smoothed) - 1, -1, -1):  # walk back from the end while it stays below
-        if smoothed[i] is not None and smoothed[i] < threshold:
-            first_below = i
-        else:
-            break
-    if first_below is None or len(smoothed) - first_below < min_points:
-        return None
-    return steps[first_below]
+
+def describe_collapse(found: Collapse | None) -> str:
+    """The collapse in table words: no / at step 1,200 / at step 1,200, recovered at step 3,400."""
+    if found is None:
+        return "no"
+    text = f"at step {found.step:,}"
+    return text + (f", recovered at step {found.recovered_step:,}" if found.recovered_step is not None else "")

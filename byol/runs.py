@@ -85,9 +85,12 @@ def create_run(runs_dir: Path, config: TrainConfig, name: str | None = None) -> 
     sees a run without its config, and two launches never get the same folder.
     """
     runs_dir = Path(runs_dir)
-    runs_dir.mkdir(parents=True, exist_ok=True)
     if name is not None:
         check_run_name(name)
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file of that name, no permission, a read-only disk: say so, no traceback
+        raise RunError(f"The runs folder {runs_dir} cannot be used: {error.strerror or error}.") from None
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     base = name or f"{stamp}-{slugify(config.preset or 'custom')}-{slugify(_data_label(config), 24)}"
     staging = runs_dir / f".creating-{os.getpid()}-{time.monotonic_ns()}"
@@ -128,13 +131,19 @@ def update_config(run_dir: Path, config: TrainConfig) -> None:
 
 
 # --- status ----------------------------------------------------------------------------------
-def _process_start_time(pid: int) -> str | None:
-    """The kernel's start time of `pid` (Linux), to tell a live process from a reused pid."""
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (Linux): [state, ppid, ...], or None."""
     try:
         with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[19]
+            return handle.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
+
+
+def _process_start_time(pid: int) -> str | None:
+    """The kernel's start time of `pid` (Linux), to tell a live process from a reused pid."""
+    fields = _proc_stat(pid)
+    return fields[19] if fields is not None and len(fields) > 19 else None
 
 
 def process_alive(pid: int | None, start_time: str | None = None) -> bool:
@@ -146,10 +155,13 @@ def process_alive(pid: int | None, start_time: str | None = None) -> bool:
         return False
     except PermissionError:  # exists, owned by someone else
         return True
-    if start_time is not None:
-        current = _process_start_time(pid)
-        if current is not None and current != start_time:
-            return False  # the pid was reused by another process
+    fields = _proc_stat(pid)
+    if fields and fields[0] in ("Z", "X"):
+        # A zombie: killed or exited, kept in the process table only until its parent collects it
+        # (a launcher that never waits keeps it for good). It will never write again.
+        return False
+    if start_time is not None and fields is not None and len(fields) > 19 and fields[19] != start_time:
+        return False  # the pid was reused by another process
     return True
 
 
@@ -319,7 +331,15 @@ class RunSummary:
     started: str
     created: float
     world_size: int
-    demo: bool
+    demo: str  # for a shipped demo run: how it was trained, in words (from demo.json); else ""
+
+
+def _demo_label(run_dir: Path) -> str:
+    """The label of a shipped demo run: demo.json's "label" (a run without the file is no demo)."""
+    record = read_json(run_dir / "demo.json", {})
+    if not isinstance(record, dict) or not record:
+        return ""
+    return str(record.get("label") or "Demo run shipped with BYOL Studio.")
 
 
 def summarize_run(run_dir: Path) -> RunSummary:
@@ -352,7 +372,7 @@ def summarize_run(run_dir: Path) -> RunSummary:
         started=datetime.fromtimestamp(started, timezone.utc).astimezone().strftime("%Y-%m-%d %H:%M") if started else "",
         created=float(status.get("created") or (run_dir / "config.json").stat().st_mtime),
         world_size=int(status.get("world_size", 1) or 1),
-        demo=bool((read_json(run_dir / "demo.json", {}) or {})),
+        demo=_demo_label(run_dir),
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from byol import runs
-from byol.collapse import DEFAULT_FRACTION, collapse_point, criterion_text, healthy_std
+from byol.collapse import DEFAULT_FRACTION, criterion_text, describe_collapse, find_collapse, healthy_std
 from byol.config import PRESET_HELP, PRESETS, preset
 from byol.jobs import latest_pair, launch_problems
 from ui.common import (
@@ -84,7 +84,8 @@ if not picked:
 
 metrics = {name: runs.read_metrics(by_name[name].path) for name in picked}
 configs = {name: runs.read_config(by_name[name].path) for name in picked}
-collapsed = {name: collapse_point(metrics[name], configs[name].projector_dim) for name in picked}
+collapses = {name: find_collapse(metrics[name], configs[name].projector_dim) for name in picked}
+collapsed = {name: c.step if c else None for name, c in collapses.items()}  # chart markers
 
 # --- curves ----------------------------------------------------------------------------------
 left, right = st.columns(2)
@@ -112,12 +113,11 @@ st.subheader("Verdict")
 rows = []
 for name in picked:
     s = by_name[name]
-    step = collapsed[name]
     rows.append({
         "Run": name,
         "Status": state_text(s.state),
         "BN in heads": "yes" if configs[name].head_bn else "no",
-        "Collapsed": f"at step {step:,}" if step is not None else "no",
+        "Collapsed": describe_collapse(collapses[name]),
         "Best kNN %": s.best_knn,
         "Random init %": s.baseline_knn,
         "Last spread": s.last_z_std,

@@ -42,11 +42,12 @@ def test_finished_run_is_shown_with_its_knn_curve(finished_run, app_test):
 
 def test_demo_run_comes_first(finished_run, runs_dir, app_test, tiny_config):
     other = runs.create_run(runs_dir, tiny_config(), "demo-run")
-    (other / "demo.json").write_text(json.dumps({"demo": True}))
+    (other / "demo.json").write_text(json.dumps({"label": "Trained for 25 epochs on one CPU core; kNN 50%."}))
     at = app_test("app.py")
     at.run()
     assert not at.exception
     assert any("Demo run: demo-run" in s.value for s in at.subheader)
+    assert any("25 epochs on one CPU core" in c.value for c in at.caption)  # labelled with how it was trained
 
 
 def test_interrupted_run_offers_resume(runs_dir, app_test, tiny_config, fake_train):

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from byol import runs
-from byol.collapse import collapse_point, criterion_text, healthy_std, smooth
+from byol.collapse import Collapse, collapse_point, criterion_text, describe_collapse, find_collapse, healthy_std, smooth
 from byol.jobs import shared_runner
 
 PAGE = "pages/2_Compare.py"
@@ -35,18 +35,30 @@ def test_collapse_is_the_first_step_it_stays_below():
     assert collapse_point(rows(values), d, fraction=0.2, smoothing=0.6) > step
 
 
-def test_a_dip_that_recovers_or_only_ends_the_run_is_not_collapse():
+def test_a_short_dip_or_one_only_ending_the_run_is_not_collapse():
     d = 64
     healthy = healthy_std(d)
-    dip = [healthy] * 5 + [0.0] * 5 + [healthy] * 5
-    assert collapse_point(rows(dip), d, smoothing=0.0) is None
-    late = [healthy] * 10 + [0.0] * 2  # fewer than min_points rows below
+    blip = [healthy] * 5 + [0.0] * 2 + [healthy] * 5  # fewer than min_points rows below
+    assert collapse_point(rows(blip), d, smoothing=0.0, min_points=3) is None
+    late = [healthy] * 10 + [0.0] * 2
     assert collapse_point(rows(late), d, smoothing=0.0, min_points=3) is None
+
+
+def test_a_collapse_that_recovers_is_still_marked_with_its_recovery():
+    # What short CPU runs without BN do: the spread falls to almost nothing, then partly comes back.
+    d = 64
+    healthy = healthy_std(d)
+    values = [healthy] * 5 + [healthy * 0.05] * 10 + [healthy * 0.5] * 5
+    found = find_collapse(rows(values), d, fraction=0.2, smoothing=0.0, min_points=5)
+    assert found == Collapse(step=10 + 5 * 10, recovered_step=10 + 15 * 10)
+    assert describe_collapse(found) == "at step 60, recovered at step 160"
+    assert describe_collapse(find_collapse(rows(values[:15]), d, smoothing=0.0)) == "at step 60"
+    assert describe_collapse(None) == "no"
 
 
 def test_eval_rows_and_missing_values_are_ignored():
     d = 4
-    mixed = rows([0.5, None, 0.001, 0.001, 0.001]) + [{"kind": "eval", "step": 999, "knn": 10.0}]
+    mixed = rows([0.5, None, 0.001, 0.001, 0.001, 0.001, 0.001]) + [{"kind": "eval", "step": 999, "knn": 10.0}]
     assert collapse_point(mixed, d, smoothing=0.0) == 30
 
 

@@ -6,7 +6,7 @@ import io
 import pytest
 from PIL import Image
 
-from byol import retrieval
+from byol import retrieval, runs
 from test_page_embeddings import run_until
 from test_retrieval import small_data
 
@@ -127,3 +127,21 @@ def test_damaged_checkpoint_shows_a_plain_error(finished_run, app_test, quick):
     at.run()
     assert not at.exception
     assert len(at.error) == 1 and "damaged" in at.error[0].value
+
+
+def test_a_run_whose_images_are_missing_can_be_pointed_at_a_copy(finished_run, app_test):
+    # A shipped demo run names "cifar10", which may be neither downloaded nor downloadable here.
+    good = runs.read_config(finished_run)
+    runs.update_config(finished_run, good.replace(data="/nowhere/cifar"))
+    at = app_test(PAGE)
+    at.run()
+    assert not at.exception
+    assert at.error and "/nowhere" in at.error[0].value
+    at.text_input[0].set_value("/still/nowhere").run()
+    at.button(key=f"ret-relocate-button-{finished_run.name}").click().run()
+    assert not at.exception and at.error
+    assert runs.read_config(finished_run).data == "/nowhere/cifar"  # a wrong path changes nothing on disk
+    at.text_input[0].set_value(good.data).run()
+    at.button(key=f"ret-relocate-button-{finished_run.name}").click().run()
+    assert not at.exception
+    assert runs.read_config(finished_run).data == good.data

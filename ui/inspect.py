@@ -15,7 +15,7 @@ import streamlit as st
 from byol import retrieval, tasks
 from byol.config import TrainConfig
 from byol.data import Dataset, DataError
-from byol.runs import RunError, RunSummary, default_runs_dir, list_runs, read_config
+from byol.runs import RunError, RunSummary, default_runs_dir, list_runs, read_config, update_config
 from ui import common
 
 # Plain-language explanations of every technical word these pages use.
@@ -140,11 +140,43 @@ def pick_run_checkpoint_and_data(page: str) -> tuple[RunSummary, retrieval.Check
     run, choice = pick_run_and_checkpoint(page)
     try:
         config = read_config(run.path)
-        data = dataset_for(config)
-    except (RunError, DataError, ValueError) as error:
+    except (RunError, ValueError) as error:
         st.error(str(error))
         st.stop()
+    try:
+        data = dataset_for(config)
+    except (DataError, ValueError) as error:
+        st.error(str(error))
+        relocate_data(run, config, page)
+        st.stop()
     return run, choice, config, data
+
+
+def relocate_data(run: RunSummary, config: TrainConfig, page: str) -> None:
+    """Let the user point a run at its images on this computer (a shipped demo run, a moved folder).
+
+    The run's config.json changes only after the new source has loaded, so a wrong path changes
+    nothing on disk.
+    """
+    st.markdown(
+        f"The run **{run.name}** needs its images to show them. If you have CIFAR-10 on this computer "
+        "(an image folder with `train/` and `test/`, or an archive of one), give its path; type `cifar10` "
+        "to download it (about 170 MB, needs internet)."
+    )
+    source = st.text_input(
+        "Where are the images?", key=f"{page}-relocate-{run.name}", placeholder="/path/to/cifar10 or cifar10",
+        help="A folder with train/<class>/ and test/<class>/ image folders, a .tar.gz or .zip of one, or cifar10.",
+    )
+    if st.button("Use these images for this run", key=f"{page}-relocate-button-{run.name}", disabled=not source.strip()):
+        moved = config.replace(data=source.strip(), data_root="")
+        try:
+            with st.spinner("Loading the images (the first time decodes and caches them)..."):
+                dataset_for(moved)
+        except (DataError, ValueError, OSError) as error:
+            st.error(str(error))
+            return
+        update_config(run.path, moved)
+        st.rerun()
 
 def task_key(level: str, checkpoint: Path) -> str:
     return f"prepare-{level}:{Path(checkpoint).resolve()}"

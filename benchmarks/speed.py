@@ -1,0 +1,579 @@
+"""The speed benchmark suite: this engine against byol-pytorch and lightly, on one machine, in one run.
+
+    pip install -r requirements.txt -r benchmarks/requirements.txt
+    python benchmarks/speed.py                 # everything, ~10 minutes on a 2-core CPU
+    python benchmarks/speed.py --quick         # tiny sizes, a smoke test of the script itself
+
+What it measures (same backbone: ResNet-18 with the CIFAR stem at `--width`, same batch size):
+- **Training step**, augmentation included, in images/s:
+  - this engine (`byol.train.training_step`: batched views on the device, channels-last, fused EMA),
+    in fp32 and in the best precision the hardware offers (bf16 autocast where it exists);
+  - lucidrains' byol-pytorch 0.9.1, used as its README shows (`BYOL(net, image_size,
+    hidden_layer="avgpool")`, Adam, `learner.update_moving_average()`), fed float batches;
+  - lightly 1.6.0's BYOL recipe (its example: `BYOLProjectionHead`/`BYOLPredictionHead`,
+    `update_momentum`, `NegativeCosineSimilarity`, `BYOLTransform` on PIL images through a DataLoader);
+  - a compute-only floor: this engine's network, loss, optimiser and EMA in fp32, on a fixed
+    pre-normalised batch (no augmentation at all).
+  Peak memory of each step is measured alongside (RSS above the process's level before the step on
+  a CPU, `torch.cuda.max_memory_allocated` on a GPU).
+- **Augmentation**: our batched two views against torchvision's per-image PIL pipeline with the same
+  settings, in view pairs per second.
+- **kNN evaluation**: a 50,000-image bank and 10,000 queries of precomputed 512-d features against
+  scikit-learn's brute-force cosine `KNeighborsClassifier` (k=200), time and accuracy of both.
+- **Retrieval**: latency p50/p95 of one query against 50,000 stored embeddings, and **UMAP** time for
+  10,000 points after a warm-up fit (numba compiles on first use).
+
+Images come from the real CIFAR-10 copy when `--data` points at one (default: ../shared/data/
+cifar10-jpg.tar.gz when present), else from the synthetic data set; throughput does not depend on
+the pictures, but the kNN accuracies do. The table is printed and written to
+`benchmarks/results/speed-<device>.md` (plus a .json with every number).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from byol.augment import byol_views, plain_view  # noqa: E402
+from byol.config import PRESETS  # noqa: E402
+from byol.data import load_dataset, synthetic_dataset  # noqa: E402
+from byol.device import bf16_available, describe_device, resolve_device  # noqa: E402
+from byol.embed import nearest_neighbours  # noqa: E402
+from byol.knn import knn_predict  # noqa: E402
+from byol.model import BYOLNetworks, resnet18_cifar  # noqa: E402
+from byol.optim import build_optimizer  # noqa: E402
+from byol.train import training_step  # noqa: E402
+
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+
+
+# --- measuring helpers ---------------------------------------------------------------------
+class PeakMemory:
+    """Peak memory while the block runs, above the level when it started (bytes).
+
+    CUDA: the allocator's own peak counter. CPU: resident set size sampled every 2 ms by a thread
+    (PyTorch's CPU allocator returns large blocks to the system, so RSS rises and falls per step).
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak = 0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.002):
+            self._max = max(self._max, self._rss())
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            gc.collect()
+            self._base = self._max = self._rss()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self._base
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self._max, self._rss()) - self._base
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class StepResult:
+    name: str
+    images_per_s: float
+    peak_memory_mb: float
+    note: str = ""
+    losses: list[float] = field(default_factory=list)
+
+
+def time_steps(name: str, step: Callable[[], torch.Tensor], batch: int, device: torch.device,
+               warmup: int, steps: int, note: str = "") -> StepResult:
+    """Run `warmup` untimed steps, then `steps` timed ones; the step returns its loss tensor."""
+    losses = []
+    for _ in range(warmup):
+        losses.append(float(step()))
+    with PeakMemory(device) as memory:
+        synchronize(device)
+        started = time.perf_counter()
+        last = None
+        for _ in range(steps):
+            last = step()
+        float(last)  # one synchronisation at the end, as a training loop that logs rarely
+        synchronize(device)
+        elapsed = time.perf_counter() - started
+    result = StepResult(name, batch * steps / elapsed, memory.peak / 2**20, note, losses)
+    print(f"  {name:<34} {result.images_per_s:8.1f} img/s   peak {result.peak_memory_mb:7.0f} MB   {note}", flush=True)
+    return result
+
+
+def batches(images: torch.Tensor, batch: int):
+    """Endless batches of consecutive images (wrapping around)."""
+    start = 0
+    while True:
+        if start + batch > len(images):
+            start = 0
+        yield images[start : start + batch]
+        start += batch
+
+
+# --- the contenders ------------------------------------------------------------------------
+def our_config(width: int, batch: int, precision: str, channels_last: bool):
+    """The `gpu` preset's network and optimiser (heads 4096/256 as byol-pytorch's defaults) at this size."""
+    return PRESETS["gpu"].replace(width=width, batch_size=batch, precision=precision, channels_last=channels_last)
+
+
+def ours(images: torch.Tensor, device: torch.device, width: int, batch: int, bf16: bool, channels_last: bool):
+    config = our_config(width, batch, "bf16" if bf16 else "fp32", channels_last)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    networks = BYOLNetworks.from_config(config).to(device, memory_format=memory_format)
+    optimizer = build_optimizer(config, networks.trainable_parameters())
+    generator = torch.Generator(device=device).manual_seed(0)
+    source = batches(images.to(device), batch)
+
+    def step() -> torch.Tensor:
+        loss, _ = training_step(networks, optimizer, next(source), 0.99, generator, bf16, memory_format)
+        return loss.detach()
+
+    return step
+
+
+def compute_floor(images: torch.Tensor, device: torch.device, width: int, batch: int):
+    """Our network, loss, optimiser and EMA in fp32 on one fixed, already normalised batch."""
+    config = our_config(width, batch, "fp32", False)
+    networks = BYOLNetworks.from_config(config).to(device)
+    optimizer = build_optimizer(config, networks.trainable_parameters())
+    fixed = plain_view(images[:batch].to(device))
+    from byol.model import update_target
+
+    def step() -> torch.Tensor:
+        loss, _ = networks.forward_loss(fixed, fixed)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        update_target(networks.online_modules(), networks.target_modules(), 0.99)
+        return loss.detach()
+
+    return step
+
+
+def torchvision_cifar_resnet18(width_check: int) -> nn.Module:
+    """torchvision's ResNet-18 with the CIFAR stem and no classifier: the backbone the peers get.
+
+    It is the same network as ours at width 64 (our model test checks the parameter count).
+    """
+    import torchvision
+
+    if width_check != 64:
+        raise SystemExit("the peers use torchvision's ResNet-18, which only exists at width 64; run them with --width 64")
+    net = torchvision.models.resnet18()
+    net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.Identity()
+    net.fc = nn.Identity()
+    return net
+
+
+def byol_pytorch(images: torch.Tensor, device: torch.device, width: int, batch: int):
+    """lucidrains' byol-pytorch as its README shows, with its default augmentation on float batches."""
+    from byol_pytorch import BYOL
+
+    learner = BYOL(torchvision_cifar_resnet18(width).to(device), image_size=32, hidden_layer="avgpool").to(device)
+    optimizer = torch.optim.Adam(learner.parameters(), lr=3e-4)
+    source = batches(images.to(device), batch)
+
+    def step() -> torch.Tensor:
+        loss = learner(next(source).float().div_(255))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        learner.update_moving_average()
+        return loss.detach()
+
+    return step
+
+
+class _PILImages(torch.utils.data.Dataset):
+    """uint8 tensors served as PIL images, as torchvision's CIFAR10 data set does."""
+
+    def __init__(self, images: torch.Tensor, transform):
+        self.arrays = images.permute(0, 2, 3, 1).contiguous().numpy()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.arrays[index])), 0
+
+
+def lightly_recipe(images: torch.Tensor, device: torch.device, width: int, batch: int, workers: int):
+    """lightly 1.6.0's BYOL example (examples/pytorch/byol.py) on our backbone, at 32 px without blur."""
+    from lightly.loss import NegativeCosineSimilarity
+    from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
+    from lightly.models.utils import deactivate_requires_grad, update_momentum
+    from lightly.transforms.byol_transform import BYOLTransform, BYOLView1Transform, BYOLView2Transform
+
+    class BYOL(nn.Module):
+        def __init__(self, backbone: nn.Module):
+            super().__init__()
+            self.backbone = backbone
+            self.projection_head = BYOLProjectionHead(512, 1024, 256)
+            self.prediction_head = BYOLPredictionHead(256, 1024, 256)
+            self.backbone_momentum = copy.deepcopy(self.backbone)
+            self.projection_head_momentum = copy.deepcopy(self.projection_head)
+            deactivate_requires_grad(self.backbone_momentum)
+            deactivate_requires_grad(self.projection_head_momentum)
+
+        def forward(self, x):
+            return self.prediction_head(self.projection_head(self.backbone(x).flatten(start_dim=1)))
+
+        def forward_momentum(self, x):
+            return self.projection_head_momentum(self.backbone_momentum(x).flatten(start_dim=1)).detach()
+
+    model = BYOL(torchvision_cifar_resnet18(width)).to(device)
+    transform = BYOLTransform(
+        view_1_transform=BYOLView1Transform(input_size=32, gaussian_blur=0.0),
+        view_2_transform=BYOLView2Transform(input_size=32, gaussian_blur=0.0),
+    )
+    loader = torch.utils.data.DataLoader(
+        _PILImages(images, transform), batch_size=batch, shuffle=True, drop_last=True,
+        num_workers=workers, persistent_workers=workers > 0,
+    )
+    criterion = NegativeCosineSimilarity()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.06)
+    iterator = iter(loader)
+
+    def step() -> torch.Tensor:
+        nonlocal iterator
+        try:
+            (x0, x1), _ = next(iterator)
+        except StopIteration:
+            iterator = iter(loader)
+            (x0, x1), _ = next(iterator)
+        update_momentum(model.backbone, model.backbone_momentum, m=0.99)
+        update_momentum(model.projection_head, model.projection_head_momentum, m=0.99)
+        x0, x1 = x0.to(device), x1.to(device)
+        p0, z0 = model(x0), model.forward_momentum(x0)
+        p1, z1 = model(x1), model.forward_momentum(x1)
+        loss = 0.5 * (criterion(p0, z1) + criterion(p1, z0))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        return loss.detach()
+
+    return step
+
+
+# --- the sections --------------------------------------------------------------------------
+def bench_steps(images, device, args) -> list[StepResult]:
+    print(f"Training step: ResNet-18 width {args.width}, batch {args.batch}, {args.warmup} warm-up + {args.steps} timed steps", flush=True)
+    results = []
+    torch.manual_seed(0)
+    best_bf16 = bf16_available(device) and not args.no_bf16
+    contenders: list[tuple[str, Callable, str]] = [
+        ("ours fp32", lambda: ours(images, device, args.width, args.batch, False, True), "channels-last"),
+        ("ours fp32 contiguous", lambda: ours(images, device, args.width, args.batch, False, False), "NCHW layout"),
+    ]
+    if best_bf16:
+        contenders.append(("ours bf16", lambda: ours(images, device, args.width, args.batch, True, True), "bf16 autocast, channels-last"))
+    contenders.append(("compute floor fp32", lambda: compute_floor(images, device, args.width, args.batch), "no augmentation"))
+    if not args.no_peers:
+        contenders.append(("byol-pytorch 0.9.1 fp32", lambda: byol_pytorch(images, device, args.width, args.batch), "README usage"))
+        for workers in args.lightly_workers:
+            contenders.append((f"lightly 1.6.0 fp32 ({workers} workers)",
+                               lambda w=workers: lightly_recipe(images, device, args.width, args.batch, w),
+                               "example recipe, DataLoader"))
+    for name, build, note in contenders:
+        try:
+            step = build()
+        except ImportError as error:
+            print(f"  {name:<34} skipped: {error} (pip install -r benchmarks/requirements.txt)", flush=True)
+            continue
+        results.append(time_steps(name, step, args.batch, device, args.warmup, args.steps, note))
+        del step
+        gc.collect()
+    return results
+
+
+def bench_augment(images, device, args) -> dict:
+    import torchvision.transforms as T
+
+    n = args.augment_images
+    batch = images[:n].to(device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    byol_views(batch[:64], generator=generator)  # warm-up
+    synchronize(device)
+    started = time.perf_counter()
+    byol_views(batch, generator=generator)
+    synchronize(device)
+    ours_rate = n / (time.perf_counter() - started)
+
+    def view(solarize_p: float):
+        return T.Compose([
+            T.RandomResizedCrop(32, scale=(0.08, 1.0)), T.RandomHorizontalFlip(),
+            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8), T.RandomGrayscale(p=0.2),
+            T.RandomSolarize(threshold=128, p=solarize_p), T.ToTensor(),
+            T.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+        ])
+
+    view1, view2 = view(0.0), view(0.2)
+    pil = _PILImages(images[:n], lambda img: (view1(img), view2(img)))
+    started = time.perf_counter()
+    pairs = [pil[i][0] for i in range(n)]
+    torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    pil_rate = n / (time.perf_counter() - started)
+    print(f"Augmentation ({n} images, two views each): ours {ours_rate:,.0f} pairs/s on {device.type}, "
+          f"torchvision PIL {pil_rate:,.0f} pairs/s on one CPU process ({ours_rate / pil_rate:.1f}x)", flush=True)
+    return {"images": n, "ours_pairs_per_s": ours_rate, "torchvision_pil_pairs_per_s": pil_rate}
+
+
+def knn_features(data, bank_size: int, query_size: int, dim: int = 512) -> tuple:
+    """Precomputed 512-d features with some meaning: mean-centred pixels through a fixed random projection."""
+    generator = torch.Generator().manual_seed(0)
+    projection = torch.randn(3 * 32 * 32, dim, generator=generator) / dim**0.5
+
+    def features(images: torch.Tensor) -> torch.Tensor:
+        out = []
+        for start in range(0, len(images), 5000):
+            x = plain_view(images[start : start + 5000]).flatten(1)
+            out.append(torch.relu(x @ projection))
+        return torch.nn.functional.normalize(torch.cat(out), dim=1)
+
+    repeat_bank = -(-bank_size // len(data.train_labels))  # tile a small data set up to the bank size
+    repeat_query = -(-query_size // len(data.test_labels))
+    bank = features(data.train_images.repeat(repeat_bank, 1, 1, 1)[:bank_size])
+    queries = features(data.test_images.repeat(repeat_query, 1, 1, 1)[:query_size])
+    return bank, data.train_labels.repeat(repeat_bank)[:bank_size], queries, data.test_labels.repeat(repeat_query)[:query_size]
+
+
+def bench_knn(bank, bank_labels, queries, query_labels, args) -> dict:
+    from sklearn.neighbors import KNeighborsClassifier
+
+    k = 200
+    knn_predict(bank[:1000], bank_labels[:1000], queries[:100], 10, k)  # warm-up
+    started = time.perf_counter()
+    predicted = knn_predict(bank, bank_labels, queries, 10, k, 0.1)
+    ours_s = time.perf_counter() - started
+    ours_acc = 100 * float((predicted == query_labels).float().mean())
+
+    sk_results = {}
+    for weights in ("uniform", "distance"):
+        classifier = KNeighborsClassifier(n_neighbors=k, algorithm="brute", metric="cosine", weights=weights)
+        started = time.perf_counter()
+        classifier.fit(bank.numpy(), bank_labels.numpy())
+        sk_pred = classifier.predict(queries.numpy())
+        sk_results[weights] = (time.perf_counter() - started, 100 * float((sk_pred == query_labels.numpy()).mean()))
+    sk_s, sk_acc = sk_results["uniform"]
+    print(f"kNN ({len(bank):,} bank x {len(queries):,} queries, {bank.shape[1]}-d, k={k}): ours {ours_s:.2f} s ({ours_acc:.1f}%), "
+          f"scikit-learn brute cosine {sk_s:.2f} s ({sk_acc:.1f}%), distance-weighted {sk_results['distance'][0]:.2f} s "
+          f"({sk_results['distance'][1]:.1f}%) -> {sk_s / ours_s:.1f}x", flush=True)
+    return {"bank": len(bank), "queries": len(queries), "dim": int(bank.shape[1]), "k": k,
+            "ours_s": ours_s, "ours_accuracy": ours_acc, "sklearn_s": sk_s, "sklearn_accuracy": sk_acc,
+            "sklearn_distance_s": sk_results["distance"][0], "sklearn_distance_accuracy": sk_results["distance"][1]}
+
+
+def bench_retrieval(bank, args, device) -> dict:
+    bank_np = bank.numpy().astype(np.float32)
+    rng = np.random.default_rng(0)
+    search_ms = []
+    for _ in range(args.retrieval_queries):
+        query = bank_np[rng.integers(len(bank_np))]
+        started = time.perf_counter()
+        nearest_neighbours(bank_np, query, 16)
+        search_ms.append(1000 * (time.perf_counter() - started))
+    # End to end for an uploaded image: embed it with a backbone of the benchmark's width, then search.
+    backbone = resnet18_cifar(args.width).eval()
+    image = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
+    end_to_end_ms = []
+    with torch.no_grad():
+        for i in range(args.retrieval_queries // 4 + 3):
+            started = time.perf_counter()
+            feature = torch.nn.functional.normalize(backbone(plain_view(image)), dim=1)[0].numpy()
+            padded = np.zeros(bank_np.shape[1], dtype=np.float32)
+            padded[: len(feature)] = feature[: bank_np.shape[1]]
+            nearest_neighbours(bank_np, padded, 16)
+            if i >= 3:  # the first calls pay one-off set-up costs
+                end_to_end_ms.append(1000 * (time.perf_counter() - started))
+
+    def pct(values, q):
+        return float(np.percentile(values, q))
+
+    result = {"bank": len(bank_np), "search_p50_ms": pct(search_ms, 50), "search_p95_ms": pct(search_ms, 95),
+              "embed_and_search_p50_ms": pct(end_to_end_ms, 50), "embed_and_search_p95_ms": pct(end_to_end_ms, 95)}
+    print(f"Retrieval (1 query vs {len(bank_np):,}): search p50 {result['search_p50_ms']:.1f} ms, p95 {result['search_p95_ms']:.1f} ms; "
+          f"embed + search p50 {result['embed_and_search_p50_ms']:.1f} ms, p95 {result['embed_and_search_p95_ms']:.1f} ms", flush=True)
+    return result
+
+
+def bench_umap(features: torch.Tensor, args) -> dict:
+    import umap
+
+    points = features[: args.umap_points].numpy()
+    settings = dict(n_components=2, n_neighbors=15, min_dist=0.1, metric="cosine", random_state=0)  # as embed.py
+    umap.UMAP(**settings).fit_transform(points[:1000])  # warm-up: numba compiles its kernels here
+    started = time.perf_counter()
+    umap.UMAP(**settings).fit_transform(points)
+    seconds = time.perf_counter() - started
+    print(f"UMAP ({len(points):,} points, {points.shape[1]}-d, after warm-up): {seconds:.1f} s", flush=True)
+    return {"points": len(points), "seconds": seconds}
+
+
+# --- report --------------------------------------------------------------------------------
+def machine_line(device: torch.device) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{describe_device(device)}; CPU model: {cpu}; torch {torch.__version__}; {torch.get_num_threads()} threads"
+
+
+def report(results: dict) -> str:
+    lines = [f"# Speed benchmark ({results['date']})", "", f"Machine: {results['machine']}", "",
+             f"Command: `{results['command']}`", ""]
+    steps = results.get("steps")
+    if steps:
+        by_name = {r["name"]: r for r in steps}
+        lines += [f"## Training step (ResNet-18 width {results['width']}, batch {results['batch']}, augmentation included)", "",
+                  "| Contender | images/s | peak step memory (MB) | note |", "|---|---:|---:|---|"]
+        lines += [f"| {r['name']} | {r['images_per_s']:.1f} | {r['peak_memory_mb']:.0f} | {r['note']} |" for r in steps]
+        peer = by_name.get("byol-pytorch 0.9.1 fp32")
+        ratios = []
+        for ours_name in ("ours fp32", "ours bf16"):
+            if ours_name in by_name:
+                for other in steps:
+                    if not other["name"].startswith("ours"):
+                        ratios.append(f"- {ours_name} / {other['name']}: **{by_name[ours_name]['images_per_s'] / other['images_per_s']:.2f}x**")
+        if ratios:
+            lines += ["", "Ratios (same run):", ""] + ratios
+        if peer is None:
+            lines += ["", "byol-pytorch was not measured (install benchmarks/requirements.txt)."]
+    if "augment" in results:
+        a = results["augment"]
+        lines += ["", "## Augmentation (two views per image)", "",
+                  f"Ours, batched on the device: {a['ours_pairs_per_s']:,.0f} pairs/s; torchvision per-image PIL pipeline, "
+                  f"one process: {a['torchvision_pil_pairs_per_s']:,.0f} pairs/s "
+                  f"(**{a['ours_pairs_per_s'] / a['torchvision_pil_pairs_per_s']:.1f}x**), {a['images']:,} images."]
+    if "knn" in results:
+        k = results["knn"]
+        lines += ["", f"## kNN evaluation ({k['bank']:,} bank, {k['queries']:,} queries, {k['dim']}-d precomputed features, k={k['k']})", "",
+                  "| Method | seconds | accuracy |", "|---|---:|---:|",
+                  f"| ours (cosine, weighted vote exp(s/0.1), torch) | {k['ours_s']:.2f} | {k['ours_accuracy']:.2f}% |",
+                  f"| scikit-learn KNeighborsClassifier brute cosine, uniform | {k['sklearn_s']:.2f} | {k['sklearn_accuracy']:.2f}% |",
+                  f"| scikit-learn, weights=distance | {k['sklearn_distance_s']:.2f} | {k['sklearn_distance_accuracy']:.2f}% |",
+                  "", f"Speed-up against scikit-learn (uniform): **{k['sklearn_s'] / k['ours_s']:.1f}x**."]
+    if "retrieval" in results:
+        r = results["retrieval"]
+        lines += ["", f"## Retrieval and map", "",
+                  f"- One query against {r['bank']:,} stored embeddings: p50 {r['search_p50_ms']:.1f} ms, "
+                  f"p95 **{r['search_p95_ms']:.1f} ms**; embedding an uploaded image first: p50 "
+                  f"{r['embed_and_search_p50_ms']:.1f} ms, p95 {r['embed_and_search_p95_ms']:.1f} ms."]
+    if "umap" in results:
+        u = results["umap"]
+        lines += [f"- UMAP of {u['points']:,} points after warm-up: **{u['seconds']:.1f} s**."]
+    return "\n".join(lines) + "\n"
+
+
+def load_images(data_arg: str, quick: bool):
+    if data_arg == "synthetic" or (not data_arg and not DEFAULT_DATA.exists()) or quick:
+        return synthetic_dataset(), "synthetic"
+    source = data_arg or str(DEFAULT_DATA)
+    return load_dataset(source), source
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs, measures nothing useful")
+    parser.add_argument("--data", default="", help="image folder/archive or 'synthetic' (default: the real copy when present)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--lightly-workers", type=int, nargs="+", default=[0, 2], help="DataLoader workers to try for lightly")
+    parser.add_argument("--no-peers", action="store_true", help="skip byol-pytorch and lightly")
+    parser.add_argument("--no-bf16", action="store_true")
+    parser.add_argument("--only", nargs="+", choices=["steps", "augment", "knn", "retrieval", "umap"],
+                        default=["steps", "augment", "knn", "retrieval", "umap"])
+    parser.add_argument("--out", default=str(RESULTS_DIR), help="folder for the table (.md) and numbers (.json)")
+    args = parser.parse_args(argv)
+    args.augment_images, args.retrieval_queries, args.umap_points = 4096, 400, 10_000
+    args.bank_size, args.query_size = 50_000, 10_000
+    if args.quick:
+        args.width, args.batch, args.warmup, args.steps = 64, 8, 1, 1
+        args.augment_images, args.retrieval_queries, args.umap_points = 64, 20, 500
+        args.bank_size, args.query_size = 2_000, 500
+        args.lightly_workers = [0]
+
+    device = resolve_device(args.device)
+    data, source = load_images(args.data, args.quick)
+    results: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_line(device), "data": source,
+                     "command": " ".join(["python benchmarks/speed.py", *(argv if argv is not None else sys.argv[1:])]),
+                     "width": args.width, "batch": args.batch}
+    print(results["machine"], flush=True)
+    if "steps" in args.only:
+        results["steps"] = [r.__dict__ for r in bench_steps(data.train_images, device, args)]
+    if "augment" in args.only:
+        results["augment"] = bench_augment(data.train_images, device, args)
+    if {"knn", "retrieval", "umap"} & set(args.only):
+        bank, bank_labels, queries, query_labels = knn_features(data, args.bank_size, args.query_size)
+        if "knn" in args.only:
+            results["knn"] = bench_knn(bank, bank_labels, queries, query_labels, args)
+        if "retrieval" in args.only:
+            results["retrieval"] = bench_retrieval(bank, args, device)
+        if "umap" in args.only:
+            results["umap"] = bench_umap(bank, args)
+
+    table = report(results)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "speed-quick" if args.quick else f"speed-{device.type}"
+    (out / f"{stem}.md").write_text(table)
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
+    print("\n" + table)
+    print(f"Written to {out / (stem + '.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
