@@ -66,3 +66,34 @@ def test_pixel_knn_is_cached(tmp_path):
     # A second call with the same key reads the file (here: even with other data).
     second = pixel_knn_accuracy(images[:0], labels[:0], images[:0], labels[:0], 3, 5, 0.1, cache, "key")
     assert first == second
+
+
+def test_bf16_candidate_search_gives_the_fp32_predictions():
+    # Clustered features, so neighbours are close calls as in a trained network's embedding.
+    torch.manual_seed(0)
+    centres = torch.randn(10, 64)
+    bank_labels = torch.randint(0, 10, (3000,))
+    query_labels = torch.randint(0, 10, (400,))
+    bank = torch.nn.functional.normalize(0.5 * centres[bank_labels] + torch.randn(3000, 64), dim=1)
+    queries = torch.nn.functional.normalize(0.5 * centres[query_labels] + torch.randn(400, 64), dim=1)
+    exact = knn_predict(bank, bank_labels, queries, 10, k=200, fast=False)
+    fast = knn_predict(bank, bank_labels, queries, 10, k=200, fast=True)
+    assert (fast == exact).float().mean() >= 0.995
+    assert (exact == query_labels).float().mean() > 0.3  # the data has signal, so the check means something
+
+
+def test_bf16_candidate_search_copes_with_nearly_parallel_features():
+    # An untrained network's features all point almost the same way (cosine ~0.99 between any two):
+    # a plain bf16 pass cannot rank those; the search must still match the fp32 one.
+    torch.manual_seed(1)
+    centres = torch.randn(10, 128)
+    common = 30 * torch.ones(128)
+    bank_labels = torch.randint(0, 10, (3000,))
+    query_labels = torch.randint(0, 10, (400,))
+    bank = torch.nn.functional.normalize(common + 0.3 * centres[bank_labels] + torch.randn(3000, 128), dim=1)
+    queries = torch.nn.functional.normalize(common + 0.3 * centres[query_labels] + torch.randn(400, 128), dim=1)
+    assert (bank @ bank[:50].T).min() > 0.97  # nearly parallel indeed
+    exact = knn_predict(bank, bank_labels, queries, 10, k=200, fast=False)
+    fast = knn_predict(bank, bank_labels, queries, 10, k=200, fast=True)
+    assert (fast == exact).float().mean() >= 0.995
+    assert (exact == query_labels).float().mean() > 0.3
