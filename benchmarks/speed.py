@@ -38,7 +38,6 @@ import gc
 import json
 import os
 import platform
-import statistics
 import sys
 import threading
 import time
@@ -526,7 +525,7 @@ def report(results: dict) -> str:
                   f"{k['same_prediction_percent']:.2f}% of the predictions."]
     if "retrieval" in results:
         r = results["retrieval"]
-        lines += ["", f"## Retrieval and map", "",
+        lines += ["", "## Retrieval and map", "",
                   f"- One query against {r['bank']:,} stored embeddings: p50 {r['search_p50_ms']:.1f} ms, "
                   f"p95 **{r['search_p95_ms']:.1f} ms**; embedding an uploaded image first: p50 "
                   f"{r['embed_and_search_p50_ms']:.1f} ms, p95 {r['embed_and_search_p95_ms']:.1f} ms."]

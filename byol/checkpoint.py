@@ -84,8 +84,15 @@ def full_state(
     epoch: int,
     step_in_epoch: int,
     augment_rng: torch.Generator,
+    world_size: int = 1,
 ) -> dict[str, Any]:
-    """Everything needed to resume exactly where training stands now."""
+    """Everything needed to resume exactly where training stands now.
+
+    Nothing in it depends on how many processes trained: the networks are the plain modules (no
+    DistributedDataParallel prefix) and the place in the epoch is also kept as images seen, which
+    a resume on another number of processes turns into its own batches. `world_size` and the
+    augmentation generator are those of the main process.
+    """
     return {
         "format": FORMAT,
         "kind": FULL,
@@ -93,6 +100,8 @@ def full_state(
         "step": step,
         "epoch": epoch,
         "step_in_epoch": step_in_epoch,
+        "images_in_epoch": step_in_epoch * config.batch_size * world_size,
+        "world_size": world_size,
         "backbone": _cpu_state_dict(networks.backbone),
         "projector": _cpu_state_dict(networks.projector),
         "predictor": _cpu_state_dict(networks.predictor),

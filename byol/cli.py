@@ -4,6 +4,11 @@ Progress goes to stderr (a tqdm bar with ETA); the run directory is printed to s
 line of `train` and `resume`, so scripts can capture it. Every expected problem (bad option, bad
 data, busy device, untrustworthy checkpoint) exits non-zero with one plain line, no traceback.
 Ctrl-C or SIGTERM stops gracefully: the step finishes, last.pt is saved, the status says `stopped`.
+
+`torchrun --nproc_per_node N -m byol train|resume ...` trains with N processes (distributed.py):
+the main one (rank 0) creates or checks the run, draws the progress bar and prints the results;
+the others take their config and run folder from it and print only their own failures. A signal
+to any of them stops them all.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from . import runs
+from . import distributed, runs
 from .checkpoint import CheckpointError
 from .config import PRESETS, ConfigError, TrainConfig, preset, validate
 from .data import DataError
@@ -135,7 +140,10 @@ class _Progress:
             self.bar.refresh()
         elif kind == "eval":
             message = f"step {event['step']}: kNN {event['knn']:.1f}% (raw pixels {event['pixel_knn']:.1f}%)"
-            (self.bar.write if self.bar else lambda m: print(m, file=sys.stderr))(message)
+            if self.bar is not None:
+                self.bar.write(message, file=sys.stderr)  # tqdm writes to stdout unless told: keep stdout for the run folder
+            else:
+                print(message, file=sys.stderr)
         elif kind == "status" and event.get("message"):
             print(f"[{event['state']}] {event['message']}", file=sys.stderr)
 
@@ -144,23 +152,40 @@ class _Progress:
             self.bar.close()
 
 
-def _run_training(config: TrainConfig, run_dir: Path) -> int:
+class _FailureReporter:
+    """The events callback of a process other than the main one: it prints only why this process failed."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if event.get("kind") == "status" and event.get("state") == runs.FAILED:
+            print(f"[process {self.rank}] {event['state']}: {event.get('message', '')}", file=sys.stderr)
+
+    def close(self) -> None:
+        pass
+
+
+def _run_training(config: TrainConfig, run_dir: Path, world: distributed.World = distributed.ALONE) -> int:
     from .train import train
 
     stop = threading.Event()
 
     def request_stop(signum, frame):  # finish the step, checkpoint, exit as "stopped"
-        print("\nStopping after this step (press again to wait)...", file=sys.stderr)
+        if world.is_main:
+            print("\nStopping after this step (press again to wait)...", file=sys.stderr)
         stop.set()
 
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    progress = _Progress()
+    progress = _Progress() if world.is_main else _FailureReporter(world.rank)
     try:
-        state = train(config, run_dir, stop, progress)
+        state = train(config, run_dir, stop, progress, world=world)
     finally:
         progress.close()
         for s, handler in previous.items():
             signal.signal(s, handler)
+    if not world.is_main:  # the main process reports the run
+        return 0 if state in (runs.FINISHED, runs.STOPPED) else 1
     status = runs.read_status(run_dir)
     print(f"{state}: {status.get('message', '')}", file=sys.stderr)
     print(run_dir)
@@ -170,14 +195,16 @@ def _run_training(config: TrainConfig, run_dir: Path) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     runs_dir = args.runs_dir or runs.default_runs_dir()
-    run_dir = runs.create_run(runs_dir, config, args.name)
-    try:
-        return _run_training(config, run_dir)
-    except (ConfigError, DataError, DeviceBusy):
-        # Refused before anything was trained (bad config, unusable data, busy device): do not
-        # leave an empty run behind.
-        runs.delete_run(run_dir, force=True)
-        raise
+    with distributed.join() as world:
+        run_dir = world.from_main(lambda: runs.create_run(runs_dir, config, args.name))
+        try:
+            return _run_training(config, run_dir, world)
+        except (ConfigError, DataError, DeviceBusy):
+            # Refused before anything was trained (bad config, unusable data, busy device): do not
+            # leave an empty run behind.
+            if world.is_main:
+                runs.delete_run(run_dir, force=True)
+            raise
 
 
 def _existing_run(run_dir: Path) -> Path:
@@ -187,6 +214,14 @@ def _existing_run(run_dir: Path) -> Path:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    with distributed.join() as world:
+        # The main process checks the run and extends its config; the others take both from it.
+        config, run_dir = world.from_main(lambda: _prepare_resume(args))
+        return _run_training(config, run_dir, world)
+
+
+def _prepare_resume(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
+    """The config to resume `args.run_dir` with (extended to `--epochs`), or CommandError saying why not."""
     run_dir = _existing_run(args.run_dir)
     status = runs.read_status(run_dir)
     if status["state"] in runs.LIVE_STATES:
@@ -200,7 +235,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         runs.update_config(run_dir, config)
     elif status["state"] == runs.FINISHED:
         raise CommandError(f"The run {run_dir.name} has finished; pass --epochs N to extend it to N epochs.")
-    return _run_training(config, run_dir)
+    return config, run_dir
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -233,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except (CommandError, *PLAIN_ERRORS) as error:
-        print(f"error: {error}", file=sys.stderr)
+        if distributed.env_rank() == 0:  # under torchrun every process has the same error: say it once
+            print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -39,7 +39,7 @@ class TrainConfig:
     momentum: float = 0.9  # for sgd and lars
     warmup_epochs: float = 10.0
     epochs: int = 100
-    batch_size: int = 256
+    batch_size: int = 256  # per process: under torchrun the global batch is this × the number of processes
     tau_base: float = 0.99  # target network EMA rate at the start
     tau_schedule: str = "cosine"  # cosine (tau_base -> 1) | fixed
     # --- monitoring -------------------------------------------------------------------------
@@ -76,6 +76,10 @@ class TrainConfig:
     def effective_lr(self) -> float:
         """Peak learning rate after the linear batch-size rule (lr is quoted for a batch of 256)."""
         return self.lr * self.batch_size / 256
+
+    def peak_lr(self, world_size: int = 1) -> float:
+        """The peak learning rate for the global batch: `batch_size` per process × `world_size` processes."""
+        return self.effective_lr * world_size
 
 
 # --- presets ---------------------------------------------------------------------------------
@@ -183,7 +187,8 @@ _FIELD_WORDS: dict[str, str] = {
 def _check_number(name: str, value: Any) -> str | None:
     low, high, kind = _NUMERIC_RANGES[name]
     label = f"{_FIELD_WORDS[name]} ({name})"
-    span = f"{low:g} to {high:g}"
+    # Whole-number bounds in full ("0 to 2147483647", not "0 to 2.14748e+09"); others as short floats.
+    span = f"{low:d} to {high:d}" if kind is int else f"{low:g} to {high:g}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return f"{label} must be a number from {span}; got {value!r}."
     if isinstance(value, float) and not math.isfinite(value):
@@ -238,9 +243,18 @@ def validate(config: TrainConfig) -> TrainConfig:
     return config
 
 
-def check_against_data(config: TrainConfig, train_size: int, test_size: int) -> None:
-    """The checks that need the data set's size (raised once the data is loaded, before training)."""
+def check_against_data(config: TrainConfig, train_size: int, test_size: int, world_size: int = 1) -> None:
+    """The checks that need the data set's size (raised once the data is loaded, before training).
+
+    With several processes (torchrun) each takes its own batch of `batch_size`, so the data must
+    hold `batch_size × world_size` images.
+    """
     used = min(config.subset, train_size) if config.subset else train_size
+    if world_size > 1 and config.batch_size * world_size > used:
+        raise ConfigError(
+            f"Batch size (batch_size) times the {world_size} processes must be at most the number of training "
+            f"images ({used}); got {config.batch_size} × {world_size} = {config.batch_size * world_size}."
+        )
     if config.batch_size > used:
         raise ConfigError(
             f"Batch size (batch_size) must be at most the number of training images ({used}); "

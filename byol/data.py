@@ -364,6 +364,13 @@ def _list_folder(path: Path) -> _Listing:
     return _Listing(dirs=_with_parents(files, dirs), files=files, stamp=["folder", count, total_size, newest, names])
 
 
+def _first_line(error: BaseException) -> str:
+    """An archive library's error in one line: tarfile lists every method it tried, one per line,
+    and the message must stay one plain line (the command line prints it as its only line)."""
+    lines = str(error).strip().splitlines()
+    return lines[0].rstrip(":") if lines else type(error).__name__
+
+
 def _list_archive(path: Path) -> _Listing:
     dirs: set[tuple[str, ...]] = set()
     files: list[tuple[str, ...]] = []
@@ -376,7 +383,7 @@ def _list_archive(path: Path) -> _Listing:
                 entries = [(m.name, m.isdir()) for m in tf.getmembers() if m.isfile() or m.isdir()]
     except _ARCHIVE_ERRORS as exc:
         raise DataError(
-            f"Could not read the archive {path}: it is damaged or not a {path.suffix} archive ({exc})."
+            f"Could not read the archive {path}: it is damaged or not a {path.suffix} archive ({_first_line(exc)})."
         ) from exc
     for name, is_dir in entries:
         parts = _clean_parts(name)
@@ -489,7 +496,7 @@ def _decode_all(path: Path, layout: _Layout, size: int) -> dict[tuple[str, ...],
         for parts, data in _read_members(path, set(layout.files)):
             arrays[parts] = _decode(data, size) if data is not None else None
     except _ARCHIVE_ERRORS as exc:
-        raise DataError(f"Could not read the archive {path}: it is damaged or cut short ({exc}).") from exc
+        raise DataError(f"Could not read the archive {path}: it is damaged or cut short ({_first_line(exc)}).") from exc
     for parts in layout.files:  # listed but never reached (a truncated archive): count as unreadable
         arrays.setdefault(parts, None)
     return arrays

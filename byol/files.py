@@ -2,16 +2,22 @@
 
 A write goes to a temporary file in the same folder, is flushed to disk, and is then renamed over
 the old file (`os.replace` is atomic on POSIX and Windows). A process killed half-way leaves the
-previous file intact and at worst a stray `*.tmp` that the next write replaces.
+previous file intact and at worst a stray `.<name>.<pid>.<random>.tmp`; the temporary's name carries
+its writer's pid, so `remove_stale_temporaries()` can delete the ones whose writer is gone (training
+does so when it starts) without touching a write still in progress.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+# `.<target name>.<writer pid>.<mkstemp's random part: letters, digits, underscores>.tmp`
+_TEMPORARY = re.compile(r"^\..+\.(\d+)\.\w+\.tmp$")
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -30,7 +36,7 @@ def _fsync_dir(folder: Path) -> None:
 def write_atomic(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Call `write(file)` on a temporary file beside `path`, then rename it into place."""
     path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o644)  # mkstemp creates 0600; run files are meant to be readable like any other
         with os.fdopen(fd, mode) as handle:
@@ -45,6 +51,36 @@ def write_atomic(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
             pass
         raise
     _fsync_dir(path.parent)
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporaries that killed writers left in `folder` (not in its subfolders); returns them.
+
+    A SIGKILL in the middle of a checkpoint write leaves a partial `.last.pt.<pid>.<random>.tmp`
+    behind, as large as a checkpoint, and every later write picks a new random name: without this,
+    each kill would leak one. Temporaries of live processes (another thread's write) are kept.
+    """
+    removed = []
+    for entry in Path(folder).iterdir():
+        match = _TEMPORARY.match(entry.name)
+        if match is None or not entry.is_file() or _pid_alive(int(match.group(1))):
+            continue
+        try:
+            entry.unlink()
+            removed.append(entry)
+        except OSError:  # already gone, or not ours to delete: harmless either way
+            pass
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -36,7 +36,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import runs
+from .checkpoint import CheckpointError
 from .config import PRECISIONS, ConfigError, TrainConfig, config_errors
+from .data import DataError
 from .device import device_key, resolve_device, use_bf16
 from .lock import DeviceBusy
 from .train import plain_error, train
@@ -311,7 +313,7 @@ class JobRunner:
             train_fn(job.config, job.run_dir, job.stop, on_event)
         except DeviceBusy as error:
             _mark_failed(job.run_dir, str(error))
-        except ConfigError as error:
+        except (ConfigError, DataError, CheckpointError) as error:  # refused input: no traceback to log
             _mark_failed(job.run_dir, str(error))
         except BaseException as error:  # noqa: BLE001 - the worker must survive anything a run does
             log.exception("training of %s raised", job.run_dir)

@@ -14,10 +14,22 @@ What happens, in order:
    log every few steps, evaluate and snapshot every `eval_every` epochs, save last.pt at least
    every `checkpoint_minutes`;
 6. end as finished, stopped (stop flag), or failed (NaN loss or any exception, message kept).
+
+With several processes (torchrun; see distributed.py) every process runs this same code on its own
+share of the images, with batch norm computed over the global batch and gradients averaged by DDP.
+Only the main process reads and writes the run folder and takes the lock; one stop flag, one loss
+value and one refusal are agreed by all, so they stop, fail or refuse together. A process that dies
+leaves the run `interrupted`.
+
+Input that turns out unusable only once it is opened (a data folder without classes, a batch larger
+than the data, a damaged last.pt) is refused before anything is written: train() puts status.json
+back as it was and raises the plain error, as it does for a bad config.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
 import threading
 import time
@@ -27,11 +39,14 @@ from typing import Any, Callable
 import torch
 
 from . import runs
+from .allocator import keep_freed_memory
 from .augment import byol_views
-from .checkpoint import full_state, load_checkpoint, restore_augment_rng, restore_networks, save_checkpoint, snapshot_state
-from .config import TrainConfig, check_against_data, validate
-from .data import Dataset, default_cache_dir, load_dataset
+from .checkpoint import CheckpointError, full_state, load_checkpoint, restore_augment_rng, restore_networks, save_checkpoint, snapshot_state
+from .config import ConfigError, TrainConfig, check_against_data, validate
+from .data import DataError, Dataset, default_cache_dir, load_dataset
 from .device import device_key, resolve_device, use_bf16
+from .distributed import ALONE, World
+from .files import remove_stale_temporaries, write_atomic
 from .knn import autocast_context, effective_rank, eval_indices, extract_features, knn_accuracy, pixel_knn_accuracy
 from .lock import DeviceLock
 from .model import BYOLNetworks, normalized_std, update_target
@@ -44,6 +59,15 @@ SUBSET_SEED = 4321  # fixed, so runs that train on a subset of the same size see
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
+
+
+class _Refused(Exception):
+    """_train found the user's input unusable (`error`, a plain ConfigError/DataError/CheckpointError)
+    before writing anything to the run."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
 
 
 class StatusWriter:
@@ -80,34 +104,83 @@ class StatusWriter:
                     pass  # a full disk must not kill training; the next beat tries again
 
 
+class _SilentStatus:
+    """The status of a process other than the main one: it keeps progress for nobody and writes nothing."""
+
+    def __init__(self) -> None:
+        self.progress: dict[str, Any] = {}
+
+    def set(self, state: str, message: str = "", **fields: Any) -> None:
+        pass
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
 def train(
     config: TrainConfig,
     run_dir: Path,
     stop: threading.Event | None = None,
     on_event: EventCallback | None = None,
+    world: World | None = None,
 ) -> str:
-    """Train or resume the run in `run_dir`; returns its final state (finished, stopped or failed).
+    """Train or resume the run in `run_dir`; returns its final state (finished, stopped or failed;
+    interrupted when another of several processes died).
 
-    Raises ConfigError for a bad config and DeviceBusy when another run holds the device; in both
-    cases nothing in the run directory has changed. Every other problem ends as status `failed`.
+    Raises ConfigError for a bad config (also one that does not fit the data, e.g. a batch larger
+    than the data set), DataError for unusable data, CheckpointError for an unusable last.pt, and
+    DeviceBusy when another run holds the device; in all these cases nothing in the run directory
+    has changed. Every other problem ends as status `failed`.
+
+    `world` is this process's place among several started by torchrun (see distributed.py); each
+    of them calls train() and gets the same result, and events are emitted in every process.
     """
     run_dir = Path(run_dir)
     stop = stop or threading.Event()
     emit = on_event or (lambda event: None)
+    world = world or ALONE
     validate(config)
-    device = resolve_device(config.device)
+    device = world.device_for(resolve_device(config.device))
     bf16 = use_bf16(config.precision, device)
-    lock = DeviceLock(run_dir.parent, device_key(device), run_dir.name).acquire()
-    status = StatusWriter(run_dir)
+    # The main process alone takes the lock and writes the run; the others share its refusal.
+    lock = DeviceLock(run_dir.parent, device_key(device), run_dir.name)
+    world.main_only(lock.acquire)
+    status_path = run_dir / "status.json"
+    status_before = status_path.read_bytes() if world.is_main and status_path.is_file() else None  # put back if refused
+    status = StatusWriter(run_dir) if world.is_main else _SilentStatus()
     try:
-        status.set(runs.RUNNING, "Loading data...", started=time.time(), device=str(device), bf16=bf16, world_size=1)
+        status.set(runs.RUNNING, "Loading data...", started=time.time(), device=str(device), bf16=bf16, world_size=world.world_size)
         status.start()
         emit({"kind": "status", "state": runs.RUNNING, "message": "Loading data..."})
-        state, message = _train(config, run_dir, stop, emit, status, device, bf16)
+        # On a CPU, keep freed activation memory for the next step instead of re-faulting it in (allocator.py).
+        with keep_freed_memory() if device.type == "cpu" else contextlib.nullcontext():
+            state, message = _train(config, run_dir, stop, emit, status, device, bf16, world)
+    except _Refused as refused:
+        # Nothing was trained or written: leave the run exactly as it was (the command line then
+        # removes a run it has just created) and refuse plainly, like a bad config.
+        status.stop()
+        try:
+            if world.is_main:  # the run folder is the main process's alone
+                if status_before is None:
+                    status_path.unlink(missing_ok=True)
+                else:
+                    write_atomic(status_path, lambda f: f.write(status_before))
+        finally:
+            lock.release()
+        raise refused.error from None
     except TrainingDiverged as error:
         state, message = runs.FAILED, str(error)
     except Exception as error:  # any failure ends as a readable status, never a silent death
-        state, message = runs.FAILED, plain_error(error)
+        if world.lost_peer(error):  # another process died: the run is fine, only cut short
+            state, message = runs.INTERRUPTED, (
+                f"One of the {world.world_size} training processes ended unexpectedly (crash, kill or lost "
+                "connection), so all of them stopped. Resume to continue."
+            )
+        else:
+            state, message = runs.FAILED, plain_error(error)
     finally:
         status.stop()
     try:
@@ -123,6 +196,11 @@ def plain_error(error: BaseException) -> str:
     if isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower():
         return (
             "The device ran out of memory. Lower the batch size (or the backbone width) and resume the run."
+        )
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return (
+            "The disk is full (no space left on device), so training stopped; the last checkpoint is intact. "
+            "Free some space, then resume the run."
         )
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
     # Our own errors (config, data, checkpoint) already speak plainly.
@@ -141,54 +219,85 @@ def _train(
     status: StatusWriter,
     device: torch.device,
     bf16: bool,
+    world: World = ALONE,
 ) -> tuple[str, str]:
     # Weights are drawn from the global generator right after seeding it; augmentation draws come
     # from the run's own generator, so other threads of the app drawing random numbers (a time
     # estimate, another page) cannot shift this run's stream, and a resume repeats it exactly.
     torch.manual_seed(config.seed)
-    augment_rng = torch.Generator(device=device).manual_seed(config.seed)
+    augment_rng = torch.Generator(device=device).manual_seed(_augment_seed(config.seed, world.rank, 0))
 
     # --- data, resident on the training device as uint8 ---------------------------------------
-    data = load_dataset(config.data, config.data_root or None, image_size=config.image_size)
-    check_against_data(config, len(data.train_labels), len(data.test_labels))
+    try:
+        # Every process loads the data (the first on each machine before the others, so only it
+        # downloads or decodes into the cache); a refusal in any one of them is a refusal in all.
+        data = world.together(lambda: _load_checked(config, world.world_size), leaders_first=True)
+    except (ConfigError, DataError) as error:
+        raise _Refused(error) from None
     train_idx = eval_indices(len(data.train_labels), config.subset, seed=SUBSET_SEED)
+    # Each process holds its own share: every world_size-th image (equal shares; a remainder is dropped).
+    train_idx = train_idx[world.rank :: world.world_size][: len(train_idx) // world.world_size]
     train_images = data.train_images[train_idx].to(device)
     bank_idx = eval_indices(len(data.train_labels), config.eval_bank_size)
     query_idx = eval_indices(len(data.test_labels), config.eval_query_size)
-    bank_images, bank_labels = data.train_images[bank_idx].to(device), data.train_labels[bank_idx]
-    query_images, query_labels = data.test_images[query_idx].to(device), data.test_labels[query_idx]
+    eval_device = device if world.is_main else torch.device("cpu")  # kNN runs on the main process alone
+    bank_images, bank_labels = data.train_images[bank_idx].to(eval_device), data.train_labels[bank_idx]
+    query_images, query_labels = data.test_images[query_idx].to(eval_device), data.test_labels[query_idx]
 
     # --- networks, optimiser, schedules ----------------------------------------------------------
     networks = BYOLNetworks.from_config(config).to(device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     networks = networks.to(memory_format=memory_format)
+    networks = world.sync_batch_norm(networks, device)  # statistics over the global batch (alone: unchanged)
     optimizer = build_optimizer(config, networks.trainable_parameters())
-    loss_fn = torch.compile(networks.forward_loss) if config.compile else networks.forward_loss
+    forward_loss = world.data_parallel(networks, device)  # DDP averages the gradients (alone: forward_loss)
+    loss_fn = torch.compile(forward_loss) if config.compile else forward_loss
     steps_per_epoch = len(train_idx) // config.batch_size  # the last partial batch is dropped
+    global_batch = config.batch_size * world.world_size
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = round(config.warmup_epochs * steps_per_epoch)
     eval_interval = max(1, round(config.eval_every * steps_per_epoch))
 
     step, epoch, start_in_epoch = 0, 0, 0
     last_path = run_dir / "last.pt"
-    if last_path.exists():
-        saved = load_checkpoint(last_path)
-        restore_networks(networks, saved)
+    try:
+        # The main process reads last.pt and sends it to the others (they may not see the run folder).
+        saved = world.from_main(lambda: load_checkpoint(last_path) if last_path.exists() else None)
+        if saved is not None:
+            restore_networks(networks, saved)
+    except CheckpointError as error:
+        raise _Refused(error) from None
+    if saved is not None:
         optimizer.load_state_dict(saved["optimizer"])
-        restore_augment_rng(augment_rng, saved)
-        step, epoch, start_in_epoch = saved["step"], saved["epoch"], saved["step_in_epoch"]
-    runs.truncate_metrics(run_dir, step if last_path.exists() else -1)
+        if world.is_main:
+            restore_augment_rng(augment_rng, saved)
+        else:  # only the main process's generator is saved; the others start a stream of their own
+            augment_rng.manual_seed(_augment_seed(config.seed, world.rank, saved["step"]))
+        step, epoch = saved["step"], saved["epoch"]
+        start_in_epoch = _resume_batch(saved, config.batch_size, global_batch, steps_per_epoch)
+    # `step` counts optimiser steps over the run's life (metric rows, snapshots); the schedules and
+    # epochs follow the place in the data, `step - offset`. They differ only once a run was resumed
+    # on another number of processes, whose batches cover more or fewer images.
+    offset = step - (epoch * steps_per_epoch + start_in_epoch)
+    if world.is_main:
+        # The first write of this training: clear what writers killed mid-write left (partial checkpoints).
+        remove_stale_temporaries(run_dir)
+        runs.truncate_metrics(run_dir, step if saved is not None else -1)
 
     def save_last(step_in_epoch: int) -> None:
-        save_checkpoint(last_path, full_state(networks, optimizer, config, step, epoch, step_in_epoch, augment_rng))
+        if world.is_main:  # the networks are identical in every process
+            state = full_state(networks, optimizer, config, step, epoch, step_in_epoch, augment_rng, world.world_size)
+            save_checkpoint(last_path, state)
 
     def evaluate() -> dict[str, Any]:
+        if not world.is_main:  # the main process measures; the others wait for it at the next step
+            return {}
         started = time.perf_counter()
         bank = extract_features(networks.backbone, bank_images, use_bf16=bf16, channels_last=config.channels_last)
         queries = extract_features(networks.backbone, query_images, use_bf16=bf16, channels_last=config.channels_last)
         knn = knn_accuracy(bank, bank_labels, queries, query_labels, len(data.classes), config.knn_k, config.knn_temperature)
         row = {
-            "kind": "eval", "step": step, "epoch": round(step / steps_per_epoch, 4), "knn": knn,
+            "kind": "eval", "step": step, "epoch": round((step - offset) / steps_per_epoch, 4), "knn": knn,
             "effective_rank": effective_rank(bank), "feature_dim": bank.shape[1],
             "pixel_knn": pixel_floor, "bank_size": len(bank_idx), "query_size": len(query_idx),
             "k": config.knn_k, "eval_seconds": round(time.perf_counter() - started, 2), "time": time.time(),
@@ -198,8 +307,10 @@ def _train(
         emit(row)
         return row
 
-    pixel_floor = _pixel_floor(data, bank_idx, query_idx, config)
-    status.progress.update(step=step, total_steps=total_steps, epoch=step / max(steps_per_epoch, 1), epochs=config.epochs)
+    pixel_floor = _pixel_floor(data, bank_idx, query_idx, config) if world.is_main else None
+    status.progress.update(
+        step=step, total_steps=total_steps + offset, epoch=(step - offset) / max(steps_per_epoch, 1), epochs=config.epochs
+    )
     if step == 0:
         status.set(runs.RUNNING, "Measuring the random-init baseline...")
         evaluate()
@@ -210,51 +321,56 @@ def _train(
     last_save = window_start = time.monotonic()
     window_steps = 0
     while epoch < config.epochs:
-        order = _epoch_order(len(train_idx), config.seed, epoch).to(device)
+        order = _epoch_order(len(train_idx), config.seed, epoch, world.rank).to(device)
         for i in range(start_in_epoch, steps_per_epoch):
             batch = train_images[order[i * config.batch_size : (i + 1) * config.batch_size]]
-            lr = learning_rate(step, total_steps, config.effective_lr, warmup_steps)
-            tau = target_tau(step, total_steps, config.tau_base, config.tau_schedule)
+            lr = learning_rate(step - offset, total_steps, config.peak_lr(world.world_size), warmup_steps)
+            tau = target_tau(step - offset, total_steps, config.tau_base, config.tau_schedule)
             set_learning_rate(optimizer, lr)
 
             loss, projections = training_step(networks, optimizer, batch, tau, augment_rng, bf16, memory_format, loss_fn)
             step += 1
             window_steps += 1
             at_epoch_end = i == steps_per_epoch - 1
+            stopping = world.any(stop.is_set())  # a stop asked of any process stops all at this step
 
             # Reading the loss synchronises with the device, so it happens only when logging.
-            if step % config.log_every == 0 or at_epoch_end or stop.is_set():
-                loss_value = float(loss.detach())
+            if step % config.log_every == 0 or at_epoch_end or stopping:
+                loss_value = float(world.mean(loss.detach()))  # the loss over the global batch
                 if not math.isfinite(loss_value):
                     raise TrainingDiverged(
                         f"The loss became {loss_value} at step {step:,}, so training was stopped. "
                         "Lower the learning rate (or use fp32 precision) and start a new run."
                     )
                 elapsed = time.monotonic() - window_start
-                speed = window_steps * config.batch_size / max(elapsed, 1e-9)
+                speed = window_steps * global_batch / max(elapsed, 1e-9)
                 row = {
-                    "kind": "step", "step": step, "epoch": round(step / steps_per_epoch, 4), "loss": loss_value,
+                    "kind": "step", "step": step, "epoch": round((step - offset) / steps_per_epoch, 4), "loss": loss_value,
                     "lr": lr, "tau": tau, "z_std": normalized_std(projections), "images_per_s": round(speed, 1),
                     "time": time.time(),
                 }
-                runs.append_metrics(run_dir, [row])
-                eta = (total_steps - step) * config.batch_size / max(speed, 1e-9)
+                if world.is_main:
+                    runs.append_metrics(run_dir, [row])
+                eta = (total_steps + offset - step) * global_batch / max(speed, 1e-9)
                 status.progress.update(step=step, epoch=row["epoch"], images_per_s=row["images_per_s"], eta_seconds=round(eta))
-                emit({**row, "total_steps": total_steps})
+                emit({**row, "total_steps": total_steps + offset})
                 window_start, window_steps = time.monotonic(), 0
 
-            if step % eval_interval == 0 or step == total_steps:
+            # A stop asked while logging (by an event callback) takes effect at this step too; `stopping`
+            # is the same in every process, so they all skip or all join this agreement.
+            stopping = stopping or world.any(stop.is_set())
+            if (step - offset) % eval_interval == 0 or step - offset == total_steps:
                 evaluate()
                 save_last(i + 1)
                 last_save = time.monotonic()
-            elif stop.is_set() or time.monotonic() - last_save > config.checkpoint_minutes * 60:
+            elif stopping or time.monotonic() - last_save > config.checkpoint_minutes * 60:
                 save_last(i + 1)
                 last_save = time.monotonic()
-            if stop.is_set():
-                return runs.STOPPED, f"Stopped at step {step:,} of {total_steps:,}; resume to continue."
+            if stopping:
+                return runs.STOPPED, f"Stopped at step {step:,} of {total_steps + offset:,}; resume to continue."
         epoch += 1
         start_in_epoch = 0
-    return runs.FINISHED, f"Finished {config.epochs} epoch{'s' if config.epochs != 1 else ''} ({total_steps:,} steps)."
+    return runs.FINISHED, f"Finished {config.epochs} epoch{'s' if config.epochs != 1 else ''} ({total_steps + offset:,} steps)."
 
 
 def training_step(
@@ -283,10 +399,40 @@ def training_step(
     return loss, projections
 
 
-def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The shuffled image order of one epoch; a function of (seed, epoch) only, so resume repeats it."""
+def _epoch_order(n: int, seed: int, epoch: int, rank: int = 0) -> torch.Tensor:
+    """The shuffled image order of one epoch; a function of (seed, epoch, rank) only, so resume repeats it.
+
+    Process `rank` of several shuffles its share with the rank-th permutation of the epoch's stream,
+    so a single process (and the main one) keeps the order it always had.
+    """
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    for _ in range(rank):
+        torch.randperm(n, generator=generator)
     return torch.randperm(n, generator=generator)
+
+
+def _augment_seed(seed: int, rank: int, step: int) -> int:
+    """The augmentation seed of process `rank` starting at `step`: the run's seed for the main (or only)
+    process; a stream of their own for the others, whose generators are not checkpointed."""
+    return seed if rank == 0 else seed + 1_000_003 * rank + 7_919 * step
+
+
+def _resume_batch(saved: dict[str, Any], batch_size: int, global_batch: int, steps_per_epoch: int) -> int:
+    """The batch of its epoch a resume starts at, from the images the checkpoint had seen in it.
+
+    Counting images makes a checkpoint independent of the number of processes: the same number
+    continues exactly where it stopped, another one at its next whole batch (the few images of a
+    partial batch are skipped). Checkpoints older than this count came from one process.
+    """
+    images = saved.get("images_in_epoch", saved["step_in_epoch"] * batch_size)
+    return min(-(-images // global_batch), steps_per_epoch)
+
+
+def _load_checked(config: TrainConfig, world_size: int) -> Dataset:
+    """The run's data set, once its size is known to fit the config (ConfigError / DataError if not)."""
+    data = load_dataset(config.data, config.data_root or None, image_size=config.image_size)
+    check_against_data(config, len(data.train_labels), len(data.test_labels), world_size)
+    return data
 
 
 def _pixel_floor(data: Dataset, bank_idx: torch.Tensor, query_idx: torch.Tensor, config: TrainConfig) -> float:

@@ -159,6 +159,8 @@ with badge:
 st.caption(
     f"preset {config.preset or 'custom'} · width {config.width} · {config.epochs} epochs · batch {config.batch_size} · "
     f"data: {config.data} · batch norm in heads: {'yes' if config.head_bn else 'no'} · seed {config.seed}"
+    + (f" · {picked.world_size} processes (torchrun), global batch {config.batch_size * picked.world_size}"
+       if picked.world_size > 1 else "")
 )
 
 # Controls

@@ -20,6 +20,8 @@ Fixtures for page tests (tests/test_app_home.py, test_page_*.py) and anyone else
 - autouse `clean_streamlit_and_runners`: clears `st.cache_resource`/`st.cache_data` before and after
   each test (they are shared by every AppTest in the process) and shuts down the process's job
   runners after it. It costs nothing in tests that never import streamlit or byol.jobs.
+
+After the session, the fault suite's figures (tests/fault_figures.py) are printed when any fault test ran.
 """
 
 from __future__ import annotations
@@ -183,3 +185,12 @@ def fake_train(monkeypatch) -> FakeTrain:
     fake = FakeTrain()
     monkeypatch.setattr(byol.jobs, "train", fake)
     return fake
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """One line with the fault suite's figures (kills survived, cases tried, tracebacks, runs lost)."""
+    import fault_figures
+
+    line = fault_figures.summary()
+    if line:
+        terminalreporter.write_line(line)

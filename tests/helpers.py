@@ -1,10 +1,13 @@
-"""Small shared pieces for the engine tests: a tiny config and a helper to run the CLI."""
+"""Small shared pieces for the engine tests: a tiny config, helpers to run the CLI, tree snapshots."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from byol.config import TrainConfig, preset
@@ -29,3 +32,78 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subpro
     return subprocess.run(
         [sys.executable, "-m", "byol", *args], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def cli_child(argv: list[str], log_path: str, torn_write_pause: float = 0.0) -> None:
+    """Body of a child process that runs the command line (`python -m byol ARGV`) and exits with its code.
+
+    The kill tests start it through a multiprocessing forkserver that has already imported torch,
+    so a child starts in a fraction of a second instead of paying torch's import again. Its output
+    goes to `log_path`. With `torn_write_pause` > 0, every checkpoint is written in two halves with
+    that pause between them, so a kill can land while a checkpoint file is half written (the
+    product code is unchanged: torch.save is wrapped in this child only).
+    """
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    import threading
+
+    import tqdm
+
+    # tqdm's default lock is a multiprocessing semaphore, which a SIGKILLed child would leak (and
+    # the resource tracker would warn about); a thread lock is all one process needs.
+    tqdm.tqdm.set_lock(threading.RLock())
+    if torn_write_pause > 0:
+        import torch
+
+        whole_save = torch.save
+
+        def save_in_two_halves(obj, f, *args, **kwargs):
+            if isinstance(f, (str, os.PathLike)):
+                return whole_save(obj, f, *args, **kwargs)
+            buffer = io.BytesIO()
+            whole_save(obj, buffer, *args, **kwargs)
+            data = buffer.getvalue()
+            f.write(data[: len(data) // 2])
+            f.flush()
+            time.sleep(torn_write_pause)
+            f.write(data[len(data) // 2 :])
+
+        torch.save = save_in_two_halves
+    from byol.cli import main
+
+    sys.exit(main(argv))
+
+
+def tree_snapshot(*roots: Path) -> dict[str, str]:
+    """Every folder and file under `roots` (the roots included) -> "dir" or its content's SHA-256."""
+    snapshot = {}
+    for root in roots:
+        root = Path(root)
+        if not root.exists():
+            continue
+        for path in [root, *sorted(root.rglob("*"))]:
+            if path.is_dir():
+                snapshot[str(path)] = "dir"
+            else:
+                snapshot[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return snapshot
+
+
+def write_image_folder(root: Path, train_per_class: int, test_per_class: int) -> Path:
+    """An image-folder data set (train/<class>/*.png, test/<class>/*.png) cut from the synthetic one.
+
+    Decoded once and then read from the data cache, so a training on it starts faster than on
+    `synthetic`, which is drawn anew by every process.
+    """
+    from PIL import Image
+
+    from byol.data import synthetic_dataset
+
+    data = synthetic_dataset(train_per_class=train_per_class, test_per_class=test_per_class)
+    for split, images, labels in (("train", data.train_images, data.train_labels), ("test", data.test_images, data.test_labels)):
+        for index, (image, label) in enumerate(zip(images, labels)):
+            folder = Path(root) / split / data.classes[int(label)].replace(" ", "-")
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{index:04d}.png")
+    return Path(root)

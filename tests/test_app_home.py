@@ -37,7 +37,7 @@ def test_finished_run_is_shown_with_its_knn_curve(finished_run, app_test):
     assert list(table["Run"]) == ["tiny-finished"]
     assert table["Status"].iloc[0].endswith("finished")
     assert table["Epochs"].iloc[0] == "2 / 2"
-    assert "GPUs" not in table  # only shown when a run used several
+    assert "Processes" not in table  # only shown when a run used several (torchrun)
 
 
 def test_demo_run_comes_first(finished_run, runs_dir, app_test, tiny_config):

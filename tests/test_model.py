@@ -122,7 +122,7 @@ def test_bf16_and_fp32_paths_give_the_same_loss_on_one_batch():
     losses = {}
     for name, bf16, layout in (("fp32", False, torch.contiguous_format), ("bf16", True, torch.channels_last)):
         net = copy.deepcopy(networks).to(memory_format=layout)
-        with autocast_context(device, bf16):
+        with torch.no_grad(), autocast_context(device, bf16):
             loss, _ = net.forward_loss(view1.contiguous(memory_format=layout), view2.contiguous(memory_format=layout))
         losses[name] = float(loss)
     assert abs(losses["bf16"] - losses["fp32"]) < BF16_LOSS_TOLERANCE, losses

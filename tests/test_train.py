@@ -14,7 +14,9 @@ import torch
 from byol import runs
 from byol.checkpoint import load_checkpoint
 from byol.config import ConfigError
-from byol.lock import DeviceBusy, DeviceLock
+from byol.data import DataError
+from byol.device import device_key, resolve_device
+from byol.lock import DeviceBusy, DeviceLock, lock_holder
 from byol.model import BYOLNetworks
 from byol.train import train
 from helpers import REPO, tiny_config
@@ -143,12 +145,23 @@ def test_missing_data_is_refused_before_anything_changes(tmp_path):
     assert runs.read_status(run_dir)["state"] == runs.QUEUED
 
 
-def test_unusable_data_fails_plainly(tmp_path):
+def test_unusable_data_is_refused_and_leaves_the_run_as_it_was(tmp_path):
     (tmp_path / "empty-folder").mkdir()
     config, run_dir = new_run(tmp_path, data=str(tmp_path / "empty-folder"))
-    assert train(config, run_dir) == runs.FAILED
-    message = runs.read_status(run_dir)["message"]
-    assert "train" in message and "Traceback" not in message
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    with pytest.raises(DataError, match="train/"):
+        train(config, run_dir)
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    assert runs.read_status(run_dir)["state"] == runs.QUEUED
+    assert lock_holder(run_dir.parent, device_key(resolve_device(config.device))) is None  # released
+
+
+def test_a_batch_larger_than_the_data_is_refused_before_anything_is_written(tmp_path):
+    config, run_dir = new_run(tmp_path, batch_size=512)  # 256 training images
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    with pytest.raises(ConfigError, match=r"at most the number of training images \(256\); got 512"):
+        train(config, run_dir)
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
 
 
 def test_second_training_on_a_locked_device_is_refused(tmp_path):

@@ -301,8 +301,8 @@ def runs_table(summaries: Sequence[runs.RunSummary]) -> pd.DataFrame:
             "Disk": fmt_bytes(s.disk_bytes),
             "Started": s.started or "not yet",
         }
-        if show_world:
-            row["GPUs"] = s.world_size
+        if show_world:  # runs trained with torchrun: one process per GPU (or several on a CPU)
+            row["Processes"] = s.world_size
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -311,6 +311,7 @@ RUNS_TABLE_COLUMNS = {
     "Latest kNN %": st.column_config.NumberColumn(format="%.1f", help="kNN accuracy at the newest measurement"),
     "Best kNN %": st.column_config.NumberColumn(format="%.1f", help="Highest kNN accuracy measured so far"),
     "Status": st.column_config.TextColumn(help="waiting, training, finished, stopped, failed or interrupted"),
+    "Processes": st.column_config.NumberColumn(help="Training processes (torchrun from the command line): one per GPU"),
 }
 
 
