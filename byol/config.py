@@ -86,8 +86,8 @@ class TrainConfig:
 # gpu: solo-learn's BYOL CIFAR recipe (LARS, lr 1.0 per 256, wd 1e-5, 10 warm-up epochs, heads
 #      4096/256, tau 0.99 -> 1 on a cosine), cut to 100 epochs.
 # cpu: measured on a 2-core CPU to learn visibly in about 15 minutes (see README): a width-16 ResNet-18
-#      in bf16 (about 400 images/s there), AdamW, 7 epochs of all 50k images, tau from 0.97, kNN on a
-#      fixed 5k bank / 1k queries.
+#      in bf16 (about 450-500 images/s there), AdamW lr 4e-3, 8 epochs of all 50k images, tau from 0.97,
+#      kNN on a fixed 5k bank / 1k queries.
 PRESETS: dict[str, TrainConfig] = {
     "gpu": TrainConfig(preset="gpu"),
     "cpu": TrainConfig(
@@ -97,10 +97,10 @@ PRESETS: dict[str, TrainConfig] = {
         projector_dim=128,
         predictor_hidden=1024,
         optimizer="adamw",
-        lr=2e-3,
+        lr=4e-3,  # re-tuned with the faster step: +0.7 kNN points after 2 epochs over 2e-3, ahead all the way
         weight_decay=1e-4,
         warmup_epochs=0.5,
-        epochs=7,
+        epochs=8,
         batch_size=256,
         tau_base=0.97,  # a faster-moving target than the field's 0.99: measured +5 kNN points after 2 epochs
         eval_every=1.0,

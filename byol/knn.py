@@ -77,30 +77,25 @@ def knn_predict(
     """Weighted-vote kNN class predictions for L2-normalised `queries` against an L2-normalised `bank`.
 
     The similarity search is the cost (10k queries x 50k bank x 512 features = 0.5 TFLOP). Where the
-    hardware has fast bf16 (`fast`, default: detected), a bf16 pass picks k + margin candidates per
-    query and their exact fp32 similarities pick the k neighbours and weigh the vote, so the result
-    equals the all-fp32 search unless a true neighbour ranked below k + margin in the bf16 pass (tests
-    compare both paths, on spread-out and on nearly parallel features).
+    hardware has fast bf16 (`fast`, default: detected), the search runs in bf16 on the bank with its
+    mean removed: q·b = q·(b - mean) + q·mean, where q·mean is one fp32 number per query, so the
+    ranking is unchanged and bf16's ~0.4% rounding acts only on the small part that differs between
+    images (an untrained network's features all point almost the same way: their cosine similarities
+    differ in the second decimal, below bf16's resolution near 1). Neighbours and weights then match
+    the all-fp32 search except for near-ties; tests and the benchmark compare both paths.
     """
     n = bank.shape[0]
     k = min(k, n)
     bank_labels = bank_labels.to(bank.device)
     fast = _fast_similarity(bank.device) if fast is None else fast
-    candidates = min(n, k + max(32, k // 4))
-    # The bf16 pass ranks by q·(b - mean): the same order as q·b (q·mean is one number per query), but
-    # with the bank's common direction removed, so bf16's ~0.4% rounding acts on the small part that
-    # differs between images. (Features of an untrained network all point almost the same way: their
-    # cosine similarities differ only in the second decimal, below bf16's resolution near 1.)
-    bank_coarse = (bank - bank.mean(dim=0)).to(torch.bfloat16) if fast and candidates < n else None
+    bank_mean = bank.mean(dim=0)
+    bank_coarse = (bank - bank_mean).to(torch.bfloat16) if fast else None
     predictions = []
     for start in range(0, queries.shape[0], chunk_size):
         q = queries[start : start + chunk_size].to(bank.device, bank.dtype)
         if bank_coarse is not None:
-            candidate_idx = (q.to(torch.bfloat16) @ bank_coarse.T).topk(candidates, dim=1).indices
-            rows = bank.index_select(0, candidate_idx.flatten()).view(*candidate_idx.shape, -1)
-            exact = torch.einsum("qd,qcd->qc", q, rows)  # exact fp32 cosine of the candidates
-            top_sim, position = exact.topk(k, dim=1)
-            top_idx = candidate_idx.gather(1, position)
+            top_centred, top_idx = (q.to(torch.bfloat16) @ bank_coarse.T).topk(k, dim=1)
+            top_sim = top_centred.float() + (q @ bank_mean).unsqueeze(1)  # back to cosine similarity
         else:
             top_sim, top_idx = (q @ bank.T).topk(k, dim=1)  # cosine similarity
         weights = (top_sim / temperature).exp()
