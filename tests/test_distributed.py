@@ -159,7 +159,7 @@ def test_knn_measured_by_two_processes_equals_one_process_on_the_same_weights(tw
 
 
 def test_batch_norm_on_two_processes_equals_batch_norm_over_their_whole_batch(two_process_run):
-    halves = [torch.load(two_process_run[1] / f"batch-norm-{rank}.pt") for rank in (0, 1)]
+    halves = [torch.load(two_process_run[1] / f"batch-norm-{rank}.pt", weights_only=True) for rank in (0, 1)]
     x, weight, bias, upstream = batch_norm_inputs()
     whole = nn.BatchNorm2d(3)
     whole.weight.data.copy_(weight)
