@@ -58,11 +58,6 @@ def extract_features(
     return F.normalize(features, dim=1) if normalize else features
 
 
-def _fast_similarity(device: torch.device) -> bool:
-    """Whether a bf16 first pass is much faster than fp32 matrix products here (GPU, or AMX/AVX512-BF16 CPU)."""
-    return bf16_available(device)
-
-
 @torch.no_grad()
 def knn_predict(
     bank: torch.Tensor,
@@ -87,7 +82,7 @@ def knn_predict(
     n = bank.shape[0]
     k = min(k, n)
     bank_labels = bank_labels.to(bank.device)
-    fast = _fast_similarity(bank.device) if fast is None else fast
+    fast = bf16_available(bank.device) if fast is None else fast  # GPU, or an AMX/AVX512-BF16 CPU
     bank_mean = bank.mean(dim=0)
     bank_coarse = (bank - bank_mean).to(torch.bfloat16) if fast else None
     predictions = []
