@@ -91,6 +91,7 @@ def create_run(runs_dir: Path, config: TrainConfig, name: str | None = None) -> 
         runs_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:  # a file of that name, no permission, a read-only disk: say so, no traceback
         raise RunError(f"The runs folder {runs_dir} cannot be used: {error.strerror or error}.") from None
+    remove_abandoned_staging(runs_dir)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     base = name or f"{stamp}-{slugify(config.preset or 'custom')}-{slugify(_data_label(config), 24)}"
     staging = runs_dir / f".creating-{os.getpid()}-{time.monotonic_ns()}"
@@ -110,6 +111,20 @@ def create_run(runs_dir: Path, config: TrainConfig, name: str | None = None) -> 
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def remove_abandoned_staging(runs_dir: Path) -> list[Path]:
+    """Delete the `.creating-<pid>-*` folders whose creator died half-way (a kill during create_run).
+
+    A live creator's folder is kept: it is about to be renamed into place.
+    """
+    removed = []
+    for entry in Path(runs_dir).glob(".creating-*"):
+        pid = entry.name.split("-")[1]
+        if entry.is_dir() and pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
 
 
 def _data_label(config: TrainConfig) -> str:

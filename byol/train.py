@@ -13,7 +13,8 @@ What happens, in order:
 5. for each step: two augmented views, the BYOL loss, an optimiser step, the EMA target update;
    log every few steps, evaluate and snapshot every `eval_every` epochs, save last.pt at least
    every `checkpoint_minutes`;
-6. end as finished, stopped (stop flag), or failed (NaN loss or any exception, message kept).
+6. end as finished, stopped (stop flag), or failed (NaN loss or any exception, message kept);
+   a KeyboardInterrupt or SystemExit ends it interrupted (resumable), frees the device and goes on.
 
 With several processes (torchrun; see distributed.py) every process runs this same code on its own
 share of the images, with batch norm computed over the global batch and gradients averaged by DDP.
@@ -54,6 +55,7 @@ from .optim import build_optimizer, set_learning_rate
 from .schedules import learning_rate, target_tau
 
 EventCallback = Callable[[dict[str, Any]], None]
+INTERRUPTED_MESSAGE = "Training was interrupted (the process was asked to exit). Resume to continue."
 SUBSET_SEED = 4321  # fixed, so runs that train on a subset of the same size see the same images
 
 
@@ -181,6 +183,15 @@ def train(
             )
         else:
             state, message = runs.FAILED, plain_error(error)
+    except BaseException:
+        # KeyboardInterrupt, SystemExit: not the run's fault. Leave it resumable and free the device
+        # (an app server lives on after a training thread dies), then let the exception go on.
+        status.stop()
+        try:
+            status.set(runs.INTERRUPTED, INTERRUPTED_MESSAGE, finished=time.time())
+        finally:
+            lock.release()
+        raise
     finally:
         status.stop()
     try:

@@ -138,6 +138,20 @@ def test_out_of_memory_gets_a_plain_message(tmp_path, monkeypatch):
     assert "ran out of memory" in runs.read_status(run_dir)["message"]
 
 
+def test_keyboard_interrupt_leaves_the_run_resumable_and_the_device_free(tmp_path):
+    config, run_dir = new_run(tmp_path)
+
+    def interrupt_at_step_3(event):
+        if event.get("kind") == "step" and event.get("step", 0) >= 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, run_dir, on_event=interrupt_at_step_3)
+    assert runs.read_status(run_dir)["state"] == runs.INTERRUPTED
+    assert lock_holder(run_dir.parent, device_key(resolve_device(config.device))) is None
+    assert train(config, run_dir) == runs.FINISHED  # resumes on the same, now free, device
+
+
 def test_missing_data_is_refused_before_anything_changes(tmp_path):
     config, run_dir = new_run(tmp_path, data=str(tmp_path / "no-such-folder"))
     with pytest.raises(ConfigError, match="no-such-folder"):
