@@ -14,8 +14,10 @@ What it measures (same backbone: ResNet-18 with the CIFAR stem at `--width`, sam
     `update_momentum`, `NegativeCosineSimilarity`, `BYOLTransform` on PIL images through a DataLoader);
   - a compute-only floor: this engine's network, loss, optimiser and EMA in fp32, on a fixed
     pre-normalised batch (no augmentation at all).
-  Peak memory of each step is measured alongside (RSS above the process's level before the step on
-  a CPU, `torch.cuda.max_memory_allocated` on a GPU).
+  Peak memory of each step is measured alongside: on a GPU `torch.cuda.max_memory_allocated`; on a
+  CPU the resident set size above its level before the first step, each contender in a fresh process
+  of its own (in one process, memory an earlier contender's allocator kept hides a later one's).
+  lightly's DataLoader workers are separate processes, so their memory is not in its figure.
 - **Augmentation**: our batched two views against torchvision's per-image PIL pipeline with the same
   settings, in view pairs per second.
 - **kNN evaluation**: a 50,000-image bank and 10,000 queries of precomputed 512-d features against
@@ -38,6 +40,7 @@ import gc
 import json
 import os
 import platform
+import subprocess
 import sys
 import threading
 import time
@@ -120,7 +123,7 @@ def synchronize(device: torch.device) -> None:
 class StepResult:
     name: str
     images_per_s: float
-    peak_memory_mb: float
+    peak_memory_mb: float | None
     note: str = ""
     losses: list[float] = field(default_factory=list)
 
@@ -307,12 +310,9 @@ def lightly_recipe(images: torch.Tensor, device: torch.device, width: int, batch
 
 
 # --- the sections --------------------------------------------------------------------------
-def bench_steps(images, device, args) -> list[StepResult]:
-    print(f"Training step: ResNet-18 width {args.width}, batch {args.batch}, {args.warmup} warm-up + {args.steps} timed steps", flush=True)
-    results = []
-    torch.manual_seed(0)
+def step_contenders(images, device, args) -> list[tuple[str, Callable, str, bool]]:
+    """(name, builder of its step function, note, keep freed memory as train() does: see byol/allocator.py)."""
     best_bf16 = bf16_available(device) and not args.no_bf16
-    # (name, builder, note, keep freed memory as the engine's train() does: see byol/allocator.py)
     contenders: list[tuple[str, Callable, str, bool]] = [
         ("ours fp32", lambda: ours(images, device, args.width, args.batch, False, True), "channels-last", True),
         ("ours fp32, NCHW", lambda: ours(images, device, args.width, args.batch, False, False), "no channels-last", True),
@@ -332,17 +332,62 @@ def bench_steps(images, device, args) -> list[StepResult]:
                                "example recipe, DataLoader", False))
     if device.type != "cpu":  # the allocator setting is about CPU memory only
         contenders = [c for c in contenders if "malloc" not in c[0]]
-    for name, build, note, keep_memory in contenders:
-        try:
-            step = build()
-        except ImportError as error:
-            print(f"  {name:<34} skipped: {error} (pip install -r benchmarks/requirements.txt)", flush=True)
+    return contenders
+
+
+def run_contender(name: str, build: Callable, note: str, keep_memory: bool, device: torch.device, args) -> StepResult | None:
+    try:
+        step = build()
+    except ImportError as error:
+        print(f"  {name:<34} skipped: {error} (pip install -r benchmarks/requirements.txt)", flush=True)
+        return None
+    with keep_freed_memory() if keep_memory and device.type == "cpu" else contextlib.nullcontext():
+        result = time_steps(name, step, args.batch, device, args.warmup, args.steps, note)
+    del step
+    gc.collect()
+    return result
+
+
+def peak_memory_in_fresh_process(name: str, args) -> float | None:
+    """The contender's peak memory (MB) measured by this script in a new process (`--memory-of`).
+
+    On a CPU the in-process figure is not to be trusted: memory that an earlier contender's allocator
+    kept (glibc's heap, our allocator setting) is reused without raising the resident set, so later
+    contenders look smaller than they are. A fresh interpreter starts with nothing kept.
+    """
+    command = [sys.executable, str(Path(__file__).resolve()), *args.argv, "--memory-of", name]
+    try:
+        finished = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        return float(json.loads(finished.stdout.strip().splitlines()[-1])["peak_memory_mb"])
+    except (subprocess.TimeoutExpired, IndexError, KeyError, ValueError) as error:
+        print(f"  {name:<34} memory not measured: {error!r}", flush=True)
+        return None
+
+
+def bench_steps(images, device, args) -> list[StepResult]:
+    print(f"Training step: ResNet-18 width {args.width}, batch {args.batch}, {args.warmup} warm-up + {args.steps} timed steps", flush=True)
+    results = []
+    torch.manual_seed(0)
+    for name, build, note, keep_memory in step_contenders(images, device, args):
+        result = run_contender(name, build, note, keep_memory, device, args)
+        if result is None:
             continue
-        with keep_freed_memory() if keep_memory and device.type == "cpu" else contextlib.nullcontext():
-            results.append(time_steps(name, step, args.batch, device, args.warmup, args.steps, note))
-        del step
-        gc.collect()
+        if device.type == "cpu":
+            result.peak_memory_mb = peak_memory_in_fresh_process(name, args)
+            print(f"  {'':<34} peak {result.peak_memory_mb or float('nan'):7.0f} MB in a fresh process", flush=True)
+        results.append(result)
     return results
+
+
+def memory_of(name: str, images, device, args) -> int:
+    """`--memory-of NAME`: run one contender in this (fresh) process, print its peak memory as JSON."""
+    for contender in step_contenders(images, device, args):
+        if contender[0] == name:
+            result = run_contender(*contender, device, args)
+            print(json.dumps({"name": name, "peak_memory_mb": result.peak_memory_mb if result else None}))
+            return 0
+    print(json.dumps({"name": name, "error": "no such contender"}))
+    return 2
 
 
 def bench_augment(images, device, args) -> dict:
@@ -486,6 +531,10 @@ def machine_line(device: torch.device) -> str:
     return f"{describe_device(device)}; CPU model: {cpu}; torch {torch.__version__}; {torch.get_num_threads()} threads"
 
 
+def _megabytes(value: float | None) -> str:
+    return "not measured" if value is None else f"{value:.0f}"
+
+
 def report(results: dict) -> str:
     lines = [f"# Speed benchmark ({results['date']})", "", f"Machine: {results['machine']}", "",
              f"Command: `{results['command']}`", ""]
@@ -493,8 +542,8 @@ def report(results: dict) -> str:
     if steps:
         by_name = {r["name"]: r for r in steps}
         lines += [f"## Training step (ResNet-18 width {results['width']}, batch {results['batch']}, augmentation included)", "",
-                  "| Contender | images/s | peak memory of the steps (MB) | note |", "|---|---:|---:|---|"]
-        lines += [f"| {r['name']} | {r['images_per_s']:.1f} | {r['peak_memory_mb']:.0f} | {r['note']} |" for r in steps]
+                  "| Contender | images/s | peak memory of the steps (MB; CPU: each in a fresh process) | note |", "|---|---:|---:|---|"]
+        lines += [f"| {r['name']} | {r['images_per_s']:.1f} | {_megabytes(r['peak_memory_mb'])} | {r['note']} |" for r in steps]
         peer = by_name.get("byol-pytorch 0.9.1 fp32")
         ratios = []
         for ours_name in ("ours fp32", "ours bf16"):
@@ -557,7 +606,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=["steps", "augment", "knn", "retrieval", "umap"],
                         default=["steps", "augment", "knn", "retrieval", "umap"])
     parser.add_argument("--out", default=str(RESULTS_DIR), help="folder for the table (.md) and numbers (.json)")
+    parser.add_argument("--memory-of", default="", help=argparse.SUPPRESS)  # internal: see peak_memory_in_fresh_process
     args = parser.parse_args(argv)
+    args.argv = [a for a in (argv if argv is not None else sys.argv[1:])]
     args.augment_images, args.retrieval_queries, args.umap_points = 4096, 400, 10_000
     args.bank_size, args.query_size = 50_000, 10_000
     if args.quick:
@@ -569,6 +620,8 @@ def main(argv: list[str] | None = None) -> int:
 
     device = resolve_device(args.device)
     data, source = load_images(args.data, args.quick)
+    if args.memory_of:
+        return memory_of(args.memory_of, data.train_images, device, args)
     results: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_line(device), "data": source,
                      "command": " ".join(["python benchmarks/speed.py", *(argv if argv is not None else sys.argv[1:])]),
                      "width": args.width, "batch": args.batch}

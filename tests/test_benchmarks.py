@@ -16,5 +16,7 @@ def test_quick_benchmark_writes_its_table(tmp_path):
     names = [row["name"] for row in numbers["steps"]]
     assert "ours fp32" in names and "compute floor fp32" in names
     assert all(row["images_per_s"] > 0 for row in numbers["steps"])
+    # each contender's memory comes from a fresh process of its own (on a CPU): measured, not carried over
+    assert all(row["peak_memory_mb"] is not None and row["peak_memory_mb"] > 1 for row in numbers["steps"])
     assert numbers["knn"]["ours_accuracy"] > 10  # better than chance on the synthetic classes
     assert "## kNN evaluation" in table and "p95" in table and "UMAP" in table
