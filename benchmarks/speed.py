@@ -14,10 +14,11 @@ What it measures (same backbone: ResNet-18 with the CIFAR stem at `--width`, sam
     `update_momentum`, `NegativeCosineSimilarity`, `BYOLTransform` on PIL images through a DataLoader);
   - a compute-only floor: this engine's network, loss, optimiser and EMA in fp32, on a fixed
     pre-normalised batch (no augmentation at all).
-  Peak memory of each step is measured alongside: on a GPU `torch.cuda.max_memory_allocated`; on a
-  CPU the resident set size above its level before the first step, each contender in a fresh process
-  of its own (in one process, memory an earlier contender's allocator kept hides a later one's).
-  lightly's DataLoader workers are separate processes, so their memory is not in its figure.
+  On a CPU each contender runs in a fresh process of its own (see `run_in_fresh_process`: glibc
+  carries state from one to the next); on a GPU they share one. Peak memory of each step is measured
+  alongside: on a GPU `torch.cuda.max_memory_allocated`; on a CPU the resident set size above its
+  level before the first step. lightly's DataLoader workers are separate processes, so their memory
+  is not in its figure.
 - **Augmentation**: our batched two views against torchvision's per-image PIL pipeline with the same
   settings, in view pairs per second.
 - **kNN evaluation**: a 50,000-image bank and 10,000 queries of precomputed 512-d features against
@@ -62,7 +63,7 @@ from byol.data import load_dataset, synthetic_dataset  # noqa: E402
 from byol.device import bf16_available, describe_device, resolve_device  # noqa: E402
 from byol.embed import nearest_neighbours  # noqa: E402
 from byol.knn import knn_predict  # noqa: E402
-from byol.model import BYOLNetworks, resnet18_cifar  # noqa: E402
+from byol.model import BYOLNetworks, resnet18_cifar, update_target  # noqa: E402
 from byol.optim import build_optimizer  # noqa: E402
 from byol.train import training_step  # noqa: E402
 
@@ -187,7 +188,6 @@ def compute_floor(images: torch.Tensor, device: torch.device, width: int, batch:
     networks = BYOLNetworks.from_config(config).to(device)
     optimizer = build_optimizer(config, networks.trainable_parameters())
     fixed = plain_view(images[:batch].to(device))
-    from byol.model import update_target
 
     def step() -> torch.Tensor:
         loss, _ = networks.forward_loss(fixed, fixed)
@@ -335,12 +335,9 @@ def step_contenders(images, device, args) -> list[tuple[str, Callable, str, bool
     return contenders
 
 
-def run_contender(name: str, build: Callable, note: str, keep_memory: bool, device: torch.device, args) -> StepResult | None:
-    try:
-        step = build()
-    except ImportError as error:
-        print(f"  {name:<34} skipped: {error} (pip install -r benchmarks/requirements.txt)", flush=True)
-        return None
+def run_contender(name: str, build: Callable, note: str, keep_memory: bool, device: torch.device, args) -> StepResult:
+    """Build the contender's step and time it; raises ImportError when its library is not installed."""
+    step = build()
     with keep_freed_memory() if keep_memory and device.type == "cpu" else contextlib.nullcontext():
         result = time_steps(name, step, args.batch, device, args.warmup, args.steps, note)
     del step
@@ -348,45 +345,64 @@ def run_contender(name: str, build: Callable, note: str, keep_memory: bool, devi
     return result
 
 
-def peak_memory_in_fresh_process(name: str, args) -> float | None:
-    """The contender's peak memory (MB) measured by this script in a new process (`--memory-of`).
+def run_in_fresh_process(name: str, args) -> StepResult | None:
+    """Time contender `name` in a new interpreter running this script (`--contender NAME`).
 
-    On a CPU the in-process figure is not to be trusted: memory that an earlier contender's allocator
-    kept (glibc's heap, our allocator setting) is reused without raising the resident set, so later
-    contenders look smaller than they are. A fresh interpreter starts with nothing kept.
+    On a CPU, contenders must not share a process: glibc keeps state from one to the next (memory an
+    earlier contender freed is reused without raising the resident set, so a later one's peak looks
+    smaller; and once any code has called mallopt, as our allocator setting does, glibc's mmap
+    threshold stops adapting for the rest of the process, so a later "default malloc" contender would
+    not run with glibc's defaults). A fresh process starts with neither.
     """
-    command = [sys.executable, str(Path(__file__).resolve()), *args.argv, "--memory-of", name]
+    command = [sys.executable, str(Path(__file__).resolve()), *args.argv, "--contender", name]
     try:
-        finished = subprocess.run(command, capture_output=True, text=True, timeout=600)
-        return float(json.loads(finished.stdout.strip().splitlines()[-1])["peak_memory_mb"])
-    except (subprocess.TimeoutExpired, IndexError, KeyError, ValueError) as error:
-        print(f"  {name:<34} memory not measured: {error!r}", flush=True)
+        finished = subprocess.run(command, capture_output=True, text=True, timeout=1200)
+        answer = json.loads(finished.stdout.strip().splitlines()[-1])
+    except (subprocess.TimeoutExpired, IndexError, ValueError) as error:
+        tail = locals().get("finished") and finished.stderr.strip().splitlines()[-3:]
+        print(f"  {name:<34} failed in its own process: {error!r} {tail or ''}", flush=True)
         return None
+    if "skipped" in answer:
+        print(f"  {name:<34} skipped: {answer['skipped']} (pip install -r benchmarks/requirements.txt)", flush=True)
+        return None
+    result = StepResult(**answer)
+    print(f"  {name:<34} {result.images_per_s:8.1f} img/s   peak {result.peak_memory_mb:7.0f} MB   {result.note}", flush=True)
+    return result
 
 
 def bench_steps(images, device, args) -> list[StepResult]:
-    print(f"Training step: ResNet-18 width {args.width}, batch {args.batch}, {args.warmup} warm-up + {args.steps} timed steps", flush=True)
+    isolated = device.type == "cpu"  # see run_in_fresh_process; a GPU's allocator statistics reset per contender
+    print(f"Training step: ResNet-18 width {args.width}, batch {args.batch}, {args.warmup} warm-up + {args.steps} timed steps"
+          + (", each contender in a fresh process" if isolated else ""), flush=True)
     results = []
     torch.manual_seed(0)
     for name, build, note, keep_memory in step_contenders(images, device, args):
-        result = run_contender(name, build, note, keep_memory, device, args)
-        if result is None:
-            continue
-        if device.type == "cpu":
-            result.peak_memory_mb = peak_memory_in_fresh_process(name, args)
-            print(f"  {'':<34} peak {result.peak_memory_mb or float('nan'):7.0f} MB in a fresh process", flush=True)
-        results.append(result)
+        if isolated:
+            result = run_in_fresh_process(name, args)
+        else:
+            try:
+                result = run_contender(name, build, note, keep_memory, device, args)
+            except ImportError as error:
+                print(f"  {name:<34} skipped: {error} (pip install -r benchmarks/requirements.txt)", flush=True)
+                result = None
+        if result is not None:
+            results.append(result)
     return results
 
 
-def memory_of(name: str, images, device, args) -> int:
-    """`--memory-of NAME`: run one contender in this (fresh) process, print its peak memory as JSON."""
+def run_one_contender(name: str, images, device, args) -> int:
+    """`--contender NAME`: time one contender in this (fresh) process; its result is the last line, as JSON."""
     for contender in step_contenders(images, device, args):
         if contender[0] == name:
-            result = run_contender(*contender, device, args)
-            print(json.dumps({"name": name, "peak_memory_mb": result.peak_memory_mb if result else None}))
+            torch.manual_seed(0)
+            try:
+                result = run_contender(*contender, device, args)
+            except ImportError as error:
+                print(json.dumps({"skipped": str(error)}))
+                return 0
+            print(json.dumps(result.__dict__))
             return 0
-    print(json.dumps({"name": name, "error": "no such contender"}))
+    print(f"no contender named {name!r}", file=sys.stderr)
     return 2
 
 
@@ -483,17 +499,16 @@ def bench_retrieval(bank, args, device) -> dict:
         started = time.perf_counter()
         nearest_neighbours(bank_np, query, 16)
         search_ms.append(1000 * (time.perf_counter() - started))
-    # End to end for an uploaded image: embed it with a backbone of the benchmark's width, then search.
-    backbone = resnet18_cifar(args.width).eval()
+    # End to end for an uploaded image: embed it, then search. The backbone's features have the bank's
+    # width (a ResNet-18 of width w gives 8w features): 64, the standard width, for the 512-d bank.
+    backbone = resnet18_cifar(bank_np.shape[1] // 8).eval()
     image = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
     end_to_end_ms = []
     with torch.no_grad():
         for i in range(args.retrieval_queries // 4 + 3):
             started = time.perf_counter()
             feature = torch.nn.functional.normalize(backbone(plain_view(image)), dim=1)[0].numpy()
-            padded = np.zeros(bank_np.shape[1], dtype=np.float32)
-            padded[: len(feature)] = feature[: bank_np.shape[1]]
-            nearest_neighbours(bank_np, padded, 16)
+            nearest_neighbours(bank_np, feature, 16)
             if i >= 3:  # the first calls pay one-off set-up costs
                 end_to_end_ms.append(1000 * (time.perf_counter() - started))
 
@@ -606,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=["steps", "augment", "knn", "retrieval", "umap"],
                         default=["steps", "augment", "knn", "retrieval", "umap"])
     parser.add_argument("--out", default=str(RESULTS_DIR), help="folder for the table (.md) and numbers (.json)")
-    parser.add_argument("--memory-of", default="", help=argparse.SUPPRESS)  # internal: see peak_memory_in_fresh_process
+    parser.add_argument("--contender", default="", help=argparse.SUPPRESS)  # internal: see run_in_fresh_process
     args = parser.parse_args(argv)
     args.argv = [a for a in (argv if argv is not None else sys.argv[1:])]
     args.augment_images, args.retrieval_queries, args.umap_points = 4096, 400, 10_000
@@ -620,8 +635,8 @@ def main(argv: list[str] | None = None) -> int:
 
     device = resolve_device(args.device)
     data, source = load_images(args.data, args.quick)
-    if args.memory_of:
-        return memory_of(args.memory_of, data.train_images, device, args)
+    if args.contender:
+        return run_one_contender(args.contender, data.train_images, device, args)
     results: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_line(device), "data": source,
                      "command": " ".join(["python benchmarks/speed.py", *(argv if argv is not None else sys.argv[1:])]),
                      "width": args.width, "batch": args.batch}
