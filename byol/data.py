@@ -103,6 +103,31 @@ def describe_source(source: str) -> str:
     return f"{path} (not found)"
 
 
+def layout_problem(source: str) -> str | None:
+    """What is wrong with the layout of an image folder or .zip `source`, as one sentence; None if fine.
+
+    Cheap enough to run before a run folder is made (a folder's walk, a zip's table of contents), so
+    the dashboard refuses a folder without train/<class>/ at once instead of queueing a run that
+    fails. Named sources, missing paths (config validation says so) and tar archives (listing one
+    means decompressing all of it) return None here and are checked when they load.
+    """
+    if _source_kind(source) != "path":
+        return None
+    path = Path(source).expanduser()
+    try:
+        if path.is_dir():
+            _find_layout(_list_folder(path), path.resolve())
+        elif path.is_file() and path.name.lower().endswith(".zip"):
+            _find_layout(_list_archive(path), path.resolve())
+        elif path.is_file() and not _is_archive_name(path):
+            _load_folder_or_archive(path, default_cache_dir() / "data", 32)  # refuses with the plain sentence
+    except DataError as error:
+        return str(error)
+    except OSError as error:
+        return f"{path} cannot be read: {error.strerror or error}."
+    return None
+
+
 def load_dataset(
     source: str, root: str | None = None, cache_dir: Path | None = None, image_size: int = 32
 ) -> Dataset:

@@ -38,7 +38,7 @@ from typing import Any, Callable
 from . import runs
 from .checkpoint import CheckpointError
 from .config import PRECISIONS, ConfigError, TrainConfig, config_errors
-from .data import DataError
+from .data import DataError, layout_problem
 from .device import device_key, resolve_device, use_bf16
 from .lock import DeviceBusy
 from .train import plain_error, train
@@ -63,10 +63,15 @@ class Job:
 def launch_problems(config: TrainConfig) -> list[str]:
     """Every problem that can be found before a run folder exists, each as one plain sentence.
 
-    The config's own values (config_errors, which also checks that a data path exists), and a GPU
-    or bf16 asked for where there is none. Empty list = ready to launch.
+    The config's own values (config_errors, which also checks that a data path exists), a data
+    folder or zip not laid out as train/<class>/, test/<class>/ (data.layout_problem), and a GPU or
+    bf16 asked for where there is none. Empty list = ready to launch.
     """
     problems = config_errors(config)
+    if not problems and isinstance(config.data, str):  # a readable path: is it laid out as a data set?
+        problem = layout_problem(config.data)
+        if problem:
+            problems.append(problem)
     try:
         device = resolve_device(config.device) if isinstance(config.device, str) else None
         if device is not None and config.precision in PRECISIONS:

@@ -202,6 +202,16 @@ def test_bad_config_or_missing_data_creates_nothing(runner, fake_train, tiny_con
         runner.launch(tiny_config(data=str(runs_dir / "no-such-folder")))
     with pytest.raises(runs.RunError, match="run name"):
         runner.launch(tiny_config(), "../escape")
+    # A folder that exists but is not laid out as a data set is refused before a run exists, too.
+    not_a_data_set = runs_dir.parent / "holiday-photos"
+    (not_a_data_set / "beach").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="holiday-photos.*train/"):
+        runner.launch(tiny_config(data=str(not_a_data_set)))
+    only_train = runs_dir.parent / "only-train"
+    (only_train / "train" / "cat").mkdir(parents=True)
+    (only_train / "train" / "cat" / "1.png").write_bytes(b"")
+    with pytest.raises(ConfigError, match="test/"):
+        runner.launch(tiny_config(data=str(only_train)))
     assert list(runs_dir.iterdir()) == []
     assert fake_train.calls == []
 

@@ -92,6 +92,20 @@ def test_missing_data_folder_is_a_plain_error(runs_dir, app_test, tmp_path):
     assert at.button(key="launch").disabled
 
 
+def test_folder_that_is_not_a_data_set_is_a_plain_error(runs_dir, app_test, tmp_path):
+    (tmp_path / "holiday-photos" / "beach").mkdir(parents=True)
+    at = app_test(PAGE)
+    at.run()
+    at.radio(key="new_source").set_value("folder")
+    at.run()
+    at.text_input(key="new_path").input(str(tmp_path / "holiday-photos"))
+    at.run()
+    assert not at.exception
+    assert any("does not look like an image data set" in e for e in alerts(at, "error")), alerts(at, "error")
+    assert at.button(key="launch").disabled
+    assert list(runs_dir.iterdir()) == []
+
+
 def test_launch_queues_a_run_and_shows_it(runs_dir, app_test, fake_train):
     fake_train.auto_release = True
     at = app_test(PAGE)
