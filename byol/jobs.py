@@ -14,7 +14,8 @@ It never calls streamlit: it writes run directories through `train()`, and pages
 - `resume(run_dir, epochs=None)` queues a stopped, failed, interrupted (or, with more epochs,
   finished) run again; train() continues it from its last.pt.
 - If train() raises DeviceBusy (the command line trains on that device) or anything unexpected,
-  the run is marked `failed` with a plain message and the worker goes on with the next run.
+  the run is marked `failed` with a plain message and the worker goes on with the next run; a
+  SystemExit leaves it `interrupted` (resumable), and the worker goes on too.
 
 Stopping the server stops its trainings: on a normal exit `shutdown()` asks them to stop and save
 (registered with atexit); after a kill, their status reads `interrupted` (runs.read_status checks
@@ -41,7 +42,7 @@ from .config import PRECISIONS, ConfigError, TrainConfig, config_errors
 from .data import DataError, layout_problem
 from .device import device_key, resolve_device, use_bf16
 from .lock import DeviceBusy
-from .train import plain_error, train
+from .train import INTERRUPTED_MESSAGE, plain_error, train
 
 log = logging.getLogger(__name__)
 
@@ -320,18 +321,26 @@ class JobRunner:
             _mark_failed(job.run_dir, str(error))
         except (ConfigError, DataError, CheckpointError) as error:  # refused input: no traceback to log
             _mark_failed(job.run_dir, str(error))
-        except BaseException as error:  # noqa: BLE001 - the worker must survive anything a run does
+        except Exception as error:  # the worker must survive anything a run does
             log.exception("training of %s raised", job.run_dir)
             _mark_failed(job.run_dir, plain_error(error))
-            if not isinstance(error, Exception):
-                raise
+        except BaseException:  # noqa: BLE001 - SystemExit (sys.exit() in a library) in this thread
+            # Re-raising would only end this worker thread and strand the queued runs behind it;
+            # train() has left the run interrupted (resumable) and freed the device: go on.
+            log.exception("training of %s exited", job.run_dir)
+            if runs.read_status(job.run_dir).get("state") in runs.LIVE_STATES:
+                _mark(job.run_dir, runs.INTERRUPTED, INTERRUPTED_MESSAGE)
 
 
 def _mark_failed(run_dir: Path, message: str) -> None:
+    _mark(run_dir, runs.FAILED, message)
+
+
+def _mark(run_dir: Path, state: str, message: str) -> None:
     try:
-        runs.write_status(run_dir, runs.FAILED, message, finished=time.time())
+        runs.write_status(run_dir, state, message, finished=time.time())
     except OSError:  # the folder was deleted or the disk is full: nothing more to do for this run
-        log.warning("could not mark %s failed: %s", run_dir, message)
+        log.warning("could not mark %s %s: %s", run_dir, state, message)
 
 
 def _same(a: Path, b: Path) -> bool:

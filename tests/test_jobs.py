@@ -151,6 +151,20 @@ def test_exception_in_train_marks_failed_and_next_job_runs(runner, fake_train, t
     assert fake_train.calls == ["a", "b"]
 
 
+def test_system_exit_in_train_leaves_the_run_resumable_and_next_job_runs(runner, fake_train, tiny_config):
+    fake_train.auto_release = True
+    fake_train.fail["a"] = SystemExit(3)  # a library calling sys.exit() inside the training thread
+    a = runner.launch(tiny_config(), "a")
+    b = runner.launch(tiny_config(), "b")
+    assert runner.wait(timeout=10)
+    assert state_of(a) == runs.INTERRUPTED
+    assert state_of(b) == runs.FINISHED
+    del fake_train.fail["a"]
+    runner.resume(a)
+    assert runner.wait(timeout=10)
+    assert state_of(a) == runs.FINISHED
+
+
 def test_device_busy_from_train_marks_failed_with_its_message(runner, fake_train, tiny_config):
     fake_train.auto_release = True
     fake_train.fail["a"] = DeviceBusy("The cpu device is busy training run 'cli' (process 7).")
