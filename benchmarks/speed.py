@@ -124,7 +124,7 @@ def synchronize(device: torch.device) -> None:
 class StepResult:
     name: str
     images_per_s: float
-    peak_memory_mb: float | None
+    peak_memory_mb: float
     note: str = ""
     losses: list[float] = field(default_factory=list)
 
@@ -345,6 +345,10 @@ def run_contender(name: str, build: Callable, note: str, keep_memory: bool, devi
     return result
 
 
+def print_skipped(name: str, reason: str) -> None:
+    print(f"  {name:<34} skipped: {reason} (pip install -r benchmarks/requirements.txt)", flush=True)
+
+
 def run_in_fresh_process(name: str, args) -> StepResult | None:
     """Time contender `name` in a new interpreter running this script (`--contender NAME`).
 
@@ -357,13 +361,16 @@ def run_in_fresh_process(name: str, args) -> StepResult | None:
     command = [sys.executable, str(Path(__file__).resolve()), *args.argv, "--contender", name]
     try:
         finished = subprocess.run(command, capture_output=True, text=True, timeout=1200)
+    except subprocess.TimeoutExpired:
+        print(f"  {name:<34} failed in its own process: no result within 20 minutes", flush=True)
+        return None
+    try:
         answer = json.loads(finished.stdout.strip().splitlines()[-1])
-    except (subprocess.TimeoutExpired, IndexError, ValueError) as error:
-        tail = locals().get("finished") and finished.stderr.strip().splitlines()[-3:]
-        print(f"  {name:<34} failed in its own process: {error!r} {tail or ''}", flush=True)
+    except (IndexError, ValueError):
+        print(f"  {name:<34} failed in its own process: {finished.stderr.strip().splitlines()[-3:]}", flush=True)
         return None
     if "skipped" in answer:
-        print(f"  {name:<34} skipped: {answer['skipped']} (pip install -r benchmarks/requirements.txt)", flush=True)
+        print_skipped(name, answer["skipped"])
         return None
     result = StepResult(**answer)
     print(f"  {name:<34} {result.images_per_s:8.1f} img/s   peak {result.peak_memory_mb:7.0f} MB   {result.note}", flush=True)
@@ -383,7 +390,7 @@ def bench_steps(images, device, args) -> list[StepResult]:
             try:
                 result = run_contender(name, build, note, keep_memory, device, args)
             except ImportError as error:
-                print(f"  {name:<34} skipped: {error} (pip install -r benchmarks/requirements.txt)", flush=True)
+                print_skipped(name, str(error))
                 result = None
         if result is not None:
             results.append(result)
@@ -553,10 +560,6 @@ def machine_line(device: torch.device) -> str:
     return f"{describe_device(device)}; CPU model: {cpu}; torch {torch.__version__}; {torch.get_num_threads()} threads"
 
 
-def _megabytes(value: float | None) -> str:
-    return "not measured" if value is None else f"{value:.0f}"
-
-
 def report(results: dict) -> str:
     lines = [f"# Speed benchmark ({results['date']})", "", f"Machine: {results['machine']}", "",
              f"Command: `{results['command']}`", ""]
@@ -565,7 +568,7 @@ def report(results: dict) -> str:
         by_name = {r["name"]: r for r in steps}
         lines += [f"## Training step (ResNet-18 width {results['width']}, batch {results['batch']}, augmentation included)", "",
                   "| Contender | images/s | peak memory of the steps (MB; CPU: each in a fresh process) | note |", "|---|---:|---:|---|"]
-        lines += [f"| {r['name']} | {r['images_per_s']:.1f} | {_megabytes(r['peak_memory_mb'])} | {r['note']} |" for r in steps]
+        lines += [f"| {r['name']} | {r['images_per_s']:.1f} | {r['peak_memory_mb']:.0f} | {r['note']} |" for r in steps]
         peer = by_name.get("byol-pytorch 0.9.1 fp32")
         ratios = []
         for ours_name in ("ours fp32", "ours bf16"):
