@@ -120,7 +120,7 @@ def layout_problem(source: str) -> str | None:
         elif path.is_file() and path.name.lower().endswith(".zip"):
             _find_layout(_list_archive(path), path.resolve())
         elif path.is_file() and not _is_archive_name(path):
-            _load_folder_or_archive(path, default_cache_dir() / "data", 32)  # refuses with the plain sentence
+            raise _not_a_data_set_file(path.resolve())
     except DataError as error:
         return str(error)
     except OSError as error:
@@ -320,11 +320,7 @@ def _load_folder_or_archive(path: Path, cache_folder: Path, image_size: int) -> 
         st = path.stat()  # an archive changes as a whole: size and time are stamp enough
         stamp = ["archive", st.st_size, st.st_mtime_ns]
     else:
-        kind = "a single image, not a data set" if path.suffix.lower() in IMAGE_EXTENSIONS else "not a supported file type"
-        raise DataError(
-            f"{path} is {kind}. Give an image folder (train/<class>/, test/<class>/) or an archive "
-            f"of one ending in {', '.join(ARCHIVE_EXTENSIONS)}."
-        )
+        raise _not_a_data_set_file(path)
 
     fingerprint = f"folder-{_cache_key(path, stamp, image_size)}"
     cache_file = cache_folder / f"{fingerprint}.npz"
@@ -340,6 +336,14 @@ def _load_folder_or_archive(path: Path, cache_folder: Path, image_size: int) -> 
     log.info("decoded %d images from %s in %.1f s", len(arrays), path, time.perf_counter() - started)
     _write_cache(cache_file, decoded)
     return Dataset(name=_dataset_name(path), fingerprint=fingerprint, **decoded)
+
+
+def _not_a_data_set_file(path: Path) -> DataError:
+    kind = "a single image, not a data set" if path.suffix.lower() in IMAGE_EXTENSIONS else "not a supported file type"
+    return DataError(
+        f"{path} is {kind}. Give an image folder (train/<class>/, test/<class>/) or an archive "
+        f"of one ending in {', '.join(ARCHIVE_EXTENSIONS)}."
+    )
 
 
 def _clean_parts(name: str) -> tuple[str, ...] | None:
