@@ -153,6 +153,7 @@ def train(
     status_path = run_dir / "status.json"
     status_before = status_path.read_bytes() if world.is_main and status_path.is_file() else None  # put back if refused
     status = StatusWriter(run_dir) if world.is_main else _SilentStatus()
+    exit_request: BaseException | None = None  # KeyboardInterrupt or SystemExit, raised again at the end
     try:
         status.set(runs.RUNNING, "Loading data...", started=time.time(), device=str(device), bf16=bf16, world_size=world.world_size)
         status.start()
@@ -183,21 +184,18 @@ def train(
             )
         else:
             state, message = runs.FAILED, plain_error(error)
-    except BaseException:
+    except BaseException as error:
         # KeyboardInterrupt, SystemExit: not the run's fault. Leave it resumable and free the device
         # (an app server lives on after a training thread dies), then let the exception go on.
-        status.stop()
-        try:
-            status.set(runs.INTERRUPTED, INTERRUPTED_MESSAGE, finished=time.time())
-        finally:
-            lock.release()
-        raise
+        state, message, exit_request = runs.INTERRUPTED, INTERRUPTED_MESSAGE, error
     finally:
         status.stop()
     try:
         status.set(state, message, finished=time.time())
     finally:
         lock.release()
+    if exit_request is not None:
+        raise exit_request
     emit({"kind": "status", "state": state, "message": message})
     return state
 
