@@ -79,13 +79,19 @@ def test_zero_epochs_is_a_plain_error_and_launch_is_disabled(runs_dir, app_test)
     assert list(runs_dir.iterdir()) == []
 
 
-def test_missing_data_folder_is_a_plain_error(runs_dir, app_test, tmp_path):
+def form_with_data_folder(app_test, folder):
+    """The Train page with "folder" chosen as the data source and `folder` typed in."""
     at = app_test(PAGE)
     at.run()
     at.radio(key="new_source").set_value("folder")
     at.run()
-    at.text_input(key="new_path").input(str(tmp_path / "no-such-folder"))
+    at.text_input(key="new_path").input(str(folder))
     at.run()
+    return at
+
+
+def test_missing_data_folder_is_a_plain_error(runs_dir, app_test, tmp_path):
+    at = form_with_data_folder(app_test, tmp_path / "no-such-folder")
     assert not at.exception
     errors = alerts(at, "error")
     assert any("no-such-folder" in e and "Data source" in e for e in errors), errors
@@ -94,12 +100,7 @@ def test_missing_data_folder_is_a_plain_error(runs_dir, app_test, tmp_path):
 
 def test_folder_that_is_not_a_data_set_is_a_plain_error(runs_dir, app_test, tmp_path):
     (tmp_path / "holiday-photos" / "beach").mkdir(parents=True)
-    at = app_test(PAGE)
-    at.run()
-    at.radio(key="new_source").set_value("folder")
-    at.run()
-    at.text_input(key="new_path").input(str(tmp_path / "holiday-photos"))
-    at.run()
+    at = form_with_data_folder(app_test, tmp_path / "holiday-photos")
     assert not at.exception
     assert any("does not look like an image data set" in e for e in alerts(at, "error")), alerts(at, "error")
     assert at.button(key="launch").disabled
