@@ -56,6 +56,9 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 where the hardware has it) | fp32 | bf16
     channels_last: bool = True
     compile: bool = False  # torch.compile the networks (GPU only pays off on long runs)
+    # CUDA-only speed-ups: fused optimiser kernels, cuDNN autotuning, TF32 matrix products in the
+    # heads. Off until measured on a GPU (no GPU has run them yet); ignored on a CPU.
+    cuda_fast: bool = False
     # --- bookkeeping ------------------------------------------------------------------------
     preset: str = ""  # name of the preset this config started from, for display only
     notes: str = ""
@@ -216,8 +219,10 @@ def config_errors(config: TrainConfig) -> list[str]:
         errors.append(f"Tau schedule (tau_schedule) must be one of {', '.join(TAU_SCHEDULES)}; got {config.tau_schedule!r}.")
     if config.precision not in PRECISIONS:
         errors.append(f"Precision (precision) must be one of {', '.join(PRECISIONS)}; got {config.precision!r}.")
-    if not isinstance(config.head_bn, bool):
-        errors.append(f"Batch norm in the heads (head_bn) must be true or false; got {config.head_bn!r}.")
+    for name, words in (("head_bn", "Batch norm in the heads"), ("channels_last", "Channels-last memory layout"),
+                        ("compile", "Compiling the networks"), ("cuda_fast", "CUDA speed-ups")):
+        if not isinstance(getattr(config, name), bool):
+            errors.append(f"{words} ({name}) must be true or false; got {getattr(config, name)!r}.")
     device = config.device
     if not isinstance(device, str) or not (
         device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())

@@ -166,7 +166,7 @@ def measure_speed(config: TrainConfig, budget_s: float = CPU_MEASURE_BUDGET_S) -
     bf16 = use_bf16(config.precision, device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     networks = BYOLNetworks.from_config(config).to(device).to(memory_format=memory_format)
-    optimizer = build_optimizer(config, networks.trainable_parameters())
+    optimizer = build_optimizer(config, networks.trainable_parameters(), device)
     generator = torch.Generator(device=device).manual_seed(0)
     size = config.image_size
     networks.train()

@@ -2,6 +2,11 @@
 
 Biases and batch-norm weights (1-D tensors) get no weight decay and, under LARS, no layer-wise
 adaptation, as in solo-learn and the BYOL paper.
+
+LARS updates every tensor of a parameter group with a handful of `torch._foreach_*` calls instead of
+a Python loop over ~60 tensors: on a GPU the loop issued about 660 small kernels per step, each
+waiting its turn on the host. The per-tensor state stays `{"momentum_buffer": tensor}`, so
+checkpoints written by either form resume with the other.
 """
 
 from __future__ import annotations
@@ -21,40 +26,61 @@ class LARS(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                d_p = p.grad
-                if group["lars"]:
-                    p_norm, g_norm = torch.norm(p), torch.norm(d_p)
-                    trust = group["eta"] * p_norm / (g_norm + group["weight_decay"] * p_norm + group["eps"])
-                    trust = torch.where((p_norm > 0) & (g_norm > 0), trust, torch.ones_like(trust))
-                    d_p = (d_p + group["weight_decay"] * p) * trust
-                else:
-                    d_p = d_p + group["weight_decay"] * p
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = d_p.clone()
-                else:
-                    state["momentum_buffer"].mul_(group["momentum"]).add_(d_p)
-                p.add_(state["momentum_buffer"], alpha=-group["lr"])
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            wd = group["weight_decay"]
+            # d = g + wd·w (a fresh list: the gradients themselves stay untouched)
+            updates = torch._foreach_add(grads, params, alpha=wd) if wd else [g.clone() for g in grads]
+            if group["lars"]:
+                torch._foreach_mul_(updates, _trust_ratios(params, grads, wd, group["eta"], group["eps"]))
+            states = [self.state[p] for p in params]
+            if all("momentum_buffer" in s for s in states):
+                buffers = [s["momentum_buffer"] for s in states]
+                torch._foreach_mul_(buffers, group["momentum"])
+                torch._foreach_add_(buffers, updates)
+            else:  # the first step (or a group that gained gradients): buffers start as the update
+                for s, u in zip(states, updates):
+                    if "momentum_buffer" in s:
+                        s["momentum_buffer"].mul_(group["momentum"]).add_(u)
+                    else:
+                        s["momentum_buffer"] = u.clone()
+                buffers = [s["momentum_buffer"] for s in states]
+            torch._foreach_add_(params, buffers, alpha=-group["lr"])
 
 
-def build_optimizer(config: TrainConfig, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
-    """The config's optimiser over `parameters`; 1-D tensors (biases, norms) skip decay and LARS scaling."""
+def _trust_ratios(params: list[torch.Tensor], grads: list[torch.Tensor], wd: float, eta: float, eps: float) -> list[torch.Tensor]:
+    """LARS's per-tensor scale eta·‖w‖ / (‖g‖ + wd·‖w‖ + eps), or 1 where either norm is zero.
+
+    All norms in two foreach calls and one vector expression, left on the device (no host sync).
+    """
+    p_norm = torch.stack(torch._foreach_norm(params))
+    g_norm = torch.stack(torch._foreach_norm(grads))
+    trust = eta * p_norm / (g_norm + wd * p_norm + eps)
+    trust = torch.where((p_norm > 0) & (g_norm > 0), trust, torch.ones_like(trust))
+    return list(trust.unbind())
+
+
+def build_optimizer(config: TrainConfig, parameters: list[nn.Parameter], device: torch.device | None = None) -> torch.optim.Optimizer:
+    """The config's optimiser over `parameters`; 1-D tensors (biases, norms) skip decay and LARS scaling.
+
+    With `config.cuda_fast` on a CUDA device, torch's fused kernels step SGD, Adam and AdamW.
+    """
     decayed = [p for p in parameters if p.ndim > 1]
     plain = [p for p in parameters if p.ndim <= 1]
     lr, wd = config.effective_lr, config.weight_decay
     groups = [{"params": decayed, "weight_decay": wd}, {"params": plain, "weight_decay": 0.0}]
+    fused = {"fused": True} if config.cuda_fast and device is not None and device.type == "cuda" else {}
     if config.optimizer == "lars":
         groups[1]["lars"] = False
         return LARS(groups, lr=lr, momentum=config.momentum, weight_decay=wd)
     if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=config.momentum)
+        return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, **fused)
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.AdamW(groups, lr=lr, **fused)
     if config.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=lr)
+        return torch.optim.Adam(groups, lr=lr, **fused)
     raise ValueError(f"unknown optimizer {config.optimizer!r}")
 
 

@@ -1,0 +1,95 @@
+"""The optimisers: LARS's vectorised step follows the per-tensor formula, and its state resumes."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from byol.config import preset
+from byol.model import BYOLNetworks
+from byol.optim import LARS, build_optimizer
+
+
+def reference_lars_step(params, buffers, lr, momentum, wd, eta, eps, lars):
+    """The LARS update written out one tensor at a time (the textbook form)."""
+    for i, p in enumerate(params):
+        d = p.grad + wd * p
+        if lars:
+            p_norm, g_norm = p.norm(), p.grad.norm()
+            trust = eta * p_norm / (g_norm + wd * p_norm + eps) if p_norm > 0 and g_norm > 0 else torch.tensor(1.0)
+            d = d * trust
+        buffers[i] = d.clone() if buffers[i] is None else buffers[i] * momentum + d
+        p.data.add_(buffers[i], alpha=-lr)
+
+
+def random_params(seed: int) -> list[torch.nn.Parameter]:
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(8, 4), (16,), (3, 3, 2, 2), (5,)]
+    params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
+    params.append(torch.nn.Parameter(torch.zeros(4, 4)))  # a zero tensor: trust falls back to 1
+    return params
+
+
+@pytest.mark.parametrize("lars", [True, False])
+def test_vectorised_lars_matches_the_per_tensor_formula_over_several_steps(lars):
+    ours = random_params(0)
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    optimizer = LARS([{"params": ours, "lars": lars}], lr=0.3, momentum=0.9, weight_decay=1e-3, eta=0.02)
+    buffers = [None] * len(theirs)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        grads = [torch.randn(p.shape, generator=g) for p in ours]
+        for p, q, grad in zip(ours, theirs, grads):
+            p.grad, q.grad = grad.clone(), grad.clone()
+        optimizer.step()
+        with torch.no_grad():
+            reference_lars_step(theirs, buffers, 0.3, 0.9, 1e-3, 0.02, 1e-8, lars)
+    for p, q in zip(ours, theirs):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    for p, buffer in zip(ours, buffers):
+        torch.testing.assert_close(optimizer.state[p]["momentum_buffer"], buffer, rtol=1e-5, atol=1e-6)
+
+
+def test_lars_skips_tensors_without_gradients():
+    params = random_params(2)
+    before = [p.detach().clone() for p in params]
+    params[0].grad = torch.ones_like(params[0])
+    LARS(params, lr=0.1).step()
+    assert not torch.equal(params[0], before[0])
+    for p, b in zip(params[1:], before[1:]):
+        assert torch.equal(p, b) and p not in LARS(params, lr=0.1).state
+
+
+def test_lars_state_round_trips_and_continues_identically():
+    config = preset("cpu", width=4, projector_hidden=16, projector_dim=8, predictor_hidden=16, optimizer="lars")
+    torch.manual_seed(0)
+    nets = BYOLNetworks.from_config(config)
+    optimizer = build_optimizer(config, nets.trainable_parameters())
+    x = torch.randn(4, 3, 32, 32)
+
+    def step(n, o):
+        o.zero_grad()
+        n.forward_loss(x, x.flip(-1))[0].backward()
+        o.step()
+
+    step(nets, optimizer)
+    twin = copy.deepcopy(nets)
+    twin_optimizer = build_optimizer(config, twin.trainable_parameters())
+    twin_optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))  # as if read back from last.pt
+    assert all(set(s) == {"momentum_buffer"} for s in twin_optimizer.state.values())
+    step(nets, optimizer)
+    step(twin, twin_optimizer)
+    for a, b in zip(nets.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_fused_kernels_are_asked_for_only_on_cuda_with_the_switch():
+    config = preset("cpu", optimizer="adamw", cuda_fast=True)
+    params = [torch.nn.Parameter(torch.zeros(2, 2))]
+    assert not build_optimizer(config, params, torch.device("cpu")).defaults.get("fused")
+    if torch.cuda.is_available():
+        cuda_params = [torch.nn.Parameter(torch.zeros(2, 2, device="cuda"))]
+        assert build_optimizer(config, cuda_params, torch.device("cuda")).defaults["fused"]
+        assert not build_optimizer(config.replace(cuda_fast=False), cuda_params, torch.device("cuda")).defaults.get("fused")
