@@ -5,6 +5,11 @@ CPU, so every step here is one tensor operation over the batch with a separate r
 image: random resized crop and flip as one affine grid sample, colour jitter as per-image scalars
 and one 3×3 colour matrix, grayscale and solarize as per-image masks.
 
+Both views are built as one batch of 2N images whose settings are per-image columns, with all the
+random numbers of the batch drawn in one call, and every constant (colour matrices, the settings
+columns, the normalisation) is made once per device: a tensor built on the host and copied to a GPU
+on every call would make each step wait for the previous one.
+
 Settings follow BYOL and solo-learn at 32 px: crop scale 0.08-1, flip 0.5, jitter
 0.4/0.4/0.2/0.1 with p 0.8, grayscale p 0.2, solarize p 0 (view 1) / 0.2 (view 2), no blur.
 Differences from torchvision, on purpose: jitter is applied in a fixed order (brightness,
@@ -15,8 +20,9 @@ clamped to the image instead of re-drawn.
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +31,7 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 # RGB -> YIQ; Y is exactly the luma torchvision uses for grayscale and saturation.
-_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64)
 _YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
 
 
@@ -46,80 +52,143 @@ class ViewSettings:
 VIEW1 = ViewSettings(solarize_p=0.0)
 VIEW2 = ViewSettings(solarize_p=0.2)
 
+# The uniform draws each image needs, as columns of one random matrix.
+_CROP, _JITTER, _GRAY, _SOLARIZE = slice(0, 5), slice(5, 10), 10, 11
+_DRAWS = 12
 
-def _uniform(n: int, low: float, high: float, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.rand(n, device=device, generator=generator) * (high - low) + low
+
+@dataclass(frozen=True)
+class _Columns:
+    """Every field of ViewSettings as a per-image column [N, 1], so one pass can mix settings."""
+
+    scale_low: torch.Tensor
+    scale_high: torch.Tensor
+    log_ratio_low: torch.Tensor
+    log_ratio_high: torch.Tensor
+    flip_p: torch.Tensor
+    jitter_p: torch.Tensor
+    brightness: torch.Tensor
+    contrast: torch.Tensor
+    saturation: torch.Tensor
+    hue: torch.Tensor
+    grayscale_p: torch.Tensor
+    solarize_p: torch.Tensor
 
 
-def _coin(n: int, p: float, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.rand(n, device=device, generator=generator) < p
+@functools.lru_cache(maxsize=32)
+def _columns(views: tuple[ViewSettings, ...], per_view: int, device: torch.device) -> _Columns:
+    """The settings of `per_view` images of each view in turn, made once per (views, size, device)."""
+    rows = []
+    for v in views:
+        (s_lo, s_hi), (r_lo, r_hi) = v.crop_scale, v.crop_ratio
+        rows.append([s_lo, s_hi, math.log(r_lo), math.log(r_hi), *astuple(v)[2:]])
+    table = torch.tensor(rows, device=device).repeat_interleave(per_view, dim=0)
+    return _Columns(*table.unsqueeze(-1).unbind(1))
+
+
+def _columns_for(s: ViewSettings, n: int, device: torch.device) -> _Columns:
+    return _columns((s,), n, torch.device(device))
+
+
+@functools.lru_cache(maxsize=16)
+def _colour_constants(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """Luma weights [1,3,1,1]; K0, K1, K2 [3,3] with YIQ⁻¹·R(hue, sat)·YIQ = K0 + sat·cos·K1 + sat·sin·K2;
+    the channel mean and std [1,3,1,1]."""
+    a, b = _YIQ_TO_RGB, _RGB_TO_YIQ
+    k0 = torch.outer(a[:, 0], b[0])
+    k1 = torch.outer(a[:, 1], b[1]) + torch.outer(a[:, 2], b[2])
+    k2 = torch.outer(a[:, 2], b[1]) - torch.outer(a[:, 1], b[2])
+    luma = b[0].view(1, 3, 1, 1)
+    mean, std = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1), torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
+    return tuple(t.to(device=device, dtype=dtype) for t in (luma, k0, k1, k2, mean, std))
+
+
+def _draws(n: int, device: torch.device, generator: torch.Generator | None, count: int = _DRAWS) -> torch.Tensor:
+    return torch.rand(n, count, device=device, generator=generator)
 
 
 def _luma(x: torch.Tensor) -> torch.Tensor:
-    weights = _RGB_TO_YIQ[0].to(x.device, x.dtype).view(1, 3, 1, 1)
-    return (x * weights).sum(dim=1, keepdim=True)
+    luma = _colour_constants(x.device, x.dtype)[0]
+    return (x * luma).sum(dim=1, keepdim=True)
+
+
+def _between(u: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    return low + u * (high - low)
+
+
+def _crop_flip(x: torch.Tensor, size: int, c: _Columns, u: torch.Tensor) -> torch.Tensor:
+    """Crop a random area (scale × image, aspect in ratio), maybe flip, resize: one grid sample.
+
+    `u` holds five uniform draws per image: area, aspect, centre x, centre y, flip.
+    """
+    area = _between(u[:, 0:1], c.scale_low, c.scale_high)
+    ratio = torch.exp(_between(u[:, 1:2], c.log_ratio_low, c.log_ratio_high))
+    w = torch.sqrt(area * ratio).clamp(max=1.0)  # fraction of the image width
+    h = torch.sqrt(area / ratio).clamp(max=1.0)
+    cx = (u[:, 2:3] * 2 - 1) * (1 - w)  # keep the crop inside
+    cy = (u[:, 3:4] * 2 - 1) * (1 - h)
+    flip = torch.where(u[:, 4:5] < c.flip_p, -1.0, 1.0)
+    zero = torch.zeros_like(w)
+    theta = torch.cat([w * flip, zero, cx, zero, h, cy], dim=1).view(-1, 2, 3).to(x.dtype)
+    grid = F.affine_grid(theta, [x.shape[0], x.shape[1], size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def _jitter(x: torch.Tensor, c: _Columns, u: torch.Tensor) -> torch.Tensor:
+    """Brightness, contrast, saturation and hue with one factor each per image, applied where u₀ < p."""
+    n = x.shape[0]
+    apply = (u[:, 0:1] < c.jitter_p).view(n, 1, 1, 1)
+    brightness = _between(u[:, 1:2], 1 - c.brightness, 1 + c.brightness).view(n, 1, 1, 1).to(x.dtype)
+    contrast = _between(u[:, 2:3], 1 - c.contrast, 1 + c.contrast).view(n, 1, 1, 1).to(x.dtype)
+    saturation = _between(u[:, 3:4], 1 - c.saturation, 1 + c.saturation).view(n, 1, 1)
+    hue = _between(u[:, 4:5], -c.hue, c.hue).view(n, 1, 1) * (2 * math.pi)
+
+    out = (x * brightness).clamp(0, 1)
+    mean = _luma(out).mean(dim=(2, 3), keepdim=True)
+    out = ((out - mean) * contrast + mean).clamp(0, 1)
+    # Saturation scales the chroma plane (I, Q) of YIQ and hue rotates it: one 3×3 matrix per image.
+    _, k0, k1, k2, _, _ = _colour_constants(x.device, x.dtype)
+    matrix = k0 + (torch.cos(hue) * saturation).to(x.dtype) * k1 + (torch.sin(hue) * saturation).to(x.dtype) * k2
+    out = torch.bmm(matrix, out.flatten(2)).view_as(out).clamp(0, 1)
+    return torch.where(apply, out, x)
+
+
+def _grayscale(x: torch.Tensor, p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    apply = (u.view(-1, 1) < p).view(-1, 1, 1, 1)
+    return torch.where(apply, _luma(x).expand_as(x), x)
+
+
+def _solarize(x: torch.Tensor, p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    apply = (u.view(-1, 1) < p).view(-1, 1, 1, 1)
+    return torch.where(apply & (x >= 0.5), 1 - x, x)
 
 
 def random_resized_crop_flip(
     x: torch.Tensor, size: int, s: ViewSettings, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """Crop a random area (scale × image, aspect in ratio), maybe flip, resize to size×size: one grid sample."""
-    n, device = x.shape[0], x.device
-    area = _uniform(n, *s.crop_scale, device, generator)
-    log_ratio = _uniform(n, math.log(s.crop_ratio[0]), math.log(s.crop_ratio[1]), device, generator)
-    ratio = torch.exp(log_ratio)
-    w = torch.sqrt(area * ratio).clamp(max=1.0)  # fraction of the image width
-    h = torch.sqrt(area / ratio).clamp(max=1.0)
-    cx = (torch.rand(n, device=device, generator=generator) * 2 - 1) * (1 - w)  # keep the crop inside
-    cy = (torch.rand(n, device=device, generator=generator) * 2 - 1) * (1 - h)
-    flip = torch.where(_coin(n, s.flip_p, device, generator), -1.0, 1.0)
-    theta = torch.zeros(n, 2, 3, device=device)
-    theta[:, 0, 0] = w * flip
-    theta[:, 0, 2] = cx
-    theta[:, 1, 1] = h
-    theta[:, 1, 2] = cy
-    grid = F.affine_grid(theta, [n, x.shape[1], size, size], align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return _crop_flip(x, size, _columns_for(s, x.shape[0], x.device), _draws(x.shape[0], x.device, generator, 5))
 
 
 def color_jitter(x: torch.Tensor, s: ViewSettings, generator: torch.Generator | None = None) -> torch.Tensor:
     """Brightness, contrast, saturation and hue with one random factor each per image, applied with p."""
-    n, device = x.shape[0], x.device
-    apply = _coin(n, s.jitter_p, device, generator).view(n, 1, 1, 1)
-    brightness = _uniform(n, 1 - s.brightness, 1 + s.brightness, device, generator).view(n, 1, 1, 1)
-    contrast = _uniform(n, 1 - s.contrast, 1 + s.contrast, device, generator).view(n, 1, 1, 1)
-    saturation = _uniform(n, 1 - s.saturation, 1 + s.saturation, device, generator)
-    hue = _uniform(n, -s.hue, s.hue, device, generator) * 2 * math.pi
-
-    out = (x * brightness).clamp(0, 1)
-    mean = _luma(out).mean(dim=(2, 3), keepdim=True)
-    out = ((out - mean) * contrast + mean).clamp(0, 1)
-    # Saturation scales the chroma plane (I, Q) of YIQ and hue rotates it: one 3×3 matrix per image.
-    cos, sin = torch.cos(hue) * saturation, torch.sin(hue) * saturation
-    chroma = torch.zeros(n, 3, 3, device=device)
-    chroma[:, 0, 0] = 1.0
-    chroma[:, 1, 1], chroma[:, 1, 2] = cos, -sin
-    chroma[:, 2, 1], chroma[:, 2, 2] = sin, cos
-    matrix = _YIQ_TO_RGB.to(device) @ chroma @ _RGB_TO_YIQ.to(device)
-    out = torch.einsum("nij,njhw->nihw", matrix.to(out.dtype), out).clamp(0, 1)
-    return torch.where(apply, out, x)
+    return _jitter(x, _columns_for(s, x.shape[0], x.device), _draws(x.shape[0], x.device, generator, 5))
 
 
 def random_grayscale(x: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    apply = _coin(x.shape[0], p, x.device, generator).view(-1, 1, 1, 1)
-    return torch.where(apply, _luma(x).expand_as(x), x)
+    s = ViewSettings(grayscale_p=p)
+    return _grayscale(x, _columns_for(s, x.shape[0], x.device).grayscale_p, _draws(x.shape[0], x.device, generator, 1))
 
 
 def random_solarize(x: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Invert the pixels at or above one half, for a random share p of the images."""
-    apply = _coin(x.shape[0], p, x.device, generator).view(-1, 1, 1, 1)
-    return torch.where(apply & (x >= 0.5), 1 - x, x)
+    s = ViewSettings(solarize_p=p)
+    return _solarize(x, _columns_for(s, x.shape[0], x.device).solarize_p, _draws(x.shape[0], x.device, generator, 1))
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
     """Scale [0, 1] pixels by CIFAR-10's channel mean and std (the network's input convention)."""
-    mean = torch.tensor(CIFAR_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    *_, mean, std = _colour_constants(x.device, x.dtype)
     return (x - mean) / std
 
 
@@ -128,21 +197,36 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255)
 
 
+def _augment_rows(images: torch.Tensor, c: _Columns, size: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Augment a float batch whose image i follows the settings in row i of `c`."""
+    u = _draws(images.shape[0], images.device, generator)
+    x = _crop_flip(images, size, c, u[:, _CROP])
+    x = _jitter(x, c, u[:, _JITTER])
+    x = _grayscale(x, c.grayscale_p, u[:, _GRAY])
+    x = _solarize(x, c.solarize_p, u[:, _SOLARIZE])
+    return normalize(x)
+
+
 def augment(images: torch.Tensor, s: ViewSettings, size: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """One augmented, normalised view of a uint8 batch; every image gets its own random draw."""
+    c = _columns_for(s, images.shape[0], images.device)
+    return _augment_rows(to_float(images), c, size or images.shape[-1], generator)
+
+
+def byol_views_batch(images: torch.Tensor, size: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Both views of a uint8 batch of N as one batch of 2N: rows [0, N) are view 1, [N, 2N) view 2."""
+    n = images.shape[0]
+    c = _columns((VIEW1, VIEW2), n, torch.device(images.device))
     x = to_float(images)
-    x = random_resized_crop_flip(x, size or images.shape[-1], s, generator)
-    x = color_jitter(x, s, generator)
-    x = random_grayscale(x, s.grayscale_p, generator)
-    x = random_solarize(x, s.solarize_p, generator)
-    return normalize(x)
+    return _augment_rows(torch.cat([x, x]), c, size or images.shape[-1], generator)
 
 
 def byol_views(
     images: torch.Tensor, size: int | None = None, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BYOL's two asymmetric views of a uint8 batch, on the batch's device."""
-    return augment(images, VIEW1, size, generator), augment(images, VIEW2, size, generator)
+    view1, view2 = byol_views_batch(images, size, generator).chunk(2)
+    return view1, view2
 
 
 def plain_view(images: torch.Tensor) -> torch.Tensor:
