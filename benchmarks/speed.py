@@ -57,13 +57,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from byol.allocator import keep_freed_memory  # noqa: E402
-from byol.augment import byol_views, plain_view  # noqa: E402
+from byol.augment import byol_views_batch, plain_view  # noqa: E402
 from byol.config import PRESETS  # noqa: E402
 from byol.data import load_dataset, synthetic_dataset  # noqa: E402
 from byol.device import bf16_available, describe_device, resolve_device  # noqa: E402
 from byol.embed import nearest_neighbours  # noqa: E402
-from byol.knn import knn_predict  # noqa: E402
-from byol.model import BYOLNetworks, resnet18_cifar, update_target  # noqa: E402
+from byol.knn import autocast_context, knn_predict  # noqa: E402
+from byol.model import BYOLNetworks, resnet18_cifar, target_pairs, update_target  # noqa: E402
 from byol.optim import build_optimizer  # noqa: E402
 from byol.train import training_step  # noqa: E402
 
@@ -171,30 +171,34 @@ def ours(images: torch.Tensor, device: torch.device, width: int, batch: int, bf1
     config = our_config(width, batch, "bf16" if bf16 else "fp32", channels_last)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     networks = BYOLNetworks.from_config(config).to(device, memory_format=memory_format)
-    optimizer = build_optimizer(config, networks.trainable_parameters())
+    optimizer = build_optimizer(config, networks.trainable_parameters(), device)
+    pairs = target_pairs(networks.online_modules(), networks.target_modules())  # listed once, as train() does
     generator = torch.Generator(device=device).manual_seed(0)
     source = batches(images.to(device), batch)
 
     def step() -> torch.Tensor:
-        loss, _ = training_step(networks, optimizer, next(source), 0.99, generator, bf16, memory_format)
+        loss, _ = training_step(networks, optimizer, next(source), 0.99, generator, bf16, memory_format, None, pairs)
         return loss.detach()
 
     return step
 
 
-def compute_floor(images: torch.Tensor, device: torch.device, width: int, batch: int):
-    """Our network, loss, optimiser and EMA in fp32 on one fixed, already normalised batch."""
-    config = our_config(width, batch, "fp32", False)
-    networks = BYOLNetworks.from_config(config).to(device)
-    optimizer = build_optimizer(config, networks.trainable_parameters())
-    fixed = plain_view(images[:batch].to(device))
+def compute_floor(images: torch.Tensor, device: torch.device, width: int, batch: int, bf16: bool = False, channels_last: bool = False):
+    """Our network, loss, optimiser and EMA on one fixed, already normalised batch: no augmentation."""
+    config = our_config(width, batch, "bf16" if bf16 else "fp32", channels_last)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    networks = BYOLNetworks.from_config(config).to(device, memory_format=memory_format)
+    optimizer = build_optimizer(config, networks.trainable_parameters(), device)
+    pairs = target_pairs(networks.online_modules(), networks.target_modules())
+    fixed = plain_view(images[:batch].to(device)).contiguous(memory_format=memory_format)
 
     def step() -> torch.Tensor:
-        loss, _ = networks.forward_loss(fixed, fixed)
+        with autocast_context(device, bf16):
+            loss, _ = networks.forward_loss(fixed, fixed)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        update_target(networks.online_modules(), networks.target_modules(), 0.99)
+        update_target(pairs, 0.99)
         return loss.detach()
 
     return step
@@ -322,6 +326,9 @@ def step_contenders(images, device, args) -> list[tuple[str, Callable, str, bool
     if best_bf16:
         contenders.append(("ours bf16", lambda: ours(images, device, args.width, args.batch, True, True), "bf16 autocast, channels-last", True))
     contenders.append(("compute floor fp32", lambda: compute_floor(images, device, args.width, args.batch), "no augmentation, NCHW", False))
+    if best_bf16:
+        contenders.append(("compute floor bf16", lambda: compute_floor(images, device, args.width, args.batch, True, True),
+                           "no augmentation, bf16 autocast, channels-last", True))
     if not args.no_peers:
         contenders.append(("byol-pytorch 0.9.1 fp32", lambda: byol_pytorch(images, device, args.width, args.batch), "README usage", False))
         contenders.append(("byol-pytorch 0.9.1 fp32, our malloc", lambda: byol_pytorch(images, device, args.width, args.batch),
@@ -439,11 +446,11 @@ def bench_augment(images, device, args) -> dict:
     # As training makes them: a batch of the benchmark's size at a time, inside the allocator setting
     # train() uses on a CPU (one batch of thousands would measure page faults, not augmentation).
     with keep_freed_memory() if device.type == "cpu" else contextlib.nullcontext():
-        byol_views(on_device[: args.batch], generator=generator)  # warm-up
+        byol_views_batch(on_device[: args.batch], generator=generator)  # warm-up
         synchronize(device)
         started = time.perf_counter()
         for first in range(0, n, args.batch):
-            byol_views(on_device[first : first + args.batch], generator=generator)
+            byol_views_batch(on_device[first : first + args.batch], generator=generator)
         synchronize(device)
         ours_rate = n / (time.perf_counter() - started)
 

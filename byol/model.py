@@ -1,13 +1,14 @@
 """The networks and the objective: CIFAR ResNet-18, MLP heads, the online/target pair, BYOL's loss.
 
 Small parts that compose (lightly's habit): `resnet18_cifar`, `mlp_head`, `byol_loss`,
-`update_target` and `normalized_std` are plain functions; `BYOLNetworks` only holds the five
+`target_pairs`, `update_target` and `normalized_std` are plain functions; `BYOLNetworks` only holds the five
 modules together so they can be moved, saved and loaded as one.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -118,26 +119,43 @@ def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (2 - 2 * (p * z).sum(dim=-1)).mean()
 
 
+@dataclass(frozen=True)
+class TargetPairs:
+    """The target's tensors beside the online tensors they follow, listed once per training.
+
+    Walking ~130 parameters and buffers on every step costs host time that a GPU spends idle. List
+    them after the networks have their final device, memory format and batch-norm kind: moving a
+    module replaces its buffers, which would leave these lists pointing at the old ones.
+    """
+
+    target_float: list[torch.Tensor]
+    online_float: list[torch.Tensor]
+    target_int: list[torch.Tensor]  # batch norm's batch counters: copied, since they cannot be averaged
+    online_int: list[torch.Tensor]
+
+
+def target_pairs(online: list[nn.Module], target: list[nn.Module]) -> TargetPairs:
+    """Pair every parameter and buffer of the target modules with its online twin."""
+    pairs = TargetPairs([], [], [], [])
+    for o_mod, t_mod in zip(online, target):
+        for o, t in zip([*o_mod.parameters(), *o_mod.buffers()], [*t_mod.parameters(), *t_mod.buffers()]):
+            floating = t.dtype.is_floating_point
+            (pairs.target_float if floating else pairs.target_int).append(t)
+            (pairs.online_float if floating else pairs.online_int).append(o.detach())
+    return pairs
+
+
 @torch.no_grad()
-def update_target(online: list[nn.Module], target: list[nn.Module], tau: float) -> None:
+def update_target(pairs: TargetPairs, tau: float) -> None:
     """target <- tau·target + (1 - tau)·online, for parameters and batch-norm running statistics.
 
-    One fused `_foreach_lerp_` call per tensor list instead of a Python loop over ~120 tensors.
-    Integer buffers (BN's batch counter) cannot be averaged and are copied.
+    One fused `_foreach_lerp_` call for all floating tensors and one `_foreach_copy_` for the integer
+    batch counters, instead of a Python loop over ~130 tensors.
     """
-    t_float, o_float = [], []
-    for o_mod, t_mod in zip(online, target):
-        for o, t in zip(o_mod.parameters(), t_mod.parameters()):
-            t_float.append(t)
-            o_float.append(o.detach())
-        for o, t in zip(o_mod.buffers(), t_mod.buffers()):
-            if t.dtype.is_floating_point:
-                t_float.append(t)
-                o_float.append(o)
-            else:
-                t.copy_(o)
-    if t_float:
-        torch._foreach_lerp_(t_float, o_float, 1.0 - tau)
+    if pairs.target_float:
+        torch._foreach_lerp_(pairs.target_float, pairs.online_float, 1.0 - tau)
+    if pairs.target_int:
+        torch._foreach_copy_(pairs.target_int, pairs.online_int)
 
 
 def normalized_std(projections: torch.Tensor) -> float:

@@ -41,7 +41,7 @@ import torch
 
 from . import runs
 from .allocator import keep_freed_memory
-from .augment import byol_views
+from .augment import byol_views_batch
 from .checkpoint import CheckpointError, full_state, load_checkpoint, restore_augment_rng, restore_networks, save_checkpoint, snapshot_state
 from .config import ConfigError, TrainConfig, check_against_data, validate
 from .data import DataError, Dataset, default_cache_dir, load_dataset
@@ -50,7 +50,7 @@ from .distributed import ALONE, World
 from .files import remove_stale_temporaries, write_atomic
 from .knn import autocast_context, effective_rank, eval_indices, extract_features, knn_accuracy, pixel_knn_accuracy
 from .lock import DeviceLock
-from .model import BYOLNetworks, normalized_std, update_target
+from .model import BYOLNetworks, TargetPairs, normalized_std, target_pairs, update_target
 from .optim import build_optimizer, set_learning_rate
 from .schedules import learning_rate, target_tau
 
@@ -258,8 +258,13 @@ def _train(
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     networks = networks.to(memory_format=memory_format)
     networks = world.sync_batch_norm(networks, device)  # statistics over the global batch (alone: unchanged)
-    optimizer = build_optimizer(config, networks.trainable_parameters())
+    optimizer = build_optimizer(config, networks.trainable_parameters(), device)
     forward_loss = world.data_parallel(networks, device)  # DDP averages the gradients (alone: forward_loss)
+    # Listed once the networks are final (device, memory format, synced batch norm): see TargetPairs.
+    pairs = target_pairs(networks.online_modules(), networks.target_modules())
+    if device.type == "cuda" and config.cuda_fast:
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: autotuned convolutions pay after a few steps
+        torch.backends.cuda.matmul.allow_tf32 = True  # the heads' matrix products (convolutions use TF32 already)
     loss_fn = torch.compile(forward_loss) if config.compile else forward_loss
     steps_per_epoch = len(train_idx) // config.batch_size  # the last partial batch is dropped
     global_batch = config.batch_size * world.world_size
@@ -337,7 +342,7 @@ def _train(
             tau = target_tau(step - offset, total_steps, config.tau_base, config.tau_schedule)
             set_learning_rate(optimizer, lr)
 
-            loss, projections = training_step(networks, optimizer, batch, tau, augment_rng, bf16, memory_format, loss_fn)
+            loss, projections = training_step(networks, optimizer, batch, tau, augment_rng, bf16, memory_format, loss_fn, pairs)
             step += 1
             window_steps += 1
             at_epoch_end = i == steps_per_epoch - 1
@@ -358,8 +363,8 @@ def _train(
                     "lr": lr, "tau": tau, "z_std": normalized_std(projections), "images_per_s": round(speed, 1),
                     "time": time.time(),
                 }
-                if world.is_main:
-                    runs.append_metrics(run_dir, [row])
+                if world.is_main:  # flushed, not synced: an fsync here would stall the training thread
+                    runs.append_metrics(run_dir, [row], durable=False)
                 eta = (total_steps + offset - step) * global_batch / max(speed, 1e-9)
                 status.progress.update(step=step, epoch=row["epoch"], images_per_s=row["images_per_s"], eta_seconds=round(eta))
                 emit({**row, "total_steps": total_steps + offset})
@@ -391,20 +396,21 @@ def training_step(
     bf16: bool,
     memory_format: torch.memory_format = torch.contiguous_format,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    pairs: TargetPairs | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One BYOL step on a uint8 batch: two views, the loss, an optimiser step, the target's EMA update.
 
+    `pairs` are the target/online tensors listed once by the caller (listed here when not given).
     Returns the loss and the online projections, still on the device (reading them synchronises).
     """
-    view1, view2 = byol_views(batch, generator=augment_rng)
-    view1 = view1.contiguous(memory_format=memory_format)
-    view2 = view2.contiguous(memory_format=memory_format)
+    both = byol_views_batch(batch, generator=augment_rng).contiguous(memory_format=memory_format)
+    view1, view2 = both.chunk(2)
     with autocast_context(batch.device, bf16):
         loss, projections = (loss_fn or networks.forward_loss)(view1, view2)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    update_target(networks.online_modules(), networks.target_modules(), tau)
+    update_target(pairs or target_pairs(networks.online_modules(), networks.target_modules()), tau)
     return loss, projections
 
 

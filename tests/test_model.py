@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchvision
 
-from byol.model import BYOLNetworks, byol_loss, mlp_head, normalized_std, resnet18_cifar, update_target
+from byol.model import BYOLNetworks, byol_loss, mlp_head, normalized_std, resnet18_cifar, target_pairs, update_target
 
 
 def small_networks(head_bn=True):
@@ -75,7 +75,7 @@ def test_ema_matches_formula_for_parameters_and_buffers():
         nets.backbone.bn1.num_batches_tracked.fill_(7)
     online = {**dict(nets.backbone.named_parameters()), **dict(nets.backbone.named_buffers())}
     before = {k: v.clone() for k, v in {**dict(nets.target_backbone.named_parameters()), **dict(nets.target_backbone.named_buffers())}.items()}
-    update_target(nets.online_modules(), nets.target_modules(), tau=0.9)
+    update_target(target_pairs(nets.online_modules(), nets.target_modules()), tau=0.9)
     after = {**dict(nets.target_backbone.named_parameters()), **dict(nets.target_backbone.named_buffers())}
     for name, value in after.items():
         if value.dtype.is_floating_point:
@@ -91,10 +91,31 @@ def test_tau_one_keeps_target_and_tau_zero_copies_online():
         for p in nets.backbone.parameters():
             p.add_(1.0)
     frozen = [p.clone() for p in nets.target_backbone.parameters()]
-    update_target(nets.online_modules(), nets.target_modules(), tau=1.0)
+    update_target(target_pairs(nets.online_modules(), nets.target_modules()), tau=1.0)
     assert all(torch.equal(a, b) for a, b in zip(frozen, nets.target_backbone.parameters()))
-    update_target(nets.online_modules(), nets.target_modules(), tau=0.0)
+    update_target(target_pairs(nets.online_modules(), nets.target_modules()), tau=0.0)
     assert all(torch.equal(a, b) for a, b in zip(nets.backbone.parameters(), nets.target_backbone.parameters()))
+
+
+def test_pairs_listed_once_follow_the_online_network_through_training_steps():
+    # The training loop lists the pairs once; optimiser steps and batch-norm updates happen in place,
+    # so an update made with the old lists must equal one made with lists made afresh.
+    nets = small_networks()
+    twin = copy.deepcopy(nets)
+    pairs = target_pairs(nets.online_modules(), nets.target_modules())
+    optimizer = torch.optim.SGD(nets.trainable_parameters(), lr=0.5)
+    twin_optimizer = torch.optim.SGD(twin.trainable_parameters(), lr=0.5)
+    x = torch.randn(4, 3, 32, 32)
+    for _ in range(3):
+        for n, o in ((nets, optimizer), (twin, twin_optimizer)):
+            o.zero_grad()
+            n.forward_loss(x, x.flip(-1))[0].backward()
+            o.step()
+        update_target(pairs, tau=0.5)
+        update_target(target_pairs(twin.online_modules(), twin.target_modules()), tau=0.5)
+    for a, b in zip([*nets.target_backbone.state_dict().values()], [*twin.target_backbone.state_dict().values()]):
+        assert torch.equal(a, b)
+    assert nets.target_backbone.bn1.num_batches_tracked.item() == 3
 
 
 def test_normalized_std_detects_collapse():
