@@ -82,12 +82,16 @@ def test_resume_continues_at_the_same_step_and_matches_an_uninterrupted_run(tmp_
 
     steps = [r["step"] for r in step_rows(resumed)]
     assert steps == sorted(set(steps)) == list(range(1, 13))
-    # Same data order, same augmentation draws, same optimiser state: the same numbers.
+    # Same data order, same augmentation draws, same optimiser state: the same numbers. CPU kernels
+    # repeat themselves to the last bits; CUDA's (atomics in backward passes) differ in the last few,
+    # and 12 steps grow that to about 1e-4 of the loss, so the GPU gets a wider, still tight, band.
+    on_cuda = resolve_device(config.device).type == "cuda"
+    loss_rel, weight_rtol, weight_atol = (2e-3, 2e-2, 2e-3) if on_cuda else (1e-4, 1e-3, 1e-4)
     for a, b in zip(step_rows(straight), step_rows(resumed)):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
+        assert a["loss"] == pytest.approx(b["loss"], rel=loss_rel, abs=1e-5)
     a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(resumed / "last.pt")
     for key in a["backbone"]:
-        torch.testing.assert_close(a["backbone"][key], b["backbone"][key], rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(a["backbone"][key], b["backbone"][key], rtol=weight_rtol, atol=weight_atol)
 
 
 def test_resume_extended_to_more_epochs(tmp_path):
@@ -181,7 +185,8 @@ def test_a_batch_larger_than_the_data_is_refused_before_anything_is_written(tmp_
 def test_second_training_on_a_locked_device_is_refused(tmp_path):
     config, run_dir = new_run(tmp_path)
     before = sorted(p.name for p in run_dir.iterdir())
-    with DeviceLock(run_dir.parent, "cpu", "someone-else"):
+    # Lock the device this config trains on: the CPU here, the GPU where one is visible.
+    with DeviceLock(run_dir.parent, device_key(resolve_device(config.device)), "someone-else"):
         with pytest.raises(DeviceBusy, match="someone-else"):
             train(config, run_dir)
     assert sorted(p.name for p in run_dir.iterdir()) == before
