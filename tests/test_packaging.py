@@ -67,9 +67,9 @@ def test_the_package_pins_what_requirements_txt_pins():
     requirements = {line.strip() for line in lines if line.strip() and not line.startswith("#")}
     assert "torch==2.14.1" in dependencies and "torchvision==0.29.1" in dependencies
     assert set(dependencies) <= requirements, set(dependencies) - requirements
-    # What requirements.txt adds is for testing and building; a new library byol needs belongs in both files.
+    # What requirements.txt adds is for testing, linting and building; a new library byol needs belongs in both files.
     extra = {re.split("[=<>]", line)[0] for line in requirements - set(dependencies)}
-    assert extra == {"pytest", "playwright", "setuptools"}, extra
+    assert extra == {"pytest", "playwright", "ruff", "setuptools"}, extra
 
 
 def test_the_wheel_holds_only_byol_and_declares_the_command(installed):
