@@ -1,4 +1,4 @@
-"""Command line: `python -m byol train | resume | embed | list`.
+"""Command line: `python -m byol train | resume | embed | list` (or `byol ...` after `pip install .`).
 
 Progress goes to stderr (a tqdm bar with ETA); the run directory is printed to stdout as the last
 line of `train` and `resume`, so scripts can capture it. Every expected problem (bad option, bad
@@ -38,8 +38,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m byol", description="Train and inspect BYOL self-supervised models.")
+def build_parser(prog: str = "python -m byol") -> argparse.ArgumentParser:
+    parser = _Parser(prog=prog, description="Train and inspect BYOL self-supervised models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = sub.add_parser("train", help="start a new training run")
@@ -263,8 +263,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 COMMANDS = {"train": cmd_train, "resume": cmd_resume, "embed": cmd_embed, "list": cmd_list}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m byol") -> int:
+    args = build_parser(prog).parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except (CommandError, *PLAIN_ERRORS) as error:
@@ -274,3 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+
+
+def script() -> int:
+    """The `byol` command that `pip install .` puts on the PATH (pyproject.toml's [project.scripts])."""
+    return main(prog="byol")

@@ -160,9 +160,22 @@ def measure_speed(config: TrainConfig, budget_s: float = CPU_MEASURE_BUDGET_S) -
     training running in another thread (building the networks still draws their initial weights
     from torch's global generator, as any network construction does).
     """
-    started = time.perf_counter()
-    deadline = started + budget_s
+    deadline = time.perf_counter() + budget_s
     device = resolve_device(config.device)
+    try:
+        return _time_training_steps(config, device, deadline)  # its networks and optimiser are freed as it returns
+    except torch.cuda.OutOfMemoryError:
+        pass  # leaving this clause drops the error, and with it the networks its traceback holds
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # hand the freed memory back to the device
+    raise ConfigError(
+        f"The device ran out of memory at batch size {config.batch_size}; lower the batch size or the backbone width."
+    )
+
+
+def _time_training_steps(config: TrainConfig, device: torch.device, deadline: float) -> tuple[float, int]:
+    """measure_speed's timing: build the config's networks on `device`, time steps until `deadline`."""
     bf16 = use_bf16(config.precision, device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     networks = BYOLNetworks.from_config(config).to(device).to(memory_format=memory_format)
@@ -182,33 +195,24 @@ def measure_speed(config: TrainConfig, budget_s: float = CPU_MEASURE_BUDGET_S) -
         sync()
         return time.perf_counter() - begin
 
-    try:
-        batch, timed = config.batch_size, TIMED_STEPS
-        if device.type == "cpu":
-            probe = min(config.batch_size, PROBE_BATCH)
-            per_image = step(probe) / probe  # the first warm-up; pessimistic (one-time set-up costs)
-            remaining = deadline - time.perf_counter()
-            if per_image * config.batch_size * (1 + TIMED_STEPS) <= remaining:
-                step(batch)  # the second warm-up, at the real batch
-            else:
-                batch, timed = max(probe, min(config.batch_size, int(remaining / per_image))), 1
+    batch, timed = config.batch_size, TIMED_STEPS
+    if device.type == "cpu":
+        probe = min(config.batch_size, PROBE_BATCH)
+        per_image = step(probe) / probe  # the first warm-up; pessimistic (one-time set-up costs)
+        remaining = deadline - time.perf_counter()
+        if per_image * config.batch_size * (1 + TIMED_STEPS) <= remaining:
+            step(batch)  # the second warm-up, at the real batch
         else:
-            for _ in range(WARMUP_STEPS):
-                step(batch)
-        seconds, done = 0.0, 0
-        while done < timed:
-            seconds += step(batch)
-            done += 1
-            if time.perf_counter() > deadline:
-                break
-    except torch.cuda.OutOfMemoryError:
-        raise ConfigError(
-            f"The device ran out of memory at batch size {config.batch_size}; lower the batch size or the backbone width."
-        ) from None
-    finally:
-        del networks, optimizer
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+            batch, timed = max(probe, min(config.batch_size, int(remaining / per_image))), 1
+    else:
+        for _ in range(WARMUP_STEPS):
+            step(batch)
+    seconds, done = 0.0, 0
+    while done < timed:
+        seconds += step(batch)
+        done += 1
+        if time.perf_counter() > deadline:
+            break
     return done * batch / max(seconds, 1e-9), batch
 
 

@@ -185,7 +185,7 @@ class JobRunner:
         """
         run_dir = Path(run_dir)
         with self._lock:
-            for device, job in self._current.items():
+            for job in self._current.values():
                 if _same(job.run_dir, run_dir):
                     job.stop.set()
                     return "stopping"

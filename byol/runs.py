@@ -27,10 +27,13 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import TrainConfig
 from .files import read_json, write_atomic, write_json_atomic
+
+if TYPE_CHECKING:  # for the annotation only: read_metrics imports pandas when called, importing byol.runs does not load it
+    import pandas as pd
 
 QUEUED, RUNNING, FINISHED, STOPPED, FAILED, INTERRUPTED = (
     "queued", "running", "finished", "stopped", "failed", "interrupted",
@@ -287,7 +290,7 @@ def truncate_metrics(run_dir: Path, last_step: int) -> None:
     write_atomic(Path(run_dir) / "metrics.jsonl", lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows)), "w")
 
 
-def read_metrics(run_dir: Path) -> "pd.DataFrame":
+def read_metrics(run_dir: Path) -> pd.DataFrame:
     """metrics.jsonl as a DataFrame (column `kind` is "step" or "eval"); empty with the key columns when absent."""
     import pandas as pd
 
