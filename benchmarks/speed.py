@@ -41,6 +41,7 @@ import gc
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import threading
@@ -127,6 +128,35 @@ class StepResult:
     peak_memory_mb: float
     note: str = ""
     losses: list[float] = field(default_factory=list)
+    gpu_busy_percent: float | None = None  # nvidia-smi's utilisation, averaged over the timed steps
+
+
+class GpuBusy:
+    """Samples nvidia-smi's GPU utilisation every 100 ms while in the block; `percent` is the mean.
+
+    Utilisation is the share of time any kernel ran: a host-bound step shows as a GPU often idle.
+    Stays None on a CPU, or where nvidia-smi is missing.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device, self.percent, self._process = device, None, None
+
+    def __enter__(self) -> "GpuBusy":
+        if self.device.type == "cuda" and shutil.which("nvidia-smi"):
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            self._process = subprocess.Popen(
+                ["nvidia-smi", f"--id={index}", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "100"],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            )
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._process is None:
+            return
+        self._process.terminate()
+        output, _ = self._process.communicate(timeout=10)
+        samples = [float(line) for line in output.split() if line.strip().replace(".", "", 1).isdigit()]
+        self.percent = sum(samples) / len(samples) if samples else None
 
 
 def time_steps(name: str, step: Callable[[], torch.Tensor], batch: int, device: torch.device,
@@ -139,15 +169,17 @@ def time_steps(name: str, step: Callable[[], torch.Tensor], batch: int, device: 
         for _ in range(warmup):
             losses.append(float(step()))
         synchronize(device)
-        started = time.perf_counter()
-        last = None
-        for _ in range(steps):
-            last = step()
-        float(last)  # one synchronisation at the end, as a training loop that logs rarely
-        synchronize(device)
-        elapsed = time.perf_counter() - started
-    result = StepResult(name, batch * steps / elapsed, memory.peak / 2**20, note, losses)
-    print(f"  {name:<34} {result.images_per_s:8.1f} img/s   peak {result.peak_memory_mb:7.0f} MB   {note}", flush=True)
+        with GpuBusy(device) as busy:
+            started = time.perf_counter()
+            last = None
+            for _ in range(steps):
+                last = step()
+            float(last)  # one synchronisation at the end, as a training loop that logs rarely
+            synchronize(device)
+            elapsed = time.perf_counter() - started
+    result = StepResult(name, batch * steps / elapsed, memory.peak / 2**20, note, losses, busy.percent)
+    busy_text = f"   GPU busy {busy.percent:3.0f}%" if busy.percent is not None else ""
+    print(f"  {name:<34} {result.images_per_s:8.1f} img/s   peak {result.peak_memory_mb:7.0f} MB{busy_text}   {note}", flush=True)
     return result
 
 
@@ -575,7 +607,16 @@ def report(results: dict) -> str:
         by_name = {r["name"]: r for r in steps}
         lines += [f"## Training step (ResNet-18 width {results['width']}, batch {results['batch']}, augmentation included)", "",
                   "| Contender | images/s | peak memory of the steps (MB; CPU: each in a fresh process) | note |", "|---|---:|---:|---|"]
-        lines += [f"| {r['name']} | {r['images_per_s']:.1f} | {r['peak_memory_mb']:.0f} | {r['note']} |" for r in steps]
+        busy = any(r.get("gpu_busy_percent") is not None for r in steps)
+        if busy:  # on a GPU: the share of the timed steps' time in which the card ran a kernel
+            lines[-2:] = [lines[-2].replace(" | note |", " | GPU busy | note |"), "|---|---:|---:|---:|---|"]
+
+        def busy_cell(r: dict) -> str:
+            if not busy:
+                return ""
+            return f" {r['gpu_busy_percent']:.0f}% |" if r.get("gpu_busy_percent") is not None else " – |"
+
+        lines += [f"| {r['name']} | {r['images_per_s']:.1f} | {r['peak_memory_mb']:.0f} |{busy_cell(r)} {r['note']} |" for r in steps]
         peer = by_name.get("byol-pytorch 0.9.1 fp32")
         ratios = []
         for ours_name in ("ours fp32", "ours bf16"):
