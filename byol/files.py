@@ -83,6 +83,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def file_key(path: Path) -> tuple:
+    """(resolved path, mtime, size): a cache key that changes whenever the file is replaced."""
+    stat = Path(path).stat()
+    return (str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size)
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     write_atomic(path, lambda f: f.write(json.dumps(data, indent=2, sort_keys=True) + "\n"), mode="w")
 

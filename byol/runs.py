@@ -41,6 +41,19 @@ HEARTBEAT_SECONDS = 3.0
 STALE_SECONDS = 60.0  # only used for runs whose process lives on another machine
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 
+# The run folder's file names; every module finds a run's files through these.
+LAST_CHECKPOINT = "last.pt"  # everything needed to resume
+SNAPSHOT_GLOB = "step-*.pt"
+EMBEDDINGS_FOLDER = "embeddings"
+
+
+def snapshot_name(step: int) -> str:
+    """The file name of the evaluation-point snapshot at `step` (step 0 is the untrained network)."""
+    return f"step-{int(step):08d}.pt"
+
+
+RANDOM_INIT_NAME = snapshot_name(0)
+
 
 class RunError(ValueError):
     """A run-level problem (bad name, missing run, run busy); the message is meant for the user."""
@@ -305,7 +318,7 @@ def list_snapshots(run_dir: Path) -> list[Snapshot]:
     run_dir = Path(run_dir)
     evals = {int(r["step"]): r for r in read_metric_rows(run_dir) if r.get("kind") == "eval"}
     snapshots = []
-    for path in sorted(run_dir.glob("step-*.pt")):
+    for path in sorted(run_dir.glob(SNAPSHOT_GLOB)):
         try:
             step = int(path.stem.split("-")[1])
         except (IndexError, ValueError):
