@@ -35,7 +35,7 @@ from .data import Dataset
 from .device import resolve_device
 from .files import file_key, read_json, write_atomic, write_json_atomic
 from .knn import extract_features, knn_predict, per_class_accuracy
-from .runs import EMBEDDINGS_FOLDER, LAST_CHECKPOINT
+from .runs import EMBEDDINGS_FOLDER, LAST_CHECKPOINT, RunError, read_config
 
 SPLITS = ("train", "test")
 FEATURE_CHUNK = 2048  # images per progress report while computing embeddings
@@ -284,8 +284,12 @@ def prepare_checkpoint(
     k = int(k if k is not None else config.knn_k)
     temperature = float(temperature if temperature is not None else config.knn_temperature)
     if data is None:
-        report(f"Loading the data set ({config.data})...", 0.0)
-        data = datasets.load_for(config)
+        try:
+            source = read_config(run_dir)  # where the images are on this computer may have changed since
+        except RunError:
+            source = config
+        report(f"Loading the data set ({source.data})...", 0.0)
+        data = datasets.load_for(source)
 
     # The map is drawn from the test embeddings, and kNN needs both splits.
     splits = ["train"] * (Artefact.TRAIN_EMBEDDINGS in level or Artefact.KNN in level) + ["test"] * bool(

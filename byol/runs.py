@@ -45,6 +45,10 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 LAST_CHECKPOINT = "last.pt"  # everything needed to resume
 SNAPSHOT_GLOB = "step-*.pt"
 EMBEDDINGS_FOLDER = "embeddings"
+# This computer's choices for a run (where its images are), kept apart from config.json because a
+# shipped demo run's config.json is tracked by git; .gitignore covers this file.
+LOCAL_SETTINGS = "local-settings.json"
+LOCAL_FIELDS = ("data", "data_root")  # the config fields a local setting may override
 
 
 def snapshot_name(step: int) -> str:
@@ -147,10 +151,22 @@ def _data_label(config: TrainConfig) -> str:
 
 
 def read_config(run_dir: Path) -> TrainConfig:
+    """The run's config, with this computer's local settings (where the images are) applied."""
     values = read_json(Path(run_dir) / "config.json")
     if not isinstance(values, dict):
         raise RunError(f"The run {Path(run_dir).name} has no readable config.json.")
+    local = read_json(Path(run_dir) / LOCAL_SETTINGS, {})
+    if isinstance(local, dict):
+        values.update({k: v for k, v in local.items() if k in LOCAL_FIELDS and isinstance(v, str)})
     return TrainConfig.from_dict(values)
+
+
+def set_data_source(run_dir: Path, data: str, data_root: str = "") -> None:
+    """Remember where the run's images are on this computer (a moved folder, a demo run's CIFAR-10).
+
+    Written to the run's local settings, never to config.json, so using the app leaves tracked files alone.
+    """
+    write_json_atomic(Path(run_dir) / LOCAL_SETTINGS, {"data": data, "data_root": data_root})
 
 
 def update_config(run_dir: Path, config: TrainConfig) -> None:

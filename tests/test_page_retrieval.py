@@ -2,6 +2,7 @@
 the random-init / raw-pixel comparison, uploads good and bad, and a damaged checkpoint."""
 
 import io
+import json
 
 import pytest
 from PIL import Image
@@ -156,3 +157,6 @@ def test_a_run_whose_images_are_missing_can_be_pointed_at_a_copy(finished_run, a
     at.button(key=f"ret-relocate-button-{finished_run.name}").click().run()
     assert not at.exception
     assert runs.read_config(finished_run).data == good.data
+    # The choice lives in the run's local settings, which git ignores; config.json is left as it was.
+    assert json.loads((finished_run / "config.json").read_text())["data"] == "/nowhere/cifar"
+    assert json.loads((finished_run / runs.LOCAL_SETTINGS).read_text())["data"] == good.data

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from byol import runs
 from helpers import tiny_config
@@ -26,3 +27,11 @@ def test_create_run_removes_folders_a_killed_creator_left(tmp_path):
     assert in_progress.exists()
     assert runs.read_config(run_dir) == tiny_config()
     assert [s.name for s in runs.list_runs(runs_dir)] == [run_dir.name]
+
+
+def test_a_demo_runs_local_settings_are_ignored_by_git():
+    """Using the app on the shipped demo run writes only files git ignores (its config.json is tracked)."""
+    demo = Path(__file__).resolve().parent.parent / "checkpoints" / "demo-cifar10-cpu-25ep"
+    for name in (runs.LOCAL_SETTINGS, "embeddings/step-00004875-train.npz"):
+        result = subprocess.run(["git", "check-ignore", "-q", str(demo / name)], cwd=demo.parent.parent)
+        assert result.returncode == 0, f"{name} is not ignored by git"

@@ -17,7 +17,7 @@ from byol import embed, retrieval, tasks
 from byol.checkpoint import CheckpointChoice, checkpoint_choices
 from byol.config import TrainConfig
 from byol.data import Dataset, DataError
-from byol.runs import RunError, RunSummary, default_runs_dir, list_runs, read_config, update_config
+from byol.runs import RunError, RunSummary, default_runs_dir, list_runs, read_config, set_data_source
 from ui import common
 
 # Plain-language explanations of every technical word these pages use.
@@ -157,8 +157,8 @@ def pick_run_checkpoint_and_data(page: str) -> tuple[RunSummary, CheckpointChoic
 def relocate_data(run: RunSummary, config: TrainConfig, page: str) -> None:
     """Let the user point a run at its images on this computer (a shipped demo run, a moved folder).
 
-    The run's config.json changes only after the new source has loaded, so a wrong path changes
-    nothing on disk.
+    The choice is saved in the run's local settings (never its config.json, which git may track) and
+    only after the new source has loaded, so a wrong path changes nothing on disk.
     """
     st.markdown(
         f"The run **{run.name}** needs its images to show them. If you have CIFAR-10 on this computer "
@@ -177,7 +177,7 @@ def relocate_data(run: RunSummary, config: TrainConfig, page: str) -> None:
         except (DataError, ValueError, OSError) as error:
             st.error(str(error))
             return
-        update_config(run.path, moved)
+        set_data_source(run.path, moved.data)
         st.rerun()
 
 # How the pages name what a checkpoint still lacks.
