@@ -230,8 +230,9 @@ def _prepare_resume(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
     """The config to resume `args.run_dir` with (extended to `--epochs`), or CommandError saying why not."""
     run_dir = _existing_run(args.run_dir)
     status = runs.read_status(run_dir)
-    if status["state"] in runs.LIVE_STATES:
-        raise CommandError(f"The run {run_dir.name} is {status['state']} right now; it cannot be resumed twice.")
+    problem = runs.resume_problem(run_dir, status["state"])
+    if problem:
+        raise CommandError(problem)
     config = runs.read_config(run_dir)
     if args.epochs is not None:
         done = runs.summarize_run(run_dir).epochs_done

@@ -349,6 +349,25 @@ def list_snapshots(run_dir: Path) -> list[Snapshot]:
     return snapshots
 
 
+def resume_problem(run_dir: Path, state: str | None = None) -> str | None:
+    """Why the run cannot be continued, as a sentence for the user, or None when it can.
+
+    A run continues from its last.pt. Without one it can only start over, which is right for a run
+    stopped or interrupted before its first save, and wrong for one that trained further: a shipped
+    demo run keeps its snapshots and metrics but no optimiser state.
+    """
+    run_dir = Path(run_dir)
+    state = state or read_status(run_dir)["state"]
+    if state in LIVE_STATES:
+        return f"The run {run_dir.name} is {state} right now; it cannot be resumed twice."
+    if not (run_dir / LAST_CHECKPOINT).is_file() and any(s.step > 0 for s in list_snapshots(run_dir)):
+        return (
+            f"The run {run_dir.name} keeps no optimiser state ({LAST_CHECKPOINT}), so it cannot continue; "
+            "start a new run with its settings to train further."
+        )
+    return None
+
+
 def disk_bytes(run_dir: Path) -> int:
     return sum(p.stat().st_size for p in Path(run_dir).rglob("*") if p.is_file())
 
