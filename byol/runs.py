@@ -353,14 +353,15 @@ def resume_problem(run_dir: Path, state: str | None = None) -> str | None:
     """Why the run cannot be continued, as a sentence for the user, or None when it can.
 
     A run continues from its last.pt. Without one it can only start over, which is right for a run
-    stopped or interrupted before its first save, and wrong for one that trained further: a shipped
-    demo run keeps its snapshots and metrics but no optimiser state.
+    stopped, failed or interrupted before its first save (or killed while writing it), and wrong for
+    a finished one: starting over would throw its result away. A shipped demo run is finished and
+    keeps its snapshots and metrics but no optimiser state.
     """
     run_dir = Path(run_dir)
     state = state or read_status(run_dir)["state"]
     if state in LIVE_STATES:
         return f"The run {run_dir.name} is {state} right now; it cannot be resumed twice."
-    if not (run_dir / LAST_CHECKPOINT).is_file() and any(s.step > 0 for s in list_snapshots(run_dir)):
+    if state == FINISHED and not (run_dir / LAST_CHECKPOINT).is_file():
         return (
             f"The run {run_dir.name} keeps no optimiser state ({LAST_CHECKPOINT}), so it cannot continue; "
             "start a new run with its settings to train further."

@@ -37,12 +37,11 @@ def test_a_demo_runs_local_settings_are_ignored_by_git():
         assert result.returncode == 0, f"{name} is not ignored by git"
 
 
-def test_resume_problem_refuses_a_trained_run_without_last_pt(tmp_path):
+def test_resume_problem_refuses_a_finished_run_without_last_pt(tmp_path):
     run_dir = runs.create_run(tmp_path, tiny_config(), "r")
-    runs.write_status(run_dir, runs.STOPPED)
-    assert runs.resume_problem(run_dir) is None  # stopped before its first save: it starts over
-    for step in (0, 4):
-        (run_dir / runs.snapshot_name(step)).write_bytes(b"")
+    runs.write_status(run_dir, runs.INTERRUPTED)
+    assert runs.resume_problem(run_dir) is None  # interrupted before its first save: it starts over
+    runs.write_status(run_dir, runs.FINISHED)
     assert "no optimiser state" in runs.resume_problem(run_dir)
     (run_dir / runs.LAST_CHECKPOINT).write_bytes(b"")
     assert runs.resume_problem(run_dir) is None
