@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from .processes import process_alive
+
 # `.<target name>.<writer pid>.<mkstemp's random part: letters, digits, underscores>.tmp`
 _TEMPORARY = re.compile(r"^\..+\.(\d+)\.\w+\.tmp$")
 
@@ -63,7 +65,7 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     removed = []
     for entry in Path(folder).iterdir():
         match = _TEMPORARY.match(entry.name)
-        if match is None or not entry.is_file() or _pid_alive(int(match.group(1))):
+        if match is None or not entry.is_file() or process_alive(int(match.group(1))):
             continue
         try:
             entry.unlink()
@@ -71,16 +73,6 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
         except OSError:  # already gone, or not ours to delete: harmless either way
             pass
     return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def file_key(path: Path) -> tuple:
