@@ -78,7 +78,7 @@ if showcase is not None:
         link("embeddings", "See its map", query_params={"run": showcase.name})
 
 # --- runs left behind by a previous server ---------------------------------------------------
-interrupted = [s for s in summaries if s.state == runs.INTERRUPTED]
+interrupted = [s for s in summaries if s.state == runs.INTERRUPTED and not runs.resume_problem(s.path, s.state)]
 if interrupted:
     st.subheader("Interrupted runs")
     st.caption("These runs stopped when their server or process ended; each can continue from its last checkpoint.")

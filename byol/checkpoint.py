@@ -9,19 +9,24 @@ Two kinds live in a run directory:
 
 Loading never unpickles code: `torch.load(..., weights_only=True)` accepts tensors and plain
 containers only, and every failure becomes a `CheckpointError` with a sentence for the user.
+
+Which checkpoints of a run can be looked at (`checkpoint_choices`) and which one is looked at by
+default (`default_checkpoint`, shared by the dashboard and the command line) are decided here too.
 """
 
 from __future__ import annotations
 
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .config import TrainConfig
-from .files import write_atomic
+from .files import file_key, write_atomic
 from .model import BYOLNetworks, ResNet18Backbone, resnet18_cifar
+from .runs import LAST_CHECKPOINT, RANDOM_INIT_NAME, list_snapshots
 
 FORMAT = "byol-studio/1"
 FULL, BACKBONE = "full", "backbone"
@@ -154,3 +159,70 @@ def load_backbone(path: Path) -> tuple[ResNet18Backbone, TrainConfig, dict[str, 
         ) from None
     info = {k: state.get(k) for k in ("kind", "step", "epoch", "knn")}
     return backbone.eval(), config, info
+
+
+# --- which checkpoints a run offers ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckpointChoice:
+    path: Path
+    step: int | None  # None when the file could not be read
+    label: str  # what a person sees in a select box
+
+    @property
+    def random_init(self) -> bool:
+        return self.path.name == RANDOM_INIT_NAME
+
+
+def checkpoint_choices(run_dir: Path) -> list[CheckpointChoice]:
+    """The run's evaluation-point checkpoints, oldest first, then last.pt when it is newer than all of them."""
+    run_dir = Path(run_dir)
+    choices = []
+    for snapshot in list_snapshots(run_dir):
+        label = snapshot.label
+        if snapshot.path.name == RANDOM_INIT_NAME:
+            label += " · random init (before any training)"
+        choices.append(CheckpointChoice(snapshot.path, snapshot.step, label))
+    last = run_dir / LAST_CHECKPOINT
+    if last.is_file():
+        step = checkpoint_step(last)
+        newest = choices[-1].step if choices else None
+        if newest is None or step is None or step > newest:
+            where = f"step {step:,}" if step is not None else "unknown step"
+            choices.append(CheckpointChoice(last, step, f"{where} · latest save ({LAST_CHECKPOINT})"))
+    return choices
+
+
+def default_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint shown first (the newest choice); CheckpointError when the run has none yet."""
+    choices = checkpoint_choices(run_dir)
+    if not choices:
+        raise CheckpointError(f"The run {Path(run_dir).name} has no checkpoint yet.")
+    return choices[-1].path
+
+
+def random_init_checkpoint(run_dir: Path) -> Path | None:
+    """The run's untrained network (the step-0 snapshot), or None when the run has none."""
+    path = Path(run_dir) / RANDOM_INIT_NAME
+    return path if path.is_file() else None
+
+
+_step_cache: dict[tuple, int | None] = {}
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The training step a checkpoint was saved at, read cheaply (tensors are memory-mapped, not loaded)."""
+    try:
+        key = file_key(path)
+    except OSError:
+        return None
+    if key not in _step_cache:
+        if len(_step_cache) > 1000:  # last.pt changes all through a long training: keep this bounded
+            _step_cache.clear()
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            _step_cache[key] = int(state["step"]) if isinstance(state, dict) and "step" in state else None
+        except Exception:  # damaged or foreign file: the page shows the real error when it is used
+            _step_cache[key] = None
+    return _step_cache[key]

@@ -64,10 +64,16 @@ def build_parser(prog: str = "python -m byol") -> argparse.ArgumentParser:
     resume.add_argument("run_dir", type=Path)
     resume.add_argument("--epochs", type=int, help="new total number of epochs (extends the run)")
 
-    embed = sub.add_parser("embed", help="export embeddings of a run's newest checkpoint")
+    embed = sub.add_parser(
+        "embed", help="compute the embeddings the dashboard shows for a run's checkpoint (saved in <run>/embeddings/)"
+    )
     embed.add_argument("run_dir", type=Path)
-    embed.add_argument("--checkpoint", type=Path, help="a specific checkpoint file (default: newest)")
-    embed.add_argument("--umap", action="store_true", help="also compute the 2-D UMAP map of the test split")
+    embed.add_argument(
+        "--checkpoint", type=Path, help="a specific checkpoint file (default: the newest, as the dashboard picks it)"
+    )
+    embed.add_argument(
+        "--umap", action="store_true", help="also compute the 2-D UMAP map of the test split and the kNN accuracy"
+    )
 
     listing = sub.add_parser("list", help="one line per run")
     listing.add_argument("--runs-dir", type=Path, default=None)
@@ -224,8 +230,9 @@ def _prepare_resume(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
     """The config to resume `args.run_dir` with (extended to `--epochs`), or CommandError saying why not."""
     run_dir = _existing_run(args.run_dir)
     status = runs.read_status(run_dir)
-    if status["state"] in runs.LIVE_STATES:
-        raise CommandError(f"The run {run_dir.name} is {status['state']} right now; it cannot be resumed twice.")
+    problem = runs.resume_problem(run_dir, status["state"])
+    if problem:
+        raise CommandError(problem)
     config = runs.read_config(run_dir)
     if args.epochs is not None:
         done = runs.summarize_run(run_dir).epochs_done
@@ -239,11 +246,21 @@ def _prepare_resume(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from .embed import export_run_embeddings
+    from . import embed
+    from .checkpoint import default_checkpoint
 
     run_dir = _existing_run(args.run_dir)
-    paths = export_run_embeddings(run_dir, args.checkpoint, with_umap=args.umap, progress=lambda m: print(m, file=sys.stderr))
-    for path in paths:
+    checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint(run_dir)
+    said = []
+
+    def report(message: str | None = None, fraction: float | None = None) -> None:
+        if message and message not in said:
+            said.append(message)
+            print(message, file=sys.stderr)
+
+    # The dashboard's own prepare path, so the pages find what this command computed.
+    embed.prepare_checkpoint(run_dir, checkpoint, report, level=embed.FULL if args.umap else embed.EMBEDDINGS)
+    for path in embed.artefact_paths(run_dir, checkpoint):
         print(path)
     return 0
 

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from byol.config import TrainConfig
 from byol.files import write_atomic
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,11 @@ def load_dataset(
     if kind == "cifar10":
         return _load_cifar10(root, cache_dir, image_size)
     return _load_folder_or_archive(Path(source).expanduser(), cache_dir / "data", image_size)
+
+
+def load_for(config: TrainConfig) -> Dataset:
+    """The data set a run trained on, as its config names it (pages cache this per process)."""
+    return load_dataset(config.data, config.data_root or None, image_size=config.image_size)
 
 
 def _source_kind(source: str) -> str:

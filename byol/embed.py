@@ -1,29 +1,65 @@
-"""Embeddings of a checkpoint: export, exact nearest neighbours, and the 2-D UMAP map (cached).
+"""The checkpoint-artefact store: what is computed once per checkpoint and kept in `<run>/embeddings/`.
 
-Files live in `<run>/embeddings/`, named after the checkpoint and the split:
-`step-00001200-train.npz` holds L2-normalised features (float16), labels and data-set indices;
-`step-00001200-test-umap.npy` the 2-D coordinates of that split. Retrieval searches the training
-split (all of it); queries come from the test split, an upload, or the map, and a query taken from
-the bank itself never matches itself.
+One prepare path (`prepare_checkpoint`) serves the command line (`python -m byol embed`) and the
+dashboard (run in a `tasks.TaskRunner`), so whatever one computes the other finds. The artefacts:
+
+- embeddings of a split, `step-00001200-train.npz`: L2-normalised features (float16), labels,
+  data-set indices and class names. The training split is the search bank; the test split gives
+  the queries and the map;
+- the test split's 2-D map, `step-00001200-test-umap.npy` (UMAP; a PCA projection for tiny test sets);
+- the kNN accuracy per (k, temperature), `step-00001200-knn.json`.
+
+`missing_work` says which of them a checkpoint still lacks, as `Artefact` flags (the pages word
+them); the readers (`load_split`, `load_map`, `checkpoint_knn`) raise `NotPrepared` when something
+is missing. Loaded embeddings are kept in a small in-process cache keyed by file path and
+modification time, so a page that reruns on every click does not reload them.
 """
 
 from __future__ import annotations
 
+import enum
 import io
+import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, load_backbone
-from .data import Dataset, load_dataset
-from .files import write_atomic
-from .knn import extract_features
+from . import data as datasets
+from .checkpoint import load_backbone
+from .data import Dataset
+from .device import resolve_device
+from .files import file_key, read_json, write_atomic, write_json_atomic
+from .knn import extract_features, knn_predict, per_class_accuracy
+from .runs import EMBEDDINGS_FOLDER, LAST_CHECKPOINT, RunError, read_config
 
-Progress = Callable[[str], None]
 SPLITS = ("train", "test")
+FEATURE_CHUNK = 2048  # images per progress report while computing embeddings
+MIN_UMAP_POINTS = 20  # below this UMAP's neighbour graph breaks down; a plain 2-D projection is drawn instead
+
+Report = Callable[..., None]  # report(message=None, fraction=None), as tasks.TaskRunner passes it
+
+
+class Artefact(enum.Enum):
+    """One thing computed per checkpoint, in the order they are computed."""
+
+    TRAIN_EMBEDDINGS = "train"
+    TEST_EMBEDDINGS = "test"
+    MAP = "map"
+    KNN = "knn"
+
+
+BANK = frozenset({Artefact.TRAIN_EMBEDDINGS})  # enough to search (the Retrieval page)
+EMBEDDINGS = frozenset({Artefact.TRAIN_EMBEDDINGS, Artefact.TEST_EMBEDDINGS})  # bank and queries
+FULL = frozenset(Artefact)  # also the map and the kNN accuracy (the Embeddings page)
+
+
+class NotPrepared(ValueError):
+    """Embeddings (or the map) of a checkpoint have not been computed yet; the message says what to do."""
 
 
 @dataclass
@@ -34,23 +70,29 @@ class Embeddings:
     classes: list[str]
 
 
-def newest_checkpoint(run_dir: Path) -> Path:
-    """last.pt when present (it is always the newest), else the latest evaluation snapshot."""
-    run_dir = Path(run_dir)
-    if (run_dir / "last.pt").is_file():
-        return run_dir / "last.pt"
-    snapshots = sorted(run_dir.glob("step-*.pt"))
-    if not snapshots:
-        raise CheckpointError(f"The run {run_dir.name} has no checkpoint yet.")
-    return snapshots[-1]
+# --- file names ------------------------------------------------------------------------------------
 
 
 def embedding_path(run_dir: Path, checkpoint: Path, split: str) -> Path:
-    return Path(run_dir) / "embeddings" / f"{Path(checkpoint).stem}-{split}.npz"
+    return Path(run_dir) / EMBEDDINGS_FOLDER / f"{Path(checkpoint).stem}-{split}.npz"
 
 
 def umap_path(run_dir: Path, checkpoint: Path, split: str) -> Path:
-    return Path(run_dir) / "embeddings" / f"{Path(checkpoint).stem}-{split}-umap.npy"
+    return Path(run_dir) / EMBEDDINGS_FOLDER / f"{Path(checkpoint).stem}-{split}-umap.npy"
+
+
+def knn_path(run_dir: Path, checkpoint: Path) -> Path:
+    return Path(run_dir) / EMBEDDINGS_FOLDER / f"{Path(checkpoint).stem}-knn.json"
+
+
+def artefact_paths(run_dir: Path, checkpoint: Path) -> list[Path]:
+    """The checkpoint's artefact files that exist, in `Artefact` order."""
+    paths = [embedding_path(run_dir, checkpoint, s) for s in SPLITS]
+    paths += [umap_path(run_dir, checkpoint, "test"), knn_path(run_dir, checkpoint)]
+    return [p for p in paths if p.is_file()]
+
+
+# --- splits and features ---------------------------------------------------------------------------
 
 
 def split_images(data: Dataset, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,29 +103,25 @@ def split_images(data: Dataset, split: str) -> tuple[torch.Tensor, torch.Tensor]
     raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
 
 
+def split_words(split: str) -> str:
+    return {"train": "training-set", "test": "test-set"}.get(split, split)
+
+
 def compute_features(backbone: torch.nn.Module, images: torch.Tensor) -> np.ndarray:
     """L2-normalised backbone features of uint8 images, as float32 numpy."""
     return extract_features(backbone, images, batch_size=512).cpu().numpy().astype(np.float32)
 
 
-def export_embeddings(
-    run_dir: Path, checkpoint: Path, split: str, data: Dataset | None = None, progress: Progress | None = None
+def save_embeddings(
+    run_dir: Path, checkpoint: Path, split: str, features: np.ndarray, labels: np.ndarray, classes: list[str]
 ) -> Path:
-    """Compute and save the features of one split under `checkpoint`; returns the .npz path."""
-    say = progress or (lambda message: None)
-    backbone, config, _info = load_backbone(checkpoint)  # fails early and plainly on a bad checkpoint
-    if data is None:
-        say(f"Loading data ({config.data})...")
-        data = load_dataset(config.data, config.data_root or None, image_size=config.image_size)
-    images, labels = split_images(data, split)
-    say(f"Computing {split} embeddings for {len(labels):,} images with {Path(checkpoint).name}...")
-    features = compute_features(backbone, images)
+    """Save one split's features under `checkpoint` (atomically); returns the .npz path."""
     path = embedding_path(run_dir, checkpoint, split)
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     np.savez_compressed(
-        buffer, features=features.astype(np.float16), labels=labels.numpy(), indices=np.arange(len(labels)),
-        classes=np.array(data.classes),
+        buffer, features=np.asarray(features, dtype=np.float16), labels=np.asarray(labels, dtype=np.int64),
+        indices=np.arange(len(labels)), classes=np.array(classes),
     )
     write_atomic(path, lambda f: f.write(buffer.getvalue()))
     return path
@@ -98,77 +136,302 @@ def load_embeddings(path: Path) -> Embeddings:
                           [str(c) for c in archive["classes"]])
 
 
-def ensure_embeddings(
-    run_dir: Path, checkpoint: Path, split: str, data: Dataset | None = None, progress: Progress | None = None
-) -> Embeddings:
-    """The split's embeddings, computed and saved first when missing."""
-    path = embedding_path(run_dir, checkpoint, split)
-    if not path.is_file():
-        export_embeddings(run_dir, checkpoint, split, data, progress)
-    return load_embeddings(path)
+# --- the in-process cache ----------------------------------------------------------------------------
 
 
-def nearest_neighbours(
-    bank: np.ndarray, query: np.ndarray, k: int, exclude: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact cosine top-k: indices into `bank` and their similarities, most similar first.
+class LRU:
+    """A small thread-safe least-recently-used cache (pages rerun on every click; sessions share a process)."""
 
-    `exclude` is the bank row of the query itself (when the query comes from the bank), which is
-    never returned.
+    def __init__(self, size: int):
+        self.size = size
+        self.items: OrderedDict[Any, Any] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: Any, make: Callable[[], Any]) -> Any:
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key]
+        value = make()  # outside the lock: slow, and two makers of one key only waste work
+        with self.lock:
+            self.items[key] = value
+            self.items.move_to_end(key)
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        with self.lock:
+            self.items.clear()
+
+
+_embeddings_cache = LRU(4)
+
+
+def clear_cache() -> None:
+    """Forget every loaded embedding (tests; freeing memory)."""
+    _embeddings_cache.clear()
+
+
+# --- what is there, what is missing --------------------------------------------------------------------
+
+
+def _fresh(path: Path, checkpoint: Path) -> bool:
+    """Whether a result file exists and belongs to the checkpoint's current contents.
+
+    Only last.pt is ever replaced (training saves over it), so only results of last.pt can go stale.
+    Snapshots are written once; their results are never compared by time, because copies of a run
+    (a git checkout of a demo run, an rsync) do not keep the order of modification times.
     """
-    similarity = bank @ query.astype(np.float32).reshape(-1)
-    if exclude is not None:
-        similarity[exclude] = -np.inf
-    k = min(k, len(similarity) - (exclude is not None))
-    top = np.argpartition(-similarity, k - 1)[:k] if k < len(similarity) else np.arange(len(similarity))
-    order = top[np.argsort(-similarity[top], kind="stable")]
-    return order, similarity[order]
+    try:
+        stat = path.stat()
+    except OSError:
+        return False
+    if Path(checkpoint).name != LAST_CHECKPOINT:
+        return True
+    try:
+        return stat.st_mtime_ns >= Path(checkpoint).stat().st_mtime_ns
+    except OSError:
+        return False
 
 
-def umap_coordinates(
-    run_dir: Path, checkpoint: Path, split: str = "test", data: Dataset | None = None,
-    progress: Progress | None = None, seed: int = 0,
-) -> np.ndarray:
-    """2-D UMAP coordinates of a split's embeddings, computed once and cached beside them."""
-    path = umap_path(run_dir, checkpoint, split)
-    if path.is_file():
-        return np.load(path, allow_pickle=False)
-    embeddings = ensure_embeddings(run_dir, checkpoint, split, data, progress)
-    (progress or (lambda m: None))(f"Computing the UMAP map of {len(embeddings.labels):,} points (first time can take a minute)...")
-    import umap  # slow import (numba): only when a map is actually needed
+def load_split(run_dir: Path, checkpoint: Path, split: str) -> Embeddings:
+    """Saved embeddings of one split (cached in memory); NotPrepared when they are missing or stale."""
+    path = embedding_path(run_dir, checkpoint, split)
+    if not _fresh(path, checkpoint):
+        raise NotPrepared(
+            f"The {split_words(split)} embeddings of {Path(checkpoint).name} have not been computed yet; "
+            "compute them first."
+        )
+    try:
+        return _embeddings_cache.get(file_key(path), lambda: load_embeddings(path))
+    except Exception as error:  # a damaged .npz raises BadZipFile, EOFError, KeyError...
+        raise NotPrepared(
+            f"The saved {split_words(split)} embeddings of {Path(checkpoint).name} are unreadable "
+            f"({type(error).__name__}); compute them again."
+        ) from None
 
-    reducer = umap.UMAP(n_components=2, n_neighbors=15, min_dist=0.1, metric="cosine", random_state=seed)
-    coordinates = reducer.fit_transform(embeddings.features).astype(np.float32)
+
+def _embeddings_ok(run_dir: Path, checkpoint: Path, split: str, data: Dataset | None) -> bool:
+    try:
+        saved = load_split(run_dir, checkpoint, split)
+    except NotPrepared:
+        return False
+    # A data set that changed since (an image folder edited) would make indices point at other images.
+    return data is None or len(saved.labels) == len(split_images(data, split)[1])
+
+
+def _map_ok(run_dir: Path, checkpoint: Path, data: Dataset | None) -> bool:
+    path = umap_path(run_dir, checkpoint, "test")
+    if not _fresh(path, checkpoint):
+        return False
+    if data is None:
+        return True
+    try:
+        return len(np.load(path, mmap_mode="r", allow_pickle=False)) == len(data.test_labels)
+    except Exception:  # damaged file: compute it again
+        return False
+
+
+def _knn_key(k: int, temperature: float) -> str:
+    return f"k={int(k)},T={float(temperature):g}"
+
+
+def _saved_knn(run_dir: Path, checkpoint: Path) -> dict:
+    path = knn_path(run_dir, checkpoint)
+    cached = read_json(path, {}) if _fresh(path, checkpoint) else {}
+    return cached if isinstance(cached, dict) else {}
+
+
+def missing_work(
+    run_dir: Path, checkpoint: Path, level: frozenset[Artefact] = FULL, data: Dataset | None = None,
+    k: int = 200, temperature: float = 0.1,
+) -> list[Artefact]:
+    """Which of the artefacts in `level` a checkpoint still lacks, in `Artefact` order (empty = ready).
+
+    The kNN accuracy counts as there only for this (k, temperature).
+    """
+    ready = {
+        Artefact.TRAIN_EMBEDDINGS: lambda: _embeddings_ok(run_dir, checkpoint, "train", data),
+        Artefact.TEST_EMBEDDINGS: lambda: _embeddings_ok(run_dir, checkpoint, "test", data),
+        Artefact.MAP: lambda: _map_ok(run_dir, checkpoint, data),
+        Artefact.KNN: lambda: _knn_key(k, temperature) in _saved_knn(run_dir, checkpoint),
+    }
+    return [part for part in Artefact if part in level and not ready[part]()]
+
+
+# --- computing them ----------------------------------------------------------------------------------
+
+
+def prepare_checkpoint(
+    run_dir: Path,
+    checkpoint: Path,
+    progress: Report | None = None,
+    data: Dataset | None = None,
+    level: frozenset[Artefact] = FULL,
+    k: int | None = None,
+    temperature: float | None = None,
+) -> None:
+    """Compute whatever `missing_work` lists for this checkpoint, reporting progress as it goes.
+
+    Raises CheckpointError / DataError (plain messages) when the checkpoint or data cannot be used.
+    `k` and `temperature` default to the checkpoint's own kNN settings.
+    """
+    report = progress or (lambda message=None, fraction=None: None)
+    run_dir, checkpoint = Path(run_dir), Path(checkpoint)
+    report(f"Loading {checkpoint.name}...", 0.0)
+    backbone, config, _info = load_backbone(checkpoint)
+    k = int(k if k is not None else config.knn_k)
+    temperature = float(temperature if temperature is not None else config.knn_temperature)
+    if data is None:
+        try:
+            source = read_config(run_dir)  # where the images are on this computer may have changed since
+        except RunError:
+            source = config
+        report(f"Loading the data set ({source.data})...", 0.0)
+        data = datasets.load_for(source)
+
+    # The map is drawn from the test embeddings, and kNN needs both splits.
+    splits = ["train"] * (Artefact.TRAIN_EMBEDDINGS in level or Artefact.KNN in level) + ["test"] * bool(
+        level & {Artefact.TEST_EMBEDDINGS, Artefact.MAP, Artefact.KNN}
+    )
+    todo = [split for split in splits if not _embeddings_ok(run_dir, checkpoint, split, data)]
+    need_map = Artefact.MAP in level and ("test" in todo or not _map_ok(run_dir, checkpoint, data))
+    need_knn = Artefact.KNN in level and (bool(todo) or Artefact.KNN in missing_work(
+        run_dir, checkpoint, level, data, k, temperature))
+    map_share = 0.35 if need_map else 0.0  # UMAP reports no progress of its own; give it a fixed share
+    knn_share = 0.05 if need_knn else 0.0
+    feature_share = 1.0 - map_share - knn_share
+
+    total = sum(len(split_images(data, split)[1]) for split in todo)
+    done = 0
+    if todo:
+        device = resolve_device("auto")
+        backbone = backbone.to(device)
+        for split in todo:
+            images, labels = split_images(data, split)
+            chunks = []
+            for start in range(0, len(images), FEATURE_CHUNK):
+                report(
+                    f"Computing {split_words(split)} embeddings with {checkpoint.name} on {device.type.upper()}: "
+                    f"{start:,} of {len(images):,} images",
+                    feature_share * done / max(total, 1),
+                )
+                batch = images[start : start + FEATURE_CHUNK]
+                chunks.append(compute_features(backbone, batch))
+                done += len(batch)
+            features = np.concatenate(chunks) if chunks else np.zeros((0, backbone.out_dim), np.float32)
+            save_embeddings(run_dir, checkpoint, split, features, labels.numpy(), data.classes)
+        del backbone
+        knn_path(run_dir, checkpoint).unlink(missing_ok=True)  # measured on the old embeddings
+    if need_map:
+        stale = umap_path(run_dir, checkpoint, "test")
+        stale.unlink(missing_ok=True)  # a stale map (last.pt replaced) would otherwise be reused
+        count = len(data.test_labels)
+        report(
+            f"Drawing the 2-D map (UMAP) of {count:,} test images. The first map after the server starts "
+            "also compiles UMAP, which can take a minute or two...",
+            feature_share,
+        )
+        _save_map(run_dir, checkpoint)
+    if need_knn:
+        report("Measuring the kNN accuracy on the test set...", 1.0 - knn_share)
+        checkpoint_knn(run_dir, checkpoint, k, temperature, recompute=True)
+    report("Done.", 1.0)
+
+
+def _save_map(run_dir: Path, checkpoint: Path) -> None:
+    """The test split's 2-D map: UMAP, or the two main directions of variation (PCA) for a tiny test set."""
+    features = load_split(run_dir, checkpoint, "test").features
+    if len(features) >= MIN_UMAP_POINTS:
+        import umap  # slow import (numba): only when a map is actually needed
+
+        reducer = umap.UMAP(n_components=2, n_neighbors=15, min_dist=0.1, metric="cosine", random_state=0)
+        coordinates = reducer.fit_transform(features).astype(np.float32)
+    else:
+        coordinates = np.zeros((len(features), 2), dtype=np.float32)
+        if len(features) > 1:
+            centred = features - features.mean(axis=0, keepdims=True)
+            _u, _s, vt = np.linalg.svd(centred, full_matrices=False)
+            projected = centred @ vt[:2].T
+            coordinates[:, : projected.shape[1]] = projected
+    path = umap_path(run_dir, checkpoint, "test")
+    path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     np.save(buffer, coordinates)
     write_atomic(path, lambda f: f.write(buffer.getvalue()))
-    return coordinates
 
 
-def export_run_embeddings(
-    run_dir: Path, checkpoint: Path | None = None, with_umap: bool = False, progress: Progress | None = None
-) -> list[Path]:
-    """What the dashboard needs for one checkpoint: the training bank and the test queries (and map)."""
-    checkpoint = Path(checkpoint) if checkpoint else newest_checkpoint(run_dir)
-    _backbone, config, _info = load_backbone(checkpoint)
-    data = load_dataset(config.data, config.data_root or None, image_size=config.image_size)
-    paths = [export_embeddings(run_dir, checkpoint, split, data, progress) for split in SPLITS]
-    if with_umap:
-        umap_coordinates(run_dir, checkpoint, "test", data, progress)
-        paths.append(umap_path(run_dir, checkpoint, "test"))
-    return paths
+# --- reading the map and the kNN accuracy ------------------------------------------------------------
 
 
-def save_embeddings(
-    run_dir: Path, checkpoint: Path, split: str, features: np.ndarray, labels: np.ndarray, classes: list[str]
-) -> Path:
-    """Save features computed elsewhere (e.g. chunk by chunk with progress) in export_embeddings' format."""
-    path = embedding_path(run_dir, checkpoint, split)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    np.savez_compressed(
-        buffer, features=np.asarray(features, dtype=np.float16), labels=np.asarray(labels, dtype=np.int64),
-        indices=np.arange(len(labels)), classes=np.array(classes),
+@dataclass
+class MapData:
+    coordinates: np.ndarray  # float32 [N, 2], one row per test image
+    labels: np.ndarray  # int64 [N]
+    indices: np.ndarray  # int64 [N], test-split positions (what a click on a point refers to)
+    classes: list[str]
+
+
+def load_map(run_dir: Path, checkpoint: Path) -> MapData:
+    """The test split's 2-D map with its labels; NotPrepared when not computed yet."""
+    path = umap_path(run_dir, checkpoint, "test")
+    test = load_split(run_dir, checkpoint, "test")
+    if not _fresh(path, checkpoint):
+        raise NotPrepared(f"The map of {Path(checkpoint).name} has not been computed yet; compute it first.")
+    try:
+        coordinates = np.load(path, allow_pickle=False)
+    except Exception:  # damaged file
+        coordinates = np.zeros((0, 2), np.float32)
+    if len(coordinates) != len(test.labels):
+        raise NotPrepared(f"The saved map of {Path(checkpoint).name} does not match its embeddings; compute it again.")
+    return MapData(coordinates, test.labels, test.indices, test.classes)
+
+
+@dataclass(frozen=True)
+class KnnResult:
+    accuracy: float  # percent of test images whose k nearest training images vote for their class
+    per_class: list[float]  # percent per class (NaN for a class without test images)
+    classes: list[str]
+    k: int
+    temperature: float
+    bank_size: int
+    query_size: int
+
+
+def checkpoint_knn(
+    run_dir: Path, checkpoint: Path, k: int = 200, temperature: float = 0.1, recompute: bool = False
+) -> KnnResult:
+    """kNN accuracy from the saved embeddings: all training images vote, every test image is a query.
+
+    Computed once per (k, temperature) and kept in `<checkpoint>-knn.json` beside the embeddings.
+    """
+    path = knn_path(run_dir, checkpoint)
+    key = _knn_key(k, temperature)
+    cached = _saved_knn(run_dir, checkpoint)
+    if key in cached and not recompute:
+        row = cached[key]
+        return KnnResult(
+            float(row["accuracy"]), [float("nan") if v is None else float(v) for v in row["per_class"]],
+            list(row["classes"]), int(row["k"]), float(row["temperature"]), int(row["bank_size"]), int(row["query_size"]),
+        )
+    bank = load_split(run_dir, checkpoint, "train")
+    queries = load_split(run_dir, checkpoint, "test")
+    if len(bank.labels) == 0 or len(queries.labels) == 0:
+        raise NotPrepared("kNN accuracy needs both training and test images; this data set lacks one of them.")
+    classes = bank.classes
+    predicted = knn_predict(
+        torch.from_numpy(bank.features), torch.from_numpy(bank.labels), torch.from_numpy(queries.features),
+        len(classes), int(k), float(temperature),
     )
-    write_atomic(path, lambda f: f.write(buffer.getvalue()))
-    return path
+    labels = torch.from_numpy(queries.labels)
+    accuracy = 100.0 * float((predicted == labels).float().mean())
+    per_class = per_class_accuracy(predicted, labels, len(classes))
+    result = KnnResult(accuracy, per_class, classes, int(k), float(temperature), len(bank.labels), len(queries.labels))
+    cached[key] = {
+        "accuracy": accuracy, "per_class": [None if math.isnan(v) else v for v in per_class], "classes": classes,
+        "k": int(k), "temperature": float(temperature), "bank_size": len(bank.labels), "query_size": len(queries.labels),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, cached)
+    return result

@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from .processes import process_alive
+
 # `.<target name>.<writer pid>.<mkstemp's random part: letters, digits, underscores>.tmp`
 _TEMPORARY = re.compile(r"^\..+\.(\d+)\.\w+\.tmp$")
 
@@ -63,7 +65,7 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     removed = []
     for entry in Path(folder).iterdir():
         match = _TEMPORARY.match(entry.name)
-        if match is None or not entry.is_file() or _pid_alive(int(match.group(1))):
+        if match is None or not entry.is_file() or process_alive(int(match.group(1))):
             continue
         try:
             entry.unlink()
@@ -73,14 +75,10 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     return removed
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+def file_key(path: Path) -> tuple:
+    """(resolved path, mtime, size): a cache key that changes whenever the file is replaced."""
+    stat = Path(path).stat()
+    return (str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -160,6 +160,9 @@ class JobRunner:
                     f"The run {run_dir.name} is {state} in another process (the command line?); "
                     "it cannot be resumed while it trains there."
                 )
+            problem = runs.resume_problem(run_dir, state)
+            if problem:
+                raise runs.RunError(problem)
             config = runs.read_config(run_dir)
             if epochs is not None and epochs != config.epochs:
                 done = runs.summarize_run(run_dir).epochs_done

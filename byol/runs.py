@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import TrainConfig
 from .files import read_json, write_atomic, write_json_atomic
+from .processes import process_alive, process_start_time
 
 if TYPE_CHECKING:  # for the annotation only: read_metrics imports pandas when called, importing byol.runs does not load it
     import pandas as pd
@@ -43,6 +44,23 @@ RESUMABLE_STATES = (STOPPED, FAILED, INTERRUPTED)
 HEARTBEAT_SECONDS = 3.0
 STALE_SECONDS = 60.0  # only used for runs whose process lives on another machine
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+
+# The run folder's file names; every module finds a run's files through these.
+LAST_CHECKPOINT = "last.pt"  # everything needed to resume
+SNAPSHOT_GLOB = "step-*.pt"
+EMBEDDINGS_FOLDER = "embeddings"
+# This computer's choices for a run (where its images are), kept apart from config.json because a
+# shipped demo run's config.json is tracked by git; .gitignore covers this file.
+LOCAL_SETTINGS = "local-settings.json"
+LOCAL_FIELDS = ("data", "data_root")  # the config fields a local setting may override
+
+
+def snapshot_name(step: int) -> str:
+    """The file name of the evaluation-point snapshot at `step` (step 0 is the untrained network)."""
+    return f"step-{int(step):08d}.pt"
+
+
+RANDOM_INIT_NAME = snapshot_name(0)
 
 
 class RunError(ValueError):
@@ -137,10 +155,22 @@ def _data_label(config: TrainConfig) -> str:
 
 
 def read_config(run_dir: Path) -> TrainConfig:
+    """The run's config, with this computer's local settings (where the images are) applied."""
     values = read_json(Path(run_dir) / "config.json")
     if not isinstance(values, dict):
         raise RunError(f"The run {Path(run_dir).name} has no readable config.json.")
+    local = read_json(Path(run_dir) / LOCAL_SETTINGS, {})
+    if isinstance(local, dict):
+        values.update({k: v for k, v in local.items() if k in LOCAL_FIELDS and isinstance(v, str)})
     return TrainConfig.from_dict(values)
+
+
+def set_data_source(run_dir: Path, data: str, data_root: str = "") -> None:
+    """Remember where the run's images are on this computer (a moved folder, a demo run's CIFAR-10).
+
+    Written to the run's local settings, never to config.json, so using the app leaves tracked files alone.
+    """
+    write_json_atomic(Path(run_dir) / LOCAL_SETTINGS, {"data": data, "data_root": data_root})
 
 
 def update_config(run_dir: Path, config: TrainConfig) -> None:
@@ -149,40 +179,6 @@ def update_config(run_dir: Path, config: TrainConfig) -> None:
 
 
 # --- status ----------------------------------------------------------------------------------
-def _proc_stat(pid: int) -> list[str] | None:
-    """The fields of /proc/<pid>/stat after the command name (Linux): [state, ppid, ...], or None."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def _process_start_time(pid: int) -> str | None:
-    """The kernel's start time of `pid` (Linux), to tell a live process from a reused pid."""
-    fields = _proc_stat(pid)
-    return fields[19] if fields is not None and len(fields) > 19 else None
-
-
-def process_alive(pid: int | None, start_time: str | None = None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    fields = _proc_stat(pid)
-    if fields and fields[0] in ("Z", "X"):
-        # A zombie: killed or exited, kept in the process table only until its parent collects it
-        # (a launcher that never waits keeps it for good). It will never write again.
-        return False
-    if start_time is not None and fields is not None and len(fields) > 19 and fields[19] != start_time:
-        return False  # the pid was reused by another process
-    return True
-
-
 def _status_record(state: str, message: str = "", **fields: Any) -> dict[str, Any]:
     now = time.time()
     pid = os.getpid()
@@ -190,7 +186,7 @@ def _status_record(state: str, message: str = "", **fields: Any) -> dict[str, An
         "state": state,
         "message": message,
         "pid": pid,
-        "pid_start": _process_start_time(pid),
+        "pid_start": process_start_time(pid),
         "host": socket.gethostname(),
         "heartbeat": now,
         "updated": now,
@@ -315,7 +311,7 @@ def list_snapshots(run_dir: Path) -> list[Snapshot]:
     run_dir = Path(run_dir)
     evals = {int(r["step"]): r for r in read_metric_rows(run_dir) if r.get("kind") == "eval"}
     snapshots = []
-    for path in sorted(run_dir.glob("step-*.pt")):
+    for path in sorted(run_dir.glob(SNAPSHOT_GLOB)):
         try:
             step = int(path.stem.split("-")[1])
         except (IndexError, ValueError):
@@ -328,6 +324,26 @@ def list_snapshots(run_dir: Path) -> list[Snapshot]:
             label += f", kNN {knn:.1f}%"
         snapshots.append(Snapshot(path, step, label))
     return snapshots
+
+
+def resume_problem(run_dir: Path, state: str | None = None) -> str | None:
+    """Why the run cannot be continued, as a sentence for the user, or None when it can.
+
+    A run continues from its last.pt. Without one it can only start over, which is right for a run
+    stopped, failed or interrupted before its first save (or killed while writing it), and wrong for
+    a finished one: starting over would throw its result away. A shipped demo run is finished and
+    keeps its snapshots and metrics but no optimiser state.
+    """
+    run_dir = Path(run_dir)
+    state = state or read_status(run_dir)["state"]
+    if state in LIVE_STATES:
+        return f"The run {run_dir.name} is {state} right now; it cannot be resumed twice."
+    if state == FINISHED and not (run_dir / LAST_CHECKPOINT).is_file():
+        return (
+            f"The run {run_dir.name} keeps no optimiser state ({LAST_CHECKPOINT}), so it cannot continue; "
+            "start a new run with its settings to train further."
+        )
+    return None
 
 
 def disk_bytes(run_dir: Path) -> int:

@@ -177,7 +177,10 @@ with c_stop:
         else:
             st.caption("This run trains in another process (the command line?): stop it there with Ctrl-C.")
 with c_resume:
-    if state in runs.RESUMABLE_STATES or state == runs.FINISHED:
+    resume_problem = runs.resume_problem(run_dir, state)
+    if resume_problem and state not in runs.LIVE_STATES:
+        st.caption(resume_problem)
+    elif state in runs.RESUMABLE_STATES or state == runs.FINISHED:
         minimum = config.epochs + 1 if state == runs.FINISHED else config.epochs
         total = st.number_input("Total epochs", value=minimum, step=1, key=f"resume_epochs_{picked.name}", help=HELP["resume_epochs"])
         label = "Train further" if state == runs.FINISHED else "Resume"

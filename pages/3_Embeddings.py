@@ -3,7 +3,7 @@
 import numpy as np
 import streamlit as st
 
-from byol import retrieval
+from byol import embed, retrieval
 from byol.checkpoint import CheckpointError
 from ui import inspect
 from ui.common import page_setup
@@ -24,14 +24,14 @@ GRID_LIMIT = 40
 run, choice, config, data = inspect.pick_run_checkpoint_and_data("emb")
 
 inspect.ensure_prepared(
-    run.path, choice.path, retrieval.FULL, data, config.knn_k, config.knn_temperature, what="The map page", key="emb"
+    run.path, choice.path, embed.FULL, data, config.knn_k, config.knn_temperature, what="The map page", key="emb"
 )
 
 # --- one library call: the prepared map and its kNN accuracy --------------------------------------
 try:
-    map_data = retrieval.load_map(run.path, choice.path)
-    knn = retrieval.checkpoint_knn(run.path, choice.path, config.knn_k, config.knn_temperature)
-except (retrieval.NotPrepared, CheckpointError, ValueError) as error:
+    map_data = embed.load_map(run.path, choice.path)
+    knn = embed.checkpoint_knn(run.path, choice.path, config.knn_k, config.knn_temperature)
+except (embed.NotPrepared, CheckpointError, ValueError) as error:
     st.error(str(error))
     st.stop()
 
@@ -115,7 +115,7 @@ st.subheader(f"Test image #{focus} and its {NEIGHBOURS_SHOWN} nearest training i
 st.caption(inspect.GLOSSARY["neighbours"] + " " + inspect.GLOSSARY["cosine"])
 try:
     found = retrieval.neighbours_of_test_image(run.path, choice.path, focus, NEIGHBOURS_SHOWN)
-except (retrieval.NotPrepared, ValueError) as error:
+except (embed.NotPrepared, ValueError) as error:
     st.error(str(error))
     st.stop()
 query_label = int(data.test_labels[focus])

@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from byol import retrieval
-from byol.checkpoint import CheckpointError
+from byol import embed, retrieval
+from byol.checkpoint import CheckpointError, random_init_checkpoint
 from ui import inspect
 from ui.common import page_setup
 
@@ -22,7 +22,7 @@ GALLERY_COLUMNS = 10
 # --- widgets and guards --------------------------------------------------------------------------
 run, choice, config, data = inspect.pick_run_checkpoint_and_data("ret")
 
-inspect.ensure_prepared(run.path, choice.path, retrieval.BANK, data, what="Searching", key="ret")
+inspect.ensure_prepared(run.path, choice.path, embed.BANK, data, what="Searching", key="ret")
 
 state = st.session_state
 state.setdefault("ret-query", None)  # test-image number of the chosen query
@@ -103,7 +103,7 @@ if query is None:
 # --- one library call: the neighbours ------------------------------------------------------------
 try:
     found = retrieval.image_neighbours(run.path, choice.path, query, k)
-except (CheckpointError, retrieval.NotPrepared, ValueError) as error:
+except (CheckpointError, embed.NotPrepared, ValueError) as error:
     st.error(str(error))
     st.stop()
 
@@ -146,17 +146,17 @@ with results_col:
             show(found, "neighbour")
         with random_col:
             st.markdown("**Random init** (the same network before training)")
-            untrained = retrieval.random_init_checkpoint(run.path)
+            untrained = random_init_checkpoint(run.path)
             if untrained is None:
                 st.info("This run has no saved random-init network (step 0) to compare with.")
             elif untrained == choice.path:
                 st.info("The chosen checkpoint already is the random-init network; pick a later one to compare.")
             elif inspect.ensure_prepared(
-                run.path, untrained, retrieval.BANK, data, what="This comparison", key="ret-random", stop=False
+                run.path, untrained, embed.BANK, data, what="This comparison", key="ret-random", stop=False
             ):
                 try:
                     show(retrieval.image_neighbours(run.path, untrained, query, k), "random init")
-                except (CheckpointError, retrieval.NotPrepared, ValueError) as error:
+                except (CheckpointError, embed.NotPrepared, ValueError) as error:
                     st.error(str(error))
         with pixel_col:
             st.markdown("**Raw pixels** (no network at all)")

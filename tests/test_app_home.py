@@ -85,3 +85,11 @@ def test_display_helpers():
     assert big.size == (128, 128)
     pixels = np.asarray(big)
     assert (pixels[:4, :4, 0] == 255).all() and pixels[4, 4, 0] == 0  # nearest neighbour: sharp blocks
+
+
+def test_the_sidebars_first_entry_is_home(runs_dir, app_test):
+    at = app_test("app.py")
+    at.run()
+    assert not at.exception
+    labels = [link.proto.label for link in at.sidebar.get("page_link")]
+    assert labels == ["Home", "Train", "Compare", "Embeddings", "Retrieval"]

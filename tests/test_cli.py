@@ -5,6 +5,7 @@ import json
 import pytest
 
 from byol import runs
+from byol.checkpoint import default_checkpoint
 from helpers import run_cli
 
 TINY = [
@@ -49,13 +50,15 @@ def test_resume_extends_a_finished_run_and_list_shows_it(trained):
     assert listing.returncode == 0 and "finished" in listing.stdout and "epoch 2/2" in listing.stdout
 
 
-def test_embed_writes_bank_and_queries(trained):
+def test_embed_writes_bank_and_queries_of_the_checkpoint_the_dashboard_shows(trained):
     _, result = trained
     run_dir = result.stdout.strip().splitlines()[-1]
     embedded = run_cli("embed", run_dir)
     assert embedded.returncode == 0, embedded.stderr
     names = sorted(line.rsplit("/", 1)[-1] for line in embedded.stdout.split())
-    assert names == ["last-test.npz", "last-train.npz"]
+    newest = default_checkpoint(run_dir).stem
+    assert newest.startswith("step-")  # a finished run's last.pt is no newer than its last snapshot
+    assert names == [f"{newest}-test.npz", f"{newest}-train.npz"]
 
 
 @pytest.mark.parametrize(

@@ -113,6 +113,7 @@ def test_resume_continues_and_extends(runner, fake_train, tiny_config):
     fake_train.auto_release = True
     a = runner.launch(tiny_config(epochs=2), "a")
     assert runner.wait(timeout=10)
+    (a / runs.LAST_CHECKPOINT).touch()  # what a real training leaves; without it a finished run cannot continue
     with pytest.raises(runs.RunError, match="choose more epochs"):
         runner.resume(a)
     runner.resume(a, epochs=5)
@@ -121,6 +122,15 @@ def test_resume_continues_and_extends(runner, fake_train, tiny_config):
     assert fake_train.configs["a"].epochs == 5
     assert runs.read_config(a).epochs == 5
     assert state_of(a) == runs.FINISHED
+
+
+def test_resume_refuses_a_finished_run_without_optimiser_state(runner, fake_train, tiny_config):
+    fake_train.auto_release = True
+    a = runner.launch(tiny_config(epochs=2), "a")  # the fake leaves no last.pt, as the shipped demo run
+    assert runner.wait(timeout=10)
+    with pytest.raises(runs.RunError, match="no optimiser state"):
+        runner.resume(a, epochs=5)
+    assert fake_train.calls == ["a"] and runs.read_config(a).epochs == 2
 
 
 def test_resume_interrupted_run(runner, fake_train, tiny_config, runs_dir):

@@ -9,7 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from byol import retrieval
+from byol import data as datasets
+from byol import embed, retrieval
 from test_retrieval import install_fake_umap, small_data
 from ui import inspect
 
@@ -20,7 +21,7 @@ PAGE = "pages/3_Embeddings.py"
 def quick(monkeypatch):
     """Small data and a stand-in UMAP for every page run of the test."""
     data = small_data()
-    monkeypatch.setattr(retrieval, "load_data", lambda config: data)
+    monkeypatch.setattr(datasets, "load_for", lambda config: data)
     install_fake_umap(monkeypatch)
     retrieval.clear_caches()
     return data
@@ -72,7 +73,7 @@ def test_focus_is_the_typed_number_else_the_first_selected_point():
 
 
 def test_map_figure_holds_test_numbers_in_customdata_and_names_classes():
-    data = retrieval.MapData(
+    data = embed.MapData(
         coordinates=np.arange(12, dtype=np.float32).reshape(6, 2), labels=np.array([0, 1, 0, 1, 2, 2]),
         indices=np.arange(6) + 100, classes=["cat", "dog", "ship"],
     )

@@ -2,11 +2,14 @@
 the random-init / raw-pixel comparison, uploads good and bad, and a damaged checkpoint."""
 
 import io
+import json
 
 import pytest
 from PIL import Image
 
+from byol import data as datasets
 from byol import retrieval, runs
+from helpers import run_cli
 from test_page_embeddings import run_until
 from test_retrieval import small_data
 
@@ -16,7 +19,7 @@ PAGE = "pages/4_Retrieval.py"
 @pytest.fixture
 def quick(monkeypatch):
     data = small_data()
-    monkeypatch.setattr(retrieval, "load_data", lambda config: data)
+    monkeypatch.setattr(datasets, "load_for", lambda config: data)
     retrieval.clear_caches()
     return data
 
@@ -48,6 +51,15 @@ def test_empty_runs_folder_says_what_to_do(runs_dir, app_test):
     at = app_test(PAGE).run()
     assert not at.exception
     assert any("no training runs yet" in info.value for info in at.info)
+
+
+def test_after_the_embed_command_the_page_shows_its_gallery_without_asking(finished_run, app_test):
+    embedded = run_cli("embed", str(finished_run))
+    assert embedded.returncode == 0, embedded.stderr
+    at = app_test(PAGE).run()
+    assert not at.exception
+    assert not any("have not been computed yet" in info.value for info in at.info)
+    assert query_buttons(at)
 
 
 def test_clicking_a_test_image_shows_k_neighbours_with_precision(finished_run, app_test, quick):
@@ -145,3 +157,6 @@ def test_a_run_whose_images_are_missing_can_be_pointed_at_a_copy(finished_run, a
     at.button(key=f"ret-relocate-button-{finished_run.name}").click().run()
     assert not at.exception
     assert runs.read_config(finished_run).data == good.data
+    # The choice lives in the run's local settings, which git ignores; config.json is left as it was.
+    assert json.loads((finished_run / "config.json").read_text())["data"] == "/nowhere/cifar"
+    assert json.loads((finished_run / runs.LOCAL_SETTINGS).read_text())["data"] == good.data

@@ -53,6 +53,15 @@ def test_finished_run_shows_its_curves_and_message(finished_run, app_test):
     assert at.button(key="delete").disabled  # until the confirmation box is ticked
 
 
+def test_a_run_without_optimiser_state_offers_no_train_further(finished_run, app_test):
+    (finished_run / runs.LAST_CHECKPOINT).unlink()  # as the shipped demo run: snapshots and metrics only
+    at = app_test(PAGE)
+    at.run()
+    assert not at.exception
+    assert not [b for b in at.button if b.key == "resume"]
+    assert any("cannot continue" in caption.value for caption in at.caption)
+
+
 def test_query_param_picks_the_run(finished_run, runs_dir, app_test):
     shutil.copytree(finished_run, runs_dir / "another")
     status = json.loads((runs_dir / "another" / "status.json").read_text())

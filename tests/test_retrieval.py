@@ -1,4 +1,4 @@
-"""retrieval.py: preparing checkpoints, neighbours (never the query itself), precision@k, uploads of every kind."""
+"""embed.py and retrieval.py: checkpoint choices, preparing checkpoints, neighbours (never the query itself), precision@k, uploads of every kind."""
 
 import io
 import os
@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from byol import embed, retrieval
-from byol.checkpoint import CheckpointError, save_checkpoint, snapshot_state
+from byol.checkpoint import CheckpointError, checkpoint_choices, random_init_checkpoint, save_checkpoint, snapshot_state
 from byol.data import synthetic_dataset
 from byol.model import resnet18_cifar
 from byol.runs import FINISHED, append_metrics, create_run, write_status
@@ -94,85 +94,83 @@ def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
 
 # --- checkpoints ---------------------------------------------------------------------------------
 def test_checkpoint_choices_name_random_init_and_a_newer_last_pt(run_dir):
-    choices = retrieval.checkpoint_choices(run_dir)
+    choices = checkpoint_choices(run_dir)
     assert [c.path.name for c in choices] == ["step-00000000.pt", "step-00000004.pt", "last.pt"]
     assert choices[0].random_init and "random init" in choices[0].label
     assert choices[2].step == 6 and "latest save (last.pt)" in choices[2].label
-    assert retrieval.random_init_checkpoint(run_dir) == run_dir / "step-00000000.pt"
+    assert random_init_checkpoint(run_dir) == run_dir / "step-00000000.pt"
 
 
 def test_last_pt_is_left_out_when_it_is_the_newest_snapshot_again(tmp_path):
     run = make_run(tmp_path, last_step=4)
-    assert [c.path.name for c in retrieval.checkpoint_choices(run)] == ["step-00000000.pt", "step-00000004.pt"]
+    assert [c.path.name for c in checkpoint_choices(run)] == ["step-00000000.pt", "step-00000004.pt"]
 
 
 # --- preparing -----------------------------------------------------------------------------------
 def test_prepare_computes_everything_once_with_progress(run_dir, data, fake_umap):
     checkpoint = run_dir / "step-00000004.pt"
-    assert retrieval.missing_work(run_dir, checkpoint, retrieval.FULL, data, 20, 0.1) == [
-        "training-set embeddings", "test-set embeddings", "the 2-D map (UMAP)", "the kNN accuracy",
-    ]
+    assert embed.missing_work(run_dir, checkpoint, embed.FULL, data, 20, 0.1) == list(embed.Artefact)
     reports = []
-    retrieval.prepare_checkpoint(run_dir, checkpoint, lambda message=None, fraction=None: reports.append((message, fraction)), data, k=20, temperature=0.1)
+    embed.prepare_checkpoint(run_dir, checkpoint, lambda message=None, fraction=None: reports.append((message, fraction)), data, k=20, temperature=0.1)
     fractions = [f for _, f in reports if f is not None]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert any("training-set embeddings" in m for m, _ in reports) and any("UMAP" in m for m, _ in reports)
-    assert retrieval.missing_work(run_dir, checkpoint, retrieval.FULL, data, 20, 0.1) == []
+    assert embed.missing_work(run_dir, checkpoint, embed.FULL, data, 20, 0.1) == []
 
-    map_data = retrieval.load_map(run_dir, checkpoint)
+    map_data = embed.load_map(run_dir, checkpoint)
     assert map_data.coordinates.shape == (len(data.test_labels), 2)
     assert (map_data.labels == data.test_labels.numpy()).all() and map_data.classes == data.classes
-    knn = retrieval.checkpoint_knn(run_dir, checkpoint, 20, 0.1)
+    knn = embed.checkpoint_knn(run_dir, checkpoint, 20, 0.1)
     assert 0 <= knn.accuracy <= 100 and len(knn.per_class) == len(data.classes)
     assert (knn.bank_size, knn.query_size) == (len(data.train_labels), len(data.test_labels))
 
     stamps = {p.name: p.stat().st_mtime_ns for p in (run_dir / "embeddings").iterdir()}
-    retrieval.prepare_checkpoint(run_dir, checkpoint, None, data, k=20, temperature=0.1)  # nothing left to do
+    embed.prepare_checkpoint(run_dir, checkpoint, None, data, k=20, temperature=0.1)  # nothing left to do
     assert {p.name: p.stat().st_mtime_ns for p in (run_dir / "embeddings").iterdir()} == stamps
 
 
 def test_bank_level_computes_only_the_training_split(run_dir, data):
     checkpoint = run_dir / "step-00000000.pt"
-    retrieval.prepare_checkpoint(run_dir, checkpoint, None, data, level=retrieval.BANK)
-    assert retrieval.missing_work(run_dir, checkpoint, retrieval.BANK, data) == []
-    assert "test-set embeddings" in retrieval.missing_work(run_dir, checkpoint, retrieval.FULL, data)
-    with pytest.raises(retrieval.NotPrepared, match="compute"):
-        retrieval.load_map(run_dir, checkpoint)
+    embed.prepare_checkpoint(run_dir, checkpoint, None, data, level=embed.BANK)
+    assert embed.missing_work(run_dir, checkpoint, embed.BANK, data) == []
+    assert embed.Artefact.TEST_EMBEDDINGS in embed.missing_work(run_dir, checkpoint, embed.FULL, data)
+    with pytest.raises(embed.NotPrepared, match="compute"):
+        embed.load_map(run_dir, checkpoint)
 
 
 def test_results_of_a_replaced_last_pt_are_stale(run_dir, data):
     last = run_dir / "last.pt"
-    retrieval.prepare_checkpoint(run_dir, last, None, data, level=retrieval.BANK)
-    assert retrieval.missing_work(run_dir, last, retrieval.BANK, data) == []
+    embed.prepare_checkpoint(run_dir, last, None, data, level=embed.BANK)
+    assert embed.missing_work(run_dir, last, embed.BANK, data) == []
     later = last.stat().st_mtime + 60
     os.utime(last, (later, later))  # training saved over it
-    assert retrieval.missing_work(run_dir, last, retrieval.BANK, data) == ["training-set embeddings"]
+    assert embed.missing_work(run_dir, last, embed.BANK, data) == [embed.Artefact.TRAIN_EMBEDDINGS]
 
 
 def test_embeddings_of_another_data_set_size_count_as_missing(run_dir, data):
     checkpoint = run_dir / "step-00000004.pt"
-    retrieval.prepare_checkpoint(run_dir, checkpoint, None, data, level=retrieval.BANK)
-    assert retrieval.missing_work(run_dir, checkpoint, retrieval.BANK, small_data(train_per_class=21)) == ["training-set embeddings"]
+    embed.prepare_checkpoint(run_dir, checkpoint, None, data, level=embed.BANK)
+    assert embed.missing_work(run_dir, checkpoint, embed.BANK, small_data(train_per_class=21)) == [embed.Artefact.TRAIN_EMBEDDINGS]
 
 
 def test_damaged_saved_results_count_as_missing(run_dir, data, fake_umap):
     checkpoint = run_dir / "step-00000004.pt"
-    retrieval.prepare_checkpoint(run_dir, checkpoint, None, data, k=20)
+    embed.prepare_checkpoint(run_dir, checkpoint, None, data, k=20)
     retrieval.clear_caches()
     embed.embedding_path(run_dir, checkpoint, "test").write_bytes(b"PK\x03\x04 cut short")
     embed.umap_path(run_dir, checkpoint, "test").write_bytes(b"\x93NUMPY")
-    assert retrieval.missing_work(run_dir, checkpoint, retrieval.FULL, data, 20) == ["test-set embeddings", "the 2-D map (UMAP)"]
-    with pytest.raises(retrieval.NotPrepared, match="unreadable"):
-        retrieval.load_map(run_dir, checkpoint)
-    retrieval.prepare_checkpoint(run_dir, checkpoint, None, data, k=20)
-    assert retrieval.missing_work(run_dir, checkpoint, retrieval.FULL, data, 20) == []
+    assert embed.missing_work(run_dir, checkpoint, embed.FULL, data, 20) == [embed.Artefact.TEST_EMBEDDINGS, embed.Artefact.MAP]
+    with pytest.raises(embed.NotPrepared, match="unreadable"):
+        embed.load_map(run_dir, checkpoint)
+    embed.prepare_checkpoint(run_dir, checkpoint, None, data, k=20)
+    assert embed.missing_work(run_dir, checkpoint, embed.FULL, data, 20) == []
 
 
 def test_damaged_checkpoint_gives_a_plain_error(run_dir, data):
     checkpoint = run_dir / "step-00000004.pt"
     checkpoint.write_bytes(b"this is not a checkpoint")
     with pytest.raises(CheckpointError, match="damaged"):
-        retrieval.prepare_checkpoint(run_dir, checkpoint, None, data)
+        embed.prepare_checkpoint(run_dir, checkpoint, None, data)
     with pytest.raises(CheckpointError, match="damaged"):
         retrieval.embed_query(checkpoint, data.test_images[0])
 
@@ -181,8 +179,8 @@ def test_a_tiny_test_set_gets_a_plain_projection_instead_of_umap(tmp_path, monke
     monkeypatch.setitem(sys.modules, "umap", None)  # importing umap now fails: it must not be needed
     run = make_run(tmp_path / "runs")
     data = small_data(train_per_class=3, test_per_class=1)  # 10 test images
-    retrieval.prepare_checkpoint(run, run / "step-00000004.pt", None, data, k=5)
-    coordinates = retrieval.load_map(run, run / "step-00000004.pt").coordinates
+    embed.prepare_checkpoint(run, run / "step-00000004.pt", None, data, k=5)
+    coordinates = embed.load_map(run, run / "step-00000004.pt").coordinates
     assert coordinates.shape == (10, 2) and np.isfinite(coordinates).all() and coordinates.std() > 0
 
 
@@ -191,8 +189,8 @@ def test_real_umap_draws_a_map_of_200_points(tmp_path):
     pytest.importorskip("umap")
     run = make_run(tmp_path / "runs")
     data = small_data(train_per_class=5, test_per_class=20)
-    retrieval.prepare_checkpoint(run, run / "step-00000004.pt", None, data, k=5, temperature=0.1)
-    coordinates = retrieval.load_map(run, run / "step-00000004.pt").coordinates
+    embed.prepare_checkpoint(run, run / "step-00000004.pt", None, data, k=5, temperature=0.1)
+    coordinates = embed.load_map(run, run / "step-00000004.pt").coordinates
     assert coordinates.shape == (200, 2) and np.isfinite(coordinates).all()
 
 
@@ -216,7 +214,7 @@ def test_neighbours_never_include_the_query_itself_when_it_comes_from_the_bank(t
 
 def test_image_and_pixel_neighbours_skip_a_training_image_used_as_query(run_dir, data):
     checkpoint = run_dir / "step-00000004.pt"
-    retrieval.prepare_checkpoint(run_dir, checkpoint, None, data, level=retrieval.BANK)
+    embed.prepare_checkpoint(run_dir, checkpoint, None, data, level=embed.BANK)
     query = data.train_images[7]
     assert retrieval.image_neighbours(run_dir, checkpoint, query, 3)[0].train_index == 7
     found = retrieval.image_neighbours(run_dir, checkpoint, query, 5, exclude_train_index=7)
@@ -229,7 +227,7 @@ def test_image_and_pixel_neighbours_skip_a_training_image_used_as_query(run_dir,
 
 def test_neighbours_of_a_test_image_use_its_saved_embedding(run_dir, data, fake_umap):
     checkpoint = run_dir / "step-00000004.pt"
-    retrieval.prepare_checkpoint(run_dir, checkpoint, None, data, k=20)
+    embed.prepare_checkpoint(run_dir, checkpoint, None, data, k=20)
     from_map = retrieval.neighbours_of_test_image(run_dir, checkpoint, 3, 4)
     fresh = retrieval.image_neighbours(run_dir, checkpoint, data.test_images[3], 4)
     assert [n.train_index for n in from_map] == [n.train_index for n in fresh]
@@ -246,14 +244,14 @@ def test_knn_of_well_separated_embeddings_is_perfect(tmp_path):
         labels = np.arange(n) % 4
         features = centres[labels] + 0.05 * rng.standard_normal((n, 16)).astype(np.float32)
         embed.save_embeddings(run, checkpoint, split, features / np.linalg.norm(features, axis=1, keepdims=True), labels, list("abcd"))
-    result = retrieval.checkpoint_knn(run, checkpoint, k=5, temperature=0.1)
+    result = embed.checkpoint_knn(run, checkpoint, k=5, temperature=0.1)
     assert result.accuracy == pytest.approx(100.0) and result.per_class == pytest.approx([100.0] * 4)
     assert (run / "embeddings" / "step-00000001-knn.json").is_file()
-    assert retrieval.checkpoint_knn(run, checkpoint, k=5, temperature=0.1) == result  # read back from the cache
+    assert embed.checkpoint_knn(run, checkpoint, k=5, temperature=0.1) == result  # read back from the cache
 
 
 def test_missing_embeddings_say_what_to_do(tmp_path):
-    with pytest.raises(retrieval.NotPrepared, match="compute them first"):
+    with pytest.raises(embed.NotPrepared, match="compute them first"):
         retrieval.neighbours(tmp_path, tmp_path / "step-00000001.pt", np.ones(8, np.float32), 3)
 
 
@@ -392,7 +390,7 @@ def test_animated_gif_upload_uses_its_first_frame():
 
 def test_a_query_from_an_upload_can_be_searched(run_dir, data):
     checkpoint = run_dir / "step-00000004.pt"
-    retrieval.prepare_checkpoint(run_dir, checkpoint, None, data, level=retrieval.BANK)
+    embed.prepare_checkpoint(run_dir, checkpoint, None, data, level=embed.BANK)
     image = retrieval.query_from_upload(encode(noise_rgb(64), "PNG"))
     found = retrieval.image_neighbours(run_dir, checkpoint, image, 6)
     assert len(found) == 6 and all(-1.0001 <= n.similarity <= 1.0001 for n in found)

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from byol import runs
 from helpers import tiny_config
@@ -26,3 +27,23 @@ def test_create_run_removes_folders_a_killed_creator_left(tmp_path):
     assert in_progress.exists()
     assert runs.read_config(run_dir) == tiny_config()
     assert [s.name for s in runs.list_runs(runs_dir)] == [run_dir.name]
+
+
+def test_a_demo_runs_local_settings_are_ignored_by_git():
+    """Using the app on the shipped demo run writes only files git ignores (its config.json is tracked)."""
+    demo = Path(__file__).resolve().parent.parent / "checkpoints" / "demo-cifar10-cpu-25ep"
+    for name in (runs.LOCAL_SETTINGS, "embeddings/step-00004875-train.npz"):
+        result = subprocess.run(["git", "check-ignore", "-q", str(demo / name)], cwd=demo.parent.parent)
+        assert result.returncode == 0, f"{name} is not ignored by git"
+
+
+def test_resume_problem_refuses_a_finished_run_without_last_pt(tmp_path):
+    run_dir = runs.create_run(tmp_path, tiny_config(), "r")
+    runs.write_status(run_dir, runs.INTERRUPTED)
+    assert runs.resume_problem(run_dir) is None  # interrupted before its first save: it starts over
+    runs.write_status(run_dir, runs.FINISHED)
+    assert "no optimiser state" in runs.resume_problem(run_dir)
+    (run_dir / runs.LAST_CHECKPOINT).write_bytes(b"")
+    assert runs.resume_problem(run_dir) is None
+    runs.write_status(run_dir, runs.RUNNING, pid=os.getpid())
+    assert "cannot be resumed twice" in runs.resume_problem(run_dir)

@@ -158,9 +158,15 @@ STATE_TEXT: dict[str, str] = {
 
 # --- set-up ----------------------------------------------------------------------------------
 def page_setup(title: str, icon: str = ":material/psychology:") -> None:
-    """Wide layout and the glossary in the sidebar; call first on every page."""
+    """Wide layout, the page list and the glossary in the sidebar; call first on every page.
+
+    The page list is drawn here, not by Streamlit (hidden in .streamlit/config.toml), because
+    Streamlit names the first entry after the file, "app", where a person expects "Home".
+    """
     st.set_page_config(page_title=f"{title} · BYOL Studio", page_icon=icon, layout="wide")
     with st.sidebar:
+        for key in PAGES:
+            link(key)
         glossary_expander()
 
 

@@ -12,10 +12,12 @@ from typing import Any, Callable, Sequence
 
 import streamlit as st
 
-from byol import retrieval, tasks
+from byol import data as datasets
+from byol import embed, retrieval, tasks
+from byol.checkpoint import CheckpointChoice, checkpoint_choices
 from byol.config import TrainConfig
 from byol.data import Dataset, DataError
-from byol.runs import RunError, RunSummary, default_runs_dir, list_runs, read_config, update_config
+from byol.runs import RunError, RunSummary, default_runs_dir, list_runs, read_config, set_data_source
 from ui import common
 
 # Plain-language explanations of every technical word these pages use.
@@ -79,7 +81,7 @@ def get_task_runner() -> tasks.TaskRunner:
 
 @st.cache_resource(show_spinner="Loading the data set...", max_entries=2)
 def _dataset(data: str, data_root: str, image_size: int) -> Dataset:
-    return retrieval.load_data(TrainConfig(data=data, data_root=data_root, image_size=image_size))
+    return datasets.load_for(TrainConfig(data=data, data_root=data_root, image_size=image_size))
 
 
 def dataset_for(config: TrainConfig) -> Dataset:
@@ -92,7 +94,7 @@ def dataset_for(config: TrainConfig) -> Dataset:
 # --------------------------------------------------------------------------------------------------
 
 
-def pick_run_and_checkpoint(page: str) -> tuple[RunSummary, retrieval.CheckpointChoice]:
+def pick_run_and_checkpoint(page: str) -> tuple[RunSummary, CheckpointChoice]:
     """A run and one of its checkpoints (newest by default); stops the page with advice when there is none."""
     summaries = list_runs(default_runs_dir())
     if not summaries:
@@ -106,7 +108,7 @@ def pick_run_and_checkpoint(page: str) -> tuple[RunSummary, retrieval.Checkpoint
     with left:
         summary = common.run_picker(summaries, key=f"{page}-run")
     name = summary.name
-    choices = retrieval.checkpoint_choices(summary.path)
+    choices = checkpoint_choices(summary.path)
     if not choices:
         st.info(
             f"The run **{name}** has no saved checkpoint yet. Its first one is written a few seconds after "
@@ -135,7 +137,7 @@ def pick_run_and_checkpoint(page: str) -> tuple[RunSummary, retrieval.Checkpoint
 
 
 
-def pick_run_checkpoint_and_data(page: str) -> tuple[RunSummary, retrieval.CheckpointChoice, TrainConfig, Dataset]:
+def pick_run_checkpoint_and_data(page: str) -> tuple[RunSummary, CheckpointChoice, TrainConfig, Dataset]:
     """A run, one of its checkpoints, its config and its data set; stops the page plainly on a problem."""
     run, choice = pick_run_and_checkpoint(page)
     try:
@@ -155,8 +157,8 @@ def pick_run_checkpoint_and_data(page: str) -> tuple[RunSummary, retrieval.Check
 def relocate_data(run: RunSummary, config: TrainConfig, page: str) -> None:
     """Let the user point a run at its images on this computer (a shipped demo run, a moved folder).
 
-    The run's config.json changes only after the new source has loaded, so a wrong path changes
-    nothing on disk.
+    The choice is saved in the run's local settings (never its config.json, which git may track) and
+    only after the new source has loaded, so a wrong path changes nothing on disk.
     """
     st.markdown(
         f"The run **{run.name}** needs its images to show them. If you have CIFAR-10 on this computer "
@@ -175,17 +177,27 @@ def relocate_data(run: RunSummary, config: TrainConfig, page: str) -> None:
         except (DataError, ValueError, OSError) as error:
             st.error(str(error))
             return
-        update_config(run.path, moved)
+        set_data_source(run.path, moved.data)
         st.rerun()
 
-def task_key(level: str, checkpoint: Path) -> str:
-    return f"prepare-{level}:{Path(checkpoint).resolve()}"
+# How the pages name what a checkpoint still lacks.
+ARTEFACT_WORDS: dict[embed.Artefact, str] = {
+    embed.Artefact.TRAIN_EMBEDDINGS: "training-set embeddings",
+    embed.Artefact.TEST_EMBEDDINGS: "test-set embeddings",
+    embed.Artefact.MAP: "the 2-D map (UMAP)",
+    embed.Artefact.KNN: "the kNN accuracy",
+}
+
+
+def task_key(level: frozenset[embed.Artefact], checkpoint: Path) -> str:
+    parts = "+".join(part.value for part in embed.Artefact if part in level)
+    return f"prepare-{parts}:{Path(checkpoint).resolve()}"
 
 
 def ensure_prepared(
     run_dir: Path,
     checkpoint: Path,
-    level: str,
+    level: frozenset[embed.Artefact],
     data: Dataset,
     k: int = 200,
     temperature: float = 0.1,
@@ -193,46 +205,45 @@ def ensure_prepared(
     key: str = "",
     stop: bool = True,
 ) -> bool:
-    """True when the checkpoint's embeddings (and map) are ready; otherwise offer to compute them.
+    """True when the checkpoint's artefacts in `level` are ready; otherwise offer to compute them.
 
     While they are computed in the background a progress bar refreshes itself every second, and the
     whole page reruns when they are ready. With `stop` the rest of the page waits (st.stop()).
     """
-    missing = retrieval.missing_work(run_dir, checkpoint, level, data, k, temperature)
+    missing = embed.missing_work(run_dir, checkpoint, level, data, k, temperature)
     if not missing:
         return True
     runner = get_task_runner()
-    # A full preparation also makes the search bank, so a bank-only page waits on it too.
-    keys = [task_key(level, checkpoint)] + ([task_key(retrieval.FULL, checkpoint)] if level == retrieval.BANK else [])
+    # A full preparation also makes the search bank, so a smaller level waits on it too.
+    keys = [task_key(level, checkpoint)] + ([task_key(embed.FULL, checkpoint)] if level != embed.FULL else [])
     active = next((runner.status(k_) for k_ in keys if runner.status(k_).active), None)
     if active is not None:
-        _progress(runner, active.key, lambda: not retrieval.missing_work(run_dir, checkpoint, level, data, k, temperature))
+        _progress(runner, active.key, lambda: not embed.missing_work(run_dir, checkpoint, level, data, k, temperature))
     else:
         failed = runner.status(keys[0])
         if failed.state == tasks.FAILED:
             st.error(failed.message)
-        embeddings = [m for m in missing if "embeddings" in m]
-        images = (len(data.train_labels) if "training-set embeddings" in missing else 0) + (
-            len(data.test_labels) if "test-set embeddings" in missing else 0
+        images = (len(data.train_labels) if embed.Artefact.TRAIN_EMBEDDINGS in missing else 0) + (
+            len(data.test_labels) if embed.Artefact.TEST_EMBEDDINGS in missing else 0
         )
         cost = (
             f"That means running the network over {images:,} images: seconds on a GPU; on a CPU, seconds for a narrow network and up to several minutes for a full-width one on all of CIFAR-10. "
-            if embeddings else "That takes a few seconds. "
+            if images else "That takes a few seconds. "
         )
         st.info(
-            f"{what} needs {_join(missing)} of **{Path(checkpoint).name}**, which have not been computed yet. "
-            + cost + "The result is saved, so this happens once."
+            f"{what} needs {_join([ARTEFACT_WORDS[m] for m in missing])} of **{Path(checkpoint).name}**, "
+            "which have not been computed yet. " + cost + "The result is saved, so this happens once."
         )
         if st.button(
             "Compute now" if failed.state != tasks.FAILED else "Try again",
-            key=f"compute-{key or level}",
+            key=f"compute-{key or task_key(level, checkpoint)}",
             type="primary",
             help="Runs in the background: you can keep using the dashboard, and other tabs share the result.",
         ):
             runner.submit(
                 keys[0],
-                lambda report: retrieval.prepare_checkpoint(run_dir, checkpoint, report, data, level, k, temperature),
-                label=f"{level} {Path(checkpoint).name}",
+                lambda report: embed.prepare_checkpoint(run_dir, checkpoint, report, data, level, k, temperature),
+                label=f"{task_key(level, checkpoint).split(':')[0]} {Path(checkpoint).name}",
                 again=True,
             )
             st.rerun()
@@ -276,7 +287,7 @@ def class_colours(count: int) -> list[str]:
     return [palette[i % len(palette)] for i in range(count)]
 
 
-def map_figure(map_data: retrieval.MapData, height: int = 560) -> Any:
+def map_figure(map_data: embed.MapData, height: int = 560) -> Any:
     """The 2-D map as a WebGL scatter, one trace per class; each point's customdata is its test-image number."""
     import numpy as np
     import plotly.graph_objects as go
@@ -334,7 +345,7 @@ def focus_index(selected: Sequence[int], typed: int | None) -> int | None:
     return selected[0] if selected else None
 
 
-def accuracy_figure(knn: retrieval.KnnResult, height: int = 360) -> Any:
+def accuracy_figure(knn: embed.KnnResult, height: int = 360) -> Any:
     """Per-class kNN accuracy as horizontal bars, worst class at the bottom."""
     import plotly.graph_objects as go
 
