@@ -273,7 +273,7 @@ def _train(
     eval_interval = max(1, round(config.eval_every * steps_per_epoch))
 
     step, epoch, start_in_epoch = 0, 0, 0
-    last_path = run_dir / "last.pt"
+    last_path = run_dir / runs.LAST_CHECKPOINT
     try:
         # The main process reads last.pt and sends it to the others (they may not see the run folder).
         saved = world.from_main(lambda: load_checkpoint(last_path) if last_path.exists() else None)
@@ -317,7 +317,7 @@ def _train(
             "k": config.knn_k, "eval_seconds": round(time.perf_counter() - started, 2), "time": time.time(),
         }
         runs.append_metrics(run_dir, [row])
-        save_checkpoint(run_dir / f"step-{step:08d}.pt", snapshot_state(networks.backbone, config, step, row["epoch"], knn))
+        save_checkpoint(run_dir / runs.snapshot_name(step), snapshot_state(networks.backbone, config, step, row["epoch"], knn))
         emit(row)
         return row
 
