@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -245,8 +245,12 @@ def worker_main(spec_path: str) -> int:
     return 0
 
 
-def run_all(specs: list[dict[str, Any]], parallel: int, threads: int = 0) -> list[dict[str, Any]]:
-    """Run every spec: in this process (parallel 0) or in fresh processes, `parallel` at once."""
+def run_all(specs: list[dict[str, Any]], parallel: int, threads: int = 0,
+            on_result: Callable[[list[dict[str, Any]]], None] = lambda done: None) -> list[dict[str, Any]]:
+    """Run every spec: in this process (parallel 0) or in fresh processes, `parallel` at once.
+
+    `on_result` gets the results so far after each one, so a run cut short still leaves its table.
+    """
     threads = ["--threads", str(threads)] if threads else []
     if parallel <= 0:
         results = []
@@ -254,6 +258,7 @@ def run_all(specs: list[dict[str, Any]], parallel: int, threads: int = 0) -> lis
             print(f"- {spec['name']} ...", flush=True)
             results.append(run_spec(spec))
             print_result(results[-1])
+            on_result(results)
         return results
     pending, running, done = list(specs), [], {}
     while pending or running:
@@ -281,6 +286,7 @@ def run_all(specs: list[dict[str, Any]], parallel: int, threads: int = 0) -> lis
                 tail = (Path(spec["scratch"]) / "log.txt").read_text()[-600:]
                 done[spec["name"]] = failed_result(spec, f"worker exited with {process.returncode}: {tail}")
             print_result(done[spec["name"]])
+            on_result([done[s["name"]] for s in specs if s["name"] in done])
     return [done[spec["name"]] for spec in specs]
 
 
@@ -306,6 +312,8 @@ def report(results: dict[str, Any]) -> str:
              f"Data: {results['data']}; {results['setting']}", "",
              f"Baselines on the same bank and queries: random-init network {_pct(results['random_init_knn'])}, "
              f"raw pixels {_pct(results['pixel_knn'])}.", ""]
+    if not results.get("complete", True):
+        lines += [f"**Partial table**: {len(rows)} runs finished so far; the others were still running or cut short.", ""]
     if results.get("lightly_skipped"):
         lines += [f"Reference row skipped: {results['lightly_skipped']}", ""]
     lines += ["| variant | overrides | " + " | ".join(f"ep {e:g}" for e in epochs) + " | final kNN | minutes | images/s |",
@@ -422,23 +430,29 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(specs)} runs ({setting}) into {scratch}, {max(args.parallel, 1)} at a time", flush=True)
     load_dataset(data)  # decode once into the cache before anything is timed (the variants read the cache)
     started = time.perf_counter()
-    results_list = run_all(specs, args.parallel, args.threads)
-    ours_rows = [r for r in results_list if r["name"] != LIGHTLY and r["random_init_knn"] is not None]
-    results = {
-        "date": time.strftime("%Y-%m-%d %H:%M"), "mode": args.mode, "dry_run": args.dry_run,
-        "machine": machine_line(device), "data": data, "setting": setting,
-        "command": " ".join(["python benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])]),
-        "random_init_knn": ours_rows[0]["random_init_knn"] if ours_rows else None,
-        "pixel_knn": ours_rows[0]["pixel_knn"] if ours_rows else None,
-        "lightly_skipped": lightly_skipped, "total_minutes": (time.perf_counter() - started) / 60,
-        "scratch": str(scratch), "variants": results_list,
-    }
-    table = report(results)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"quality-{args.mode}{'-dry' if args.dry_run else ''}"
-    (out / f"{stem}.md").write_text(table)
-    (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
+
+    def write(results_list: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
+        """The table and numbers of the results so far, written to --out."""
+        ours_rows = [r for r in results_list if r["name"] != LIGHTLY and r["random_init_knn"] is not None]
+        results = {
+            "date": time.strftime("%Y-%m-%d %H:%M"), "mode": args.mode, "dry_run": args.dry_run,
+            "machine": machine_line(device), "data": data, "setting": setting,
+            "command": " ".join(["python benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])]),
+            "random_init_knn": ours_rows[0]["random_init_knn"] if ours_rows else None,
+            "pixel_knn": ours_rows[0]["pixel_knn"] if ours_rows else None,
+            "lightly_skipped": lightly_skipped, "total_minutes": (time.perf_counter() - started) / 60,
+            "complete": len(results_list) == len(specs), "scratch": str(scratch), "variants": results_list,
+        }
+        table = report(results)
+        (out / f"{stem}.md").write_text(table)
+        (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
+        return results, table
+
+    results_list = run_all(specs, args.parallel, args.threads, on_result=write)
+    results, table = write(results_list)
     print("\n" + table)
     print(f"Written to {out / (stem + '.md')} ({results['total_minutes']:.1f} minutes in all)")
     return 0 if all(r["state"] == runs.FINISHED for r in results_list) else 1
