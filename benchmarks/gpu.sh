@@ -16,6 +16,10 @@
 #   2. the `gpu` preset on the real CIFAR-10 copy for GPU_MINUTES minutes (default 2.5): images/s,
 #      epochs done and the kNN curve (full 50k bank and 10k queries).
 # Results land in $OUT (the device tool brings that folder back) or benchmarks/results/.
+#
+#   bash benchmarks/gpu.sh quality   # THERE, instead: the quality table (benchmarks/quality.py --mode gpu):
+#                                    # 8 recipes and lightly's, complete 10-epoch schedules, full width,
+#                                    # all 50k images, 5 at once on the card (QUALITY_PARALLEL), ~6-8 minutes
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ARCHIVE_NAME=cifar10-jpg.tar.gz
@@ -38,6 +42,13 @@ export PYTHONUNBUFFERED=1
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+if [[ "${1:-}" == "quality" ]]; then
+  # Scratch runs stay on the machine; only the table and its numbers come back.
+  timeout "${QUALITY_TIMEOUT:-560}" python3 benchmarks/quality.py --mode gpu --parallel "${QUALITY_PARALLEL:-5}" \
+    --data "local/$ARCHIVE_NAME" --scratch /tmp/quality-runs --out "$OUT_DIR" ${QUALITY_ARGS:-} 2>&1 \
+    | tee "$OUT_DIR/quality-gpu.log"
+  exit "${PIPESTATUS[0]}"
 fi
 CARD=$(python3 -c "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')")
 echo "Card: $CARD; torch $(python3 -c 'import torch; print(torch.__version__)')"
