@@ -245,13 +245,34 @@ def worker_main(spec_path: str) -> int:
     return 0
 
 
+def previous_result(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The finished result left in the spec's scratch folder by a run of the very same spec, if any."""
+    folder = Path(spec["scratch"])
+    try:
+        same = json.loads((folder / "spec.json").read_text()) == spec
+        result = json.loads((folder / "result.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return result if same and result.get("state") == runs.FINISHED else None
+
+
 def run_all(specs: list[dict[str, Any]], parallel: int, threads: int = 0,
-            on_result: Callable[[list[dict[str, Any]]], None] = lambda done: None) -> list[dict[str, Any]]:
+            on_result: Callable[[list[dict[str, Any]]], None] = lambda done: None,
+            reuse: bool = False) -> list[dict[str, Any]]:
     """Run every spec: in this process (parallel 0) or in fresh processes, `parallel` at once.
 
     `on_result` gets the results so far after each one, so a run cut short still leaves its table.
     """
     threads = ["--threads", str(threads)] if threads else []
+    if reuse:  # results of identical specs already in the scratch folder (a benchmark cut short, resumed)
+        kept = {spec["name"]: previous_result(spec) for spec in specs}
+        kept = {name: result for name, result in kept.items() if result is not None}
+        for name in kept:
+            print(f"- {name}: reusing the finished run in its scratch folder", flush=True)
+        fresh = run_all([spec for spec in specs if spec["name"] not in kept], parallel, threads and int(threads[1]),
+                        lambda done: on_result([*kept.values(), *done]))
+        by_name = {**kept, **{r["name"]: r for r in fresh}}
+        return [by_name[spec["name"]] for spec in specs]
     if parallel <= 0:
         results = []
         for spec in specs:
@@ -370,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lightly-workers", type=int, default=None, help="DataLoader workers of the lightly row")
     parser.add_argument("--dry-run", action="store_true", help="every variant and the lightly row for a few steps at tiny size")
     parser.add_argument("--scratch", default="", help=f"runs folder for the variants (default: {SCRATCH_DIR}/<mode>-<time>)")
+    parser.add_argument("--reuse", action="store_true", help="with --scratch: keep the finished runs of identical "
+                        "variants found there instead of training them again (resume a benchmark cut short)")
     parser.add_argument("--out", default=str(RESULTS_DIR), help="folder for the table (.md) and numbers (.json)")
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)  # internal: one spec in a fresh process
     args = parser.parse_args(argv)
@@ -451,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
         return results, table
 
-    results_list = run_all(specs, args.parallel, args.threads, on_result=write)
+    results_list = run_all(specs, args.parallel, args.threads, on_result=write, reuse=args.reuse)
     results, table = write(results_list)
     print("\n" + table)
     print(f"Written to {out / (stem + '.md')} ({results['total_minutes']:.1f} minutes in all)")

@@ -42,6 +42,11 @@ def test_quality_dry_run_trains_every_variant_and_writes_its_table(tmp_path):
     assert numbers["random_init_knn"] is not None and numbers["pixel_knn"] is not None
     table = (tmp_path / "quality-cpu-dry.md").read_text()
     assert "| fast-lr | lr=8e-3 |" in table and "DRY RUN" in table
+    # --reuse: a second call with the same scratch folder reads the finished runs instead of training again
+    assert quality.main([*argv, "--reuse"] if lightly else [*argv, "--no-lightly", "--reuse"]) == 0
+    again = json.loads((tmp_path / "quality-cpu-dry.json").read_text())
+    assert [row["curve"] for row in again["variants"]] == [row["curve"] for row in numbers["variants"]]
+    assert all(row["run_dir"] == rows[row["name"]]["run_dir"] for row in again["variants"])
 
 
 def test_quality_variants_parse_and_refuse_plainly():
