@@ -278,7 +278,10 @@ def run_all(specs: list[dict[str, Any]], parallel: int, threads: int = 0,
         results = []
         for spec in specs:
             print(f"- {spec['name']} ...", flush=True)
+            spec_path = Path(spec["scratch"]) / "spec.json"
+            spec_path.write_text(json.dumps(spec, indent=1))
             results.append(run_spec(spec))
+            spec_path.with_name("result.json").write_text(json.dumps(results[-1], indent=1))
             print_result(results[-1])
             on_result(results)
         return results
