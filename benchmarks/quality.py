@@ -62,8 +62,8 @@ LIGHTLY = "lightly-1.6.0"
 # The base keeps the preset's warm-up as the same share of the (shorter) schedule.
 MODES: dict[str, dict[str, Any]] = {
     # width 16 (the cpu preset's network) on a fixed 10k of the training images, 5k bank / 1k queries.
-    # 8 epochs (312 steps): measured on 4 epochs (156 steps), every recipe still sat below the random-init
-    # network at the end (the early dip of BYOL's kNN), so that schedule could not rank recipes.
+    # 8 epochs (312 steps). Measured at 4 and at 8 epochs (benchmarks/README.md): the recipes end within a
+    # few points of the random-init network, so read differences under ~3 points as noise here.
     "cpu": dict(preset="cpu", epochs=8, subset=10_000, eval_every=1.0, eval_bank_size=5000, eval_query_size=1000,
                 lightly_workers=0, lightly_hidden=1024),
     # the standard network on all 50k images, full bank (50k) and queries (10k)
