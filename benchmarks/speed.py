@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import gc
 import json
 import os
@@ -67,6 +66,7 @@ from byol.model import BYOLNetworks, resnet18_cifar, target_pairs, update_target
 from byol.retrieval import nearest_neighbours  # noqa: E402
 from byol.optim import build_optimizer  # noqa: E402
 from byol.train import training_step  # noqa: E402
+from lightly_byol import LightlyBYOL, PILImages, lightly_loader, lightly_step  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -272,55 +272,12 @@ def byol_pytorch(images: torch.Tensor, device: torch.device, width: int, batch: 
     return step
 
 
-class _PILImages(torch.utils.data.Dataset):
-    """uint8 tensors served as PIL images, as torchvision's CIFAR10 data set does."""
-
-    def __init__(self, images: torch.Tensor, transform):
-        self.arrays = images.permute(0, 2, 3, 1).contiguous().numpy()
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.arrays)
-
-    def __getitem__(self, index: int):
-        from PIL import Image
-
-        return self.transform(Image.fromarray(self.arrays[index])), 0
-
-
 def lightly_recipe(images: torch.Tensor, device: torch.device, width: int, batch: int, workers: int):
-    """lightly 1.6.0's BYOL example (examples/pytorch/byol.py) on our backbone, at 32 px without blur."""
+    """lightly 1.6.0's BYOL example (examples/pytorch/byol.py) on torchvision's backbone, at 32 px without blur."""
     from lightly.loss import NegativeCosineSimilarity
-    from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
-    from lightly.models.utils import deactivate_requires_grad, update_momentum
-    from lightly.transforms.byol_transform import BYOLTransform, BYOLView1Transform, BYOLView2Transform
 
-    class BYOL(nn.Module):
-        def __init__(self, backbone: nn.Module):
-            super().__init__()
-            self.backbone = backbone
-            self.projection_head = BYOLProjectionHead(512, 1024, 256)
-            self.prediction_head = BYOLPredictionHead(256, 1024, 256)
-            self.backbone_momentum = copy.deepcopy(self.backbone)
-            self.projection_head_momentum = copy.deepcopy(self.projection_head)
-            deactivate_requires_grad(self.backbone_momentum)
-            deactivate_requires_grad(self.projection_head_momentum)
-
-        def forward(self, x):
-            return self.prediction_head(self.projection_head(self.backbone(x).flatten(start_dim=1)))
-
-        def forward_momentum(self, x):
-            return self.projection_head_momentum(self.backbone_momentum(x).flatten(start_dim=1)).detach()
-
-    model = BYOL(torchvision_cifar_resnet18(width)).to(device)
-    transform = BYOLTransform(
-        view_1_transform=BYOLView1Transform(input_size=32, gaussian_blur=0.0),
-        view_2_transform=BYOLView2Transform(input_size=32, gaussian_blur=0.0),
-    )
-    loader = torch.utils.data.DataLoader(
-        _PILImages(images, transform), batch_size=batch, shuffle=True, drop_last=True,
-        num_workers=workers, persistent_workers=workers > 0,
-    )
+    model = LightlyBYOL(torchvision_cifar_resnet18(width), 512).to(device)
+    loader = lightly_loader(images, batch, workers)
     criterion = NegativeCosineSimilarity()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.06)
     iterator = iter(loader)
@@ -332,16 +289,7 @@ def lightly_recipe(images: torch.Tensor, device: torch.device, width: int, batch
         except StopIteration:
             iterator = iter(loader)
             (x0, x1), _ = next(iterator)
-        update_momentum(model.backbone, model.backbone_momentum, m=0.99)
-        update_momentum(model.projection_head, model.projection_head_momentum, m=0.99)
-        x0, x1 = x0.to(device), x1.to(device)
-        p0, z0 = model(x0), model.forward_momentum(x0)
-        p1, z1 = model(x1), model.forward_momentum(x1)
-        loss = 0.5 * (criterion(p0, z1) + criterion(p1, z0))
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        return loss.detach()
+        return lightly_step(model, criterion, optimizer, x0.to(device), x1.to(device), m=0.99)
 
     return step
 
@@ -471,7 +419,7 @@ def bench_augment(images, device, args) -> dict:
 
     # torchvision's first, while glibc still has its defaults (our allocator setting below changes them).
     view1, view2 = view(0.0), view(0.2)
-    pil = _PILImages(images[:n], lambda img: (view1(img), view2(img)))
+    pil = PILImages(images[:n], lambda img: (view1(img), view2(img)))
     started = time.perf_counter()
     pairs = [pil[i][0] for i in range(n)]
     torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])

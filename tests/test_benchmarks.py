@@ -20,3 +20,43 @@ def test_quick_benchmark_writes_its_table(tmp_path):
     assert all(row["peak_memory_mb"] is not None and row["peak_memory_mb"] > 1 for row in numbers["steps"])
     assert numbers["knn"]["ours_accuracy"] > 10  # better than chance on the synthetic classes
     assert "## kNN evaluation" in table and "p95" in table and "UMAP" in table
+
+
+def test_quality_dry_run_trains_every_variant_and_writes_its_table(tmp_path):
+    import importlib.util
+
+    import quality
+
+    argv = ["--mode", "cpu", "--dry-run", "--parallel", "0", "--variant", "base:", "--variant", "fast-lr:lr=8e-3",
+            "--out", str(tmp_path), "--scratch", str(tmp_path / "scratch")]
+    lightly = importlib.util.find_spec("lightly") is not None
+    assert quality.main(argv if lightly else [*argv, "--no-lightly"]) == 0
+    numbers = json.loads((tmp_path / "quality-cpu-dry.json").read_text())
+    rows = {row["name"]: row for row in numbers["variants"]}
+    assert set(rows) == ({"base", "fast-lr", quality.LIGHTLY} if lightly else {"base", "fast-lr"})
+    for row in rows.values():
+        assert row["state"] == "finished", row["message"]
+        assert [epoch for epoch, _ in row["curve"]] == [0, 0.5, 1]  # the random-init point, then every eval
+        assert row["final_knn"] == row["curve"][-1][1]
+    assert rows["fast-lr"]["config"]["lr"] == 8e-3 and rows["base"]["config"]["lr"] != 8e-3
+    assert numbers["random_init_knn"] is not None and numbers["pixel_knn"] is not None
+    table = (tmp_path / "quality-cpu-dry.md").read_text()
+    assert "| fast-lr | lr=8e-3 |" in table and "DRY RUN" in table
+    # --reuse: a second call with the same scratch folder reads the finished runs instead of training again
+    assert quality.main([*argv, "--reuse"] if lightly else [*argv, "--no-lightly", "--reuse"]) == 0
+    again = json.loads((tmp_path / "quality-cpu-dry.json").read_text())
+    assert [row["curve"] for row in again["variants"]] == [row["curve"] for row in numbers["variants"]]
+    assert all(row["run_dir"] == rows[row["name"]]["run_dir"] for row in again["variants"])
+
+
+def test_quality_variants_parse_and_refuse_plainly():
+    import quality
+
+    assert quality.parse_variant("adamw-lr4e-3:optimizer=adamw,lr=4e-3") == ("adamw-lr4e-3", ["optimizer=adamw", "lr=4e-3"])
+    assert quality.parse_variant("base:") == ("base", [])
+    for mode in quality.MODES:  # every built-in variant makes a valid config
+        base = quality.base_config(mode, "synthetic", None, "cpu", 0)
+        for text in quality.VARIANTS[mode]:
+            quality.variant_config(base, *quality.parse_variant(text), dry_run=False)
+    assert quality.main(["--variant", "no-colon"]) == 2
+    assert quality.main(["--variant", "x:not_a_field=1"]) == 2
