@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from byol import embed, retrieval
+from byol import embed, images, retrieval
 from byol.checkpoint import CheckpointError, random_init_checkpoint
 from ui import inspect
 from ui.common import page_setup
@@ -83,7 +83,7 @@ with upload_tab:
 query, query_label, query_words = None, None, ""
 if uploaded is not None:
     try:
-        query = retrieval.query_from_upload(uploaded.getvalue(), config.image_size)
+        query = images.query_from_upload(uploaded.getvalue(), config.image_size)
     except ValueError as error:
         st.error(f"{uploaded.name}: {error}")
         st.stop()
