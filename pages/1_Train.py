@@ -8,11 +8,12 @@ from byol import runs
 from byol.config import PRESET_HELP, PRESETS
 from byol.estimate import estimate_time, rough_cpu_seconds
 from byol.jobs import launch_problems
+from ui.charts import collapse_figure, knn_figure, loss_figure, rank_figure
 from ui.common import (
-    HELP, LIVE_REFRESH_SECONDS, collapse_figure, data_source_input, device_facts, fmt_duration, fmt_number,
-    fmt_pct, get_runner, knn_figure, link, loss_figure, page_setup, plain_errors, preset_label, rank_figure,
-    run_picker, runs_dir, state_badge,
+    LIVE_REFRESH_SECONDS, data_source_input, device_facts, fmt_duration, fmt_number, fmt_pct, get_runner, link,
+    page_setup, plain_errors, preset_label, run_picker, runs_dir, state_badge,
 )
+from ui.words import HELP
 
 page_setup("Train", ":material/model_training:")
 runner = get_runner()

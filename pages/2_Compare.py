@@ -8,10 +8,12 @@ from byol import runs
 from byol.collapse import DEFAULT_FRACTION, criterion_text, describe_collapse, find_collapse, healthy_std
 from byol.config import PRESET_HELP, PRESETS, preset
 from byol.jobs import latest_pair, launch_problems
+from ui.charts import overlay_figure
 from ui.common import (
-    HELP, RUNS_TABLE_COLUMNS, config_differences, data_source_input, device_facts, fmt_number, get_runner, link,
-    overlay_figure, page_setup, plain_errors, preset_label, runs_dir, state_text,
+    RUNS_TABLE_COLUMNS, config_differences, data_source_input, device_facts, fmt_number, get_runner, link,
+    page_setup, plain_errors, preset_label, runs_dir, state_text,
 )
+from ui.words import HELP
 
 page_setup("Compare", ":material/compare_arrows:")
 runner = get_runner()

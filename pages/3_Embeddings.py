@@ -5,7 +5,7 @@ import streamlit as st
 
 from byol import embed, retrieval
 from byol.checkpoint import CheckpointError
-from ui import inspect
+from ui import inspect, words
 from ui.common import page_setup
 
 page_setup("Embeddings", ":material/scatter_plot:")
@@ -15,7 +15,7 @@ st.markdown(
     "dots of the same colour (class) gather in groups, although the network never saw a single label."
 )
 with st.expander("What am I looking at?"):
-    st.markdown(inspect.explain("embedding", "umap", "knn", "checkpoint", "cosine"))
+    st.markdown(words.explain("embedding", "umap", "knn", "checkpoint", "cosine"))
 
 NEIGHBOURS_SHOWN = 8
 GRID_LIMIT = 40
@@ -39,14 +39,14 @@ except (embed.NotPrepared, CheckpointError, ValueError) as error:
 first, second, third = st.columns(3)
 first.metric(
     "kNN accuracy", f"{knn.accuracy:.1f}%",
-    help=f"{inspect.GLOSSARY['knn']} Here every one of the {knn.bank_size:,} training images votes and "
+    help=f"{words.TERMS['knn']} Here every one of the {knn.bank_size:,} training images votes and "
     f"all {knn.query_size:,} test images are graded, with k = {knn.k}. The Train page measures on a smaller "
     "sample while training, so its number can differ a little.",
 )
 second.metric("Chance level", f"{100 / max(len(knn.classes), 1):.0f}%", help="What guessing a class at random would score.")
 third.metric(
     "Checkpoint", f"step {choice.step:,}" if choice.step is not None else choice.path.name,
-    help=f"{choice.label}. {inspect.GLOSSARY['checkpoint']}",
+    help=f"{choice.label}. {words.TERMS['checkpoint']}",
 )
 if choice.random_init:
     st.caption(
@@ -112,7 +112,7 @@ if len(shown) > 1:
     )
 
 st.subheader(f"Test image #{focus} and its {NEIGHBOURS_SHOWN} nearest training images")
-st.caption(inspect.GLOSSARY["neighbours"] + " " + inspect.GLOSSARY["cosine"])
+st.caption(words.TERMS["neighbours"] + " " + words.TERMS["cosine"])
 try:
     found = retrieval.neighbours_of_test_image(run.path, choice.path, focus, NEIGHBOURS_SHOWN)
 except (embed.NotPrepared, ValueError) as error:

@@ -4,7 +4,7 @@ import streamlit as st
 
 from byol import embed, images, retrieval
 from byol.checkpoint import CheckpointError, random_init_checkpoint
-from ui import inspect
+from ui import inspect, words
 from ui.common import page_setup
 
 page_setup("Retrieval", ":material/image_search:")
@@ -15,7 +15,7 @@ st.markdown(
     "that is something it worked out on its own."
 )
 with st.expander("What am I looking at?"):
-    st.markdown(inspect.explain("neighbours", "embedding", "cosine", "precision", "random_init", "pixels"))
+    st.markdown(words.explain("neighbours", "embedding", "cosine", "precision", "random_init", "pixels"))
 
 GALLERY_COLUMNS = 10
 
@@ -115,7 +115,7 @@ with query_col:
     if query_label is not None:
         precision = retrieval.precision_at_k([n.label for n in found], query_label)
         st.metric(
-            f"precision@{len(found)}", f"{precision:.0%}", help=inspect.GLOSSARY["precision"],
+            f"precision@{len(found)}", f"{precision:.0%}", help=words.TERMS["precision"],
         )
     else:
         st.caption("Your picture has no class, so precision@k cannot be measured: judge the neighbours by eye.")
