@@ -14,8 +14,10 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A bad configuration value; the message is a plain sentence meant for the user."""
 
 

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from byol.config import TrainConfig
+from byol.errors import UserError
 from byol.images import IMAGE_EXTENSIONS, cache_key, decode_image, read_cache, resize_batch, write_cache
 from byol.synthetic import SYNTHETIC_CLASSES, synthetic_split
 
@@ -50,7 +51,7 @@ _EXPECTED_LAYOUT = (
     "folder there."
 )
 
-class DataError(ValueError):
+class DataError(UserError):
     """Bad or missing data, with a plain-language message meant for the user (no traceback needed)."""
 
 

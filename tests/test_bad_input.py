@@ -32,13 +32,13 @@ import fault_figures
 from byol import images, runs
 from byol.checkpoint import full_state, save_checkpoint, snapshot_state
 from byol.cli import main as cli_main
+from byol.errors import UserError
 from byol.jobs import JobRunner
 from byol.lock import DeviceLock
 from byol.model import BYOLNetworks
 from byol.optim import build_optimizer
 from helpers import tiny_config, tree_snapshot
 from test_retrieval import encode, huge_png, noise_rgb
-from ui.common import PLAIN_ERRORS
 
 TINY = [
     "--set", "width=4", "--set", "projector_hidden=32", "--set", "projector_dim=16", "--set", "predictor_hidden=32",
@@ -73,7 +73,7 @@ class Playground:
         runner = JobRunner(self.runs)
         try:
             run_dir = runner.launch(tiny_config(device="cpu", **overrides), name)
-        except PLAIN_ERRORS as error:
+        except UserError as error:
             return Outcome(str(error))
         finally:
             runner.shutdown(timeout=10)

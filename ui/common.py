@@ -26,14 +26,11 @@ import streamlit as st
 from PIL import Image
 
 from byol import jobs, runs
-from byol.checkpoint import CheckpointError
-from byol.config import PRESETS, ConfigError, TrainConfig
-from byol.data import DataError
-from byol.lock import DeviceBusy
+from byol.config import PRESETS, TrainConfig
+from byol.errors import UserError
 from ui.words import GLOSSARY, HELP
 
 ROOT = Path(__file__).resolve().parent.parent
-PLAIN_ERRORS = (ConfigError, DataError, CheckpointError, runs.RunError, DeviceBusy)
 LIVE_REFRESH_SECONDS = 2
 
 PAGES = {
@@ -104,10 +101,10 @@ def device_facts() -> dict[str, Any]:
 
 @contextlib.contextmanager
 def plain_errors() -> Iterator[None]:
-    """Show the library's plain errors as `st.error(message)`; anything else propagates."""
+    """Show the library's plain errors (UserError) as `st.error(message)`; anything else propagates."""
     try:
         yield
-    except PLAIN_ERRORS as error:
+    except UserError as error:
         st.error(str(error), icon=":material/error:")
 
 
