@@ -22,7 +22,7 @@ from typing import Any
 
 from . import distributed, runs
 from .config import PRESETS, ConfigError, TrainConfig, preset, validate
-from .data import DataError
+from .dataset import DataError
 from .errors import UserError
 from .lock import DeviceBusy
 

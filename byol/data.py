@@ -33,9 +33,9 @@ import numpy as np
 import torch
 
 from byol.config import TrainConfig
-from byol.errors import UserError
+from byol.dataset import DataError, Dataset
 from byol.images import IMAGE_EXTENSIONS, cache_key, decode_image, read_cache, resize_batch, write_cache
-from byol.synthetic import SYNTHETIC_CLASSES, synthetic_split
+from byol.synthetic import synthetic_dataset
 
 log = logging.getLogger(__name__)
 
@@ -50,23 +50,6 @@ _EXPECTED_LAYOUT = (
     "train/cat/0001.jpg and test/cat/0001.jpg, at the top of the folder or archive or inside one "
     "folder there."
 )
-
-class DataError(UserError):
-    """Bad or missing data, with a plain-language message meant for the user (no traceback needed)."""
-
-
-@dataclass
-class Dataset:
-    """A whole data set in memory: both splits as uint8 image tensors with int64 labels."""
-
-    name: str  # "cifar10", "synthetic", or "folder:<basename>"
-    classes: list[str]
-    train_images: torch.Tensor  # uint8 [N, 3, H, W], CPU, contiguous
-    train_labels: torch.Tensor  # int64 [N]
-    test_images: torch.Tensor  # uint8 [M, 3, H, W]
-    test_labels: torch.Tensor  # int64 [M]
-    fingerprint: str  # short stable string identifying the exact content source (a cache key elsewhere)
-    skipped_files: int = 0  # image files that could not be read and were left out
 
 
 def default_cache_dir() -> Path:
@@ -139,25 +122,6 @@ def load_dataset(
 def load_for(config: TrainConfig) -> Dataset:
     """The data set a run trained on, as its config names it (pages cache this per process)."""
     return load_dataset(config.data, config.data_root or None, image_size=config.image_size)
-
-
-def synthetic_dataset(
-    train_per_class: int = 400, test_per_class: int = 100, seed: int = 0, image_size: int = 32
-) -> Dataset:
-    """Deterministic synthetic data set: same arguments, identical tensors."""
-    # Independent streams per split, so the test set does not change when the training set grows.
-    train_images, train_labels = synthetic_split(train_per_class, np.random.default_rng([seed, 0]), image_size)
-    test_images, test_labels = synthetic_split(test_per_class, np.random.default_rng([seed, 1]), image_size)
-    return Dataset(
-        name="synthetic",
-        classes=list(SYNTHETIC_CLASSES),
-        train_images=train_images,
-        train_labels=train_labels,
-        test_images=test_images,
-        test_labels=test_labels,
-        fingerprint=f"synthetic-v2-s{seed}-{train_per_class}-{test_per_class}-{image_size}",
-    )
-
 
 
 def _source_kind(source: str) -> str:

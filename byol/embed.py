@@ -31,7 +31,7 @@ import torch
 
 from . import data as datasets
 from .checkpoint import load_backbone
-from .data import Dataset
+from .dataset import Dataset
 from .device import resolve_device
 from .errors import UserError
 from .files import file_key, read_json, write_atomic, write_json_atomic

@@ -24,7 +24,7 @@ from PIL import Image
 
 from . import embed
 from .checkpoint import CheckpointError, load_backbone
-from .data import Dataset
+from .dataset import Dataset
 from .files import file_key
 from .knn import pixel_features
 

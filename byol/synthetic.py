@@ -1,4 +1,4 @@
-"""The synthetic data set's pictures: ten classes of shapes and textures, drawn deterministically.
+"""The synthetic data set: ten classes of shapes and textures, drawn deterministically.
 
 Ten classes, each a shape or texture drawn at a random position, size and angle, in a random
 foreground colour on a random background colour, plus pixel noise. Colour dominates the pixels but
@@ -6,8 +6,8 @@ says nothing about the class, so raw pixels and an untrained network (whose pool
 mostly mean colour) do poorly, while a network that learns colour-invariant features (what BYOL's
 colour jitter and grayscale push it to) can tell them apart, as can anyone looking at them.
 
-`synthetic_split` draws one split's images and labels; data.synthetic_dataset wraps two of them
-into a Dataset, so demos and tests need no files.
+`synthetic_dataset` draws both splits as a Dataset (data.load_dataset("synthetic") calls it), so demos
+and tests need no files.
 """
 
 from __future__ import annotations
@@ -18,13 +18,33 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from byol.dataset import Dataset
+
 SYNTHETIC_CLASSES: list[str] = [
     "disk", "square", "triangle", "plus", "ring",
     "horizontal stripes", "vertical stripes", "diagonal stripes", "checkerboard", "dots",
 ]
 
 
-def synthetic_split(per_class: int, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def synthetic_dataset(
+    train_per_class: int = 400, test_per_class: int = 100, seed: int = 0, image_size: int = 32
+) -> Dataset:
+    """Deterministic synthetic data set: same arguments, identical tensors."""
+    # Independent streams per split, so the test set does not change when the training set grows.
+    train_images, train_labels = _synthetic_split(train_per_class, np.random.default_rng([seed, 0]), image_size)
+    test_images, test_labels = _synthetic_split(test_per_class, np.random.default_rng([seed, 1]), image_size)
+    return Dataset(
+        name="synthetic",
+        classes=list(SYNTHETIC_CLASSES),
+        train_images=train_images,
+        train_labels=train_labels,
+        test_images=test_images,
+        test_labels=test_labels,
+        fingerprint=f"synthetic-v2-s{seed}-{train_per_class}-{test_per_class}-{image_size}",
+    )
+
+
+def _synthetic_split(per_class: int, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """`per_class` images of each class, uint8 [N, 3, size, size], with their int64 labels [N]."""
     n_classes = len(SYNTHETIC_CLASSES)
     n = per_class * n_classes

@@ -44,7 +44,8 @@ from .allocator import keep_freed_memory
 from .augment import byol_views_batch
 from .checkpoint import CheckpointError, full_state, load_checkpoint, restore_augment_rng, restore_networks, save_checkpoint, snapshot_state
 from .config import ConfigError, TrainConfig, check_against_data, validate
-from .data import DataError, Dataset, default_cache_dir, load_dataset
+from .data import default_cache_dir, load_dataset
+from .dataset import DataError, Dataset
 from .device import device_key, resolve_device, use_bf16
 from .distributed import ALONE, World
 from .errors import plain_message

@@ -20,16 +20,10 @@ import torch
 from PIL import Image
 
 from byol import data
-from byol.data import (
-    CLASS_NAMES_CIFAR10,
-    DataError,
-    Dataset,
-    default_cache_dir,
-    describe_source,
-    load_dataset,
-    synthetic_dataset,
-)
+from byol.data import CLASS_NAMES_CIFAR10, default_cache_dir, describe_source, load_dataset
+from byol.dataset import DataError, Dataset
 from byol.images import image_to_uint8_tensor
+from byol.synthetic import synthetic_dataset
 
 # One clear colour per class, so labels can be checked from the pixels.
 COLOURS = {"cat": (220, 30, 30), "dog": (30, 200, 30), "owl": (30, 30, 220)}

@@ -15,9 +15,9 @@ from PIL import Image
 
 from byol import embed, images, retrieval
 from byol.checkpoint import CheckpointError, checkpoint_choices, random_init_checkpoint, save_checkpoint, snapshot_state
-from byol.data import synthetic_dataset
 from byol.model import resnet18_cifar
 from byol.runs import FINISHED, append_metrics, create_run, write_status
+from byol.synthetic import synthetic_dataset
 from helpers import tiny_config
 
 

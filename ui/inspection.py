@@ -16,7 +16,7 @@ from byol import data as datasets
 from byol import embed, retrieval, tasks
 from byol.checkpoint import CheckpointChoice, checkpoint_choices
 from byol.config import TrainConfig
-from byol.data import Dataset, DataError
+from byol.dataset import Dataset, DataError
 from byol.runs import RunError, RunSummary, default_runs_dir, list_runs, read_config, set_data_source
 from ui import common
 
