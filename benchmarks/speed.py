@@ -253,7 +253,7 @@ def torchvision_cifar_resnet18(width_check: int) -> nn.Module:
     return net
 
 
-def byol_pytorch(images: torch.Tensor, device: torch.device, width: int, batch: int):
+def byol_pytorch(images: torch.Tensor, device: torch.device, width: int, batch: int, bf16: bool = False):
     """lucidrains' byol-pytorch as its README shows, with its default augmentation on float batches."""
     from byol_pytorch import BYOL
 
@@ -262,7 +262,8 @@ def byol_pytorch(images: torch.Tensor, device: torch.device, width: int, batch: 
     source = batches(images.to(device), batch)
 
     def step() -> torch.Tensor:
-        loss = learner(next(source).float().div_(255))
+        with autocast_context(device, bf16):  # the one line a user of byol-pytorch adds for bf16
+            loss = learner(next(source).float().div_(255))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -364,6 +365,9 @@ def step_contenders(images, device, args) -> list[tuple[str, Callable, str, bool
                            "no augmentation, bf16 autocast, channels-last", True))
     if not args.no_peers:
         contenders.append(("byol-pytorch 0.9.1 fp32", lambda: byol_pytorch(images, device, args.width, args.batch), "README usage", False))
+        if best_bf16:
+            contenders.append(("byol-pytorch 0.9.1 bf16", lambda: byol_pytorch(images, device, args.width, args.batch, True),
+                               "README usage under bf16 autocast", False))
         contenders.append(("byol-pytorch 0.9.1 fp32, our malloc", lambda: byol_pytorch(images, device, args.width, args.batch),
                            "README usage inside allocator.keep_freed_memory()", True))
         for workers in args.lightly_workers:

@@ -11,7 +11,7 @@ does on a GPU.
 `keep_freed_memory()` does that for the duration of a `with` block and restores glibc's defaults
 afterwards (then trims), so an app server that trained once does not keep the peak forever.
 It only acts on Linux with glibc; elsewhere, or with BYOL_DEFAULT_MALLOC=1 set, it does nothing.
-The numbers this buys are in the README's benchmark table (rerun: python benchmarks/speed.py).
+The numbers this buys are in benchmarks/README.md (rerun: python benchmarks/speed.py).
 """
 
 from __future__ import annotations

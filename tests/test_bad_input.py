@@ -366,7 +366,8 @@ def test_bad_input_gets_a_plain_message_and_changes_nothing(case: Case, playgrou
         assert outcome.code not in (0, None)
         lines = outcome.message.strip().splitlines()
         assert [line for line in lines if line.startswith("error:")] == [lines[-1]], lines
-        assert all(line == "[running] Loading data..." for line in lines[:-1]), lines
+        # Before it, only progress lines (a run's status, the embed command's "Loading ..."), no traceback.
+        assert all(line == "[running] Loading data..." or line.startswith("Loading ") for line in lines[:-1]), lines
     after = tree_snapshot(playground.root, session_cache_dir)
     assert after == before, sorted(set(after.items()) ^ set(before.items()))
     assert not (playground.root / PWNED).exists()

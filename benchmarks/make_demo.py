@@ -1,0 +1,102 @@
+"""Turn a finished run into a shipped demo run: snapshots only, a size limit, and demo.json.
+
+    python benchmarks/make_demo.py RUN_DIR --out checkpoints/demo-NAME --machine "one NVIDIA H200"
+
+The demo keeps what the dashboard reads (config.json, status.json, metrics.jsonl), the half-precision
+backbone snapshots of about `--snapshots` evaluation points spread over training (always the first,
+the untrained network, and the last), and no optimiser state, so it cannot be resumed and costs
+little in the repository. When the chosen snapshots would pass `--max-mb`, snapshots in the middle
+are dropped until they fit. demo.json records the machine, the minutes, and the kNN of the last
+evaluation beside the random-init and raw-pixel figures of the same run, all read from the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from byol import runs  # noqa: E402
+
+
+def spread(items: list, count: int) -> list:
+    """About `count` items evenly spread over `items`, always the first and the last."""
+    if count >= len(items):
+        return list(items)
+    if count <= 1:
+        return [items[-1]]
+    picks = {round(i * (len(items) - 1) / (count - 1)) for i in range(count)}
+    return [items[i] for i in sorted(picks)]
+
+
+def fit_size(files: list[Path], max_bytes: int) -> list[Path]:
+    """Drop files from the middle (never the first or last) until their total fits `max_bytes`."""
+    files = list(files)
+    while len(files) > 2 and sum(f.stat().st_size for f in files) > max_bytes:
+        del files[len(files) // 2]
+    return files
+
+
+def demo_record(run_dir: Path, machine: str, trained_on: str) -> dict:
+    """demo.json's fields, every figure read from the run's status and metrics."""
+    config = runs.read_config(run_dir)
+    status = runs.read_status(run_dir)
+    evals = [row for row in runs.read_metric_rows(run_dir) if row.get("kind") == "eval"]
+    if status.get("state") != runs.FINISHED or not evals:
+        raise SystemExit(f"{run_dir} is not a finished run with kNN evaluations (state: {status.get('state')}).")
+    first, last = evals[0], evals[-1]
+    minutes = (float(status["finished"]) - float(status["started"])) / 60
+    knn, random_init, pixels = last["knn"], first["knn"], last.get("pixel_knn")
+    label = (
+        f"Trained by the BYOL Studio team on the real CIFAR-10 ({trained_on}): a width-{config.width} ResNet-18 "
+        f"({config.preset or 'custom'} recipe: {config.optimizer}, lr {config.lr:g}, τ from {config.tau_base:g}) for "
+        f"{config.epochs} epochs, {minutes:.0f} minutes on {machine}. kNN accuracy {knn:.1f}% "
+        f"(k={last.get('k', config.knn_k)}, {last.get('bank_size', '?'):,} training images as the bank, "
+        f"{last.get('query_size', '?'):,} test images as queries) against {random_init:.1f}% for the untrained network"
+        + (f" and {pixels:.1f}% for raw pixels." if pixels is not None else ".")
+        + " Its images come from your own CIFAR-10: the Embeddings and Retrieval pages ask where it is and compute "
+        "the embeddings on first use."
+    )
+    return {
+        "label": label, "machine": machine, "minutes": round(minutes, 1), "epochs": config.epochs,
+        "knn": knn, "random_init_knn": random_init, "pixel_knn": pixels, "trained_on": trained_on,
+    }
+
+
+def make_demo(run_dir: Path, out: Path, machine: str, trained_on: str, snapshots: int, max_mb: float) -> list[Path]:
+    """Write the demo folder `out` from `run_dir`; returns the snapshot files it kept."""
+    record = demo_record(run_dir, machine, trained_on)
+    all_snapshots = sorted(run_dir.glob(runs.SNAPSHOT_GLOB))
+    kept = fit_size(spread(all_snapshots, snapshots), int(max_mb * 2**20))
+    if out.exists():
+        raise SystemExit(f"{out} exists already: remove it first (a demo is written whole, never merged).")
+    out.mkdir(parents=True)
+    for name in ("config.json", "status.json", "metrics.jsonl"):
+        shutil.copy2(run_dir / name, out / name)
+    for snapshot in kept:
+        shutil.copy2(snapshot, out / snapshot.name)
+    (out / "demo.json").write_text(json.dumps(record, indent=2) + "\n")
+    return kept
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--out", type=Path, required=True, help="the demo folder to write, e.g. checkpoints/demo-NAME")
+    parser.add_argument("--machine", required=True, help="where it was trained, in words (with the card for a GPU)")
+    parser.add_argument("--trained-on", default="cifar10-jpg.tar.gz (JPEG q75 copy of CIFAR-10)")
+    parser.add_argument("--snapshots", type=int, default=5, help="evaluation points to keep, first and last included")
+    parser.add_argument("--max-mb", type=float, default=80.0, help="size limit of the kept snapshots")
+    args = parser.parse_args()
+    kept = make_demo(args.run_dir, args.out, args.machine, args.trained_on, args.snapshots, args.max_mb)
+    size = sum(f.stat().st_size for f in kept) / 2**20
+    print(f"Wrote {args.out}: {len(kept)} snapshots ({', '.join(f.name for f in kept)}), {size:.1f} MB")
+    print(json.loads((args.out / "demo.json").read_text())["label"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""benchmarks/make_demo.py: a finished run becomes a demo the dashboard lists, small and not resumable."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from byol import runs
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import make_demo  # noqa: E402
+
+
+def test_a_finished_run_becomes_a_demo_with_its_own_figures(finished_run, runs_dir):
+    out = runs_dir / "demo-tiny"
+    kept = make_demo.make_demo(finished_run, out, "a test machine", "synthetic", snapshots=2, max_mb=80)
+    snapshots = sorted(finished_run.glob(runs.SNAPSHOT_GLOB))
+    assert [p.name for p in kept] == [snapshots[0].name, snapshots[-1].name]  # the untrained and the last
+    assert sorted(p.name for p in out.glob(runs.SNAPSHOT_GLOB)) == [p.name for p in kept]
+    assert not (out / runs.LAST_CHECKPOINT).exists()  # no optimiser state
+
+    record = json.loads((out / "demo.json").read_text())
+    evals = [r for r in runs.read_metric_rows(finished_run) if r["kind"] == "eval"]
+    assert record["knn"] == evals[-1]["knn"] and record["random_init_knn"] == evals[0]["knn"]
+    assert record["machine"] == "a test machine" and record["minutes"] >= 0
+    assert "a test machine" in record["label"]
+    assert runs.read_status(out)["state"] == runs.FINISHED
+    assert runs.resume_problem(out) is not None  # the dashboard will not offer to train it further
+
+
+def test_snapshots_are_spread_and_cut_to_the_size_limit(tmp_path):
+    assert make_demo.spread(list(range(11)), 5) == [0, 3, 5, 8, 10]
+    files = []
+    for i in range(5):
+        files.append(tmp_path / f"step-{i:08d}.pt")
+        files[-1].write_bytes(b"x" * 1000)
+    kept = make_demo.fit_size(files, 3000)
+    assert kept[0] == files[0] and kept[-1] == files[-1] and len(kept) == 3
+
+
+def test_an_unfinished_run_is_refused(finished_run, runs_dir):
+    runs.write_status(finished_run, runs.STOPPED, "stopped")
+    with pytest.raises(SystemExit, match="not a finished run"):
+        make_demo.make_demo(finished_run, runs_dir / "demo-x", "m", "synthetic", 5, 80)
