@@ -60,6 +60,32 @@ def default_cache_dir() -> Path:
     return Path(__file__).resolve().parent.parent / ".cache"
 
 
+def local_cifar10_copies() -> list[Path]:
+    """The documented places of a local CIFAR-10 copy (an ImageFolder tree or an archive of one).
+
+    $BYOL_CIFAR10_COPY when set, else `data/cifar10-jpg.tar.gz` in the project (git-ignored) and
+    `../shared/data/cifar10-jpg.tar.gz` beside it, where this team's machines keep the real copy.
+    """
+    named = os.environ.get("BYOL_CIFAR10_COPY")
+    if named is not None:
+        return [Path(named).expanduser()] if named else []
+    project = Path(__file__).resolve().parent.parent
+    return [project / "data" / "cifar10-jpg.tar.gz", project.parent / "shared" / "data" / "cifar10-jpg.tar.gz"]
+
+
+def with_local_cifar10(config: TrainConfig) -> TrainConfig | None:
+    """`config` pointed at a local CIFAR-10 copy, for a run that names "cifar10"; None when it names
+    something else or no copy lies at a documented place.
+
+    A shipped demo run names "cifar10", which torchvision cannot download without internet; with
+    the copy at hand the pages open on the demo without asking where its images are.
+    """
+    if config.data.strip().lower() not in ("cifar10", "cifar-10"):
+        return None
+    copy = next((path for path in local_cifar10_copies() if path.exists()), None)
+    return config.replace(data=str(copy), data_root="") if copy else None
+
+
 def describe_source(source: str) -> str:
     """One plain line saying what `source` refers to, for status lines and run summaries."""
     kind = _source_kind(source)

@@ -101,10 +101,28 @@ def pick_run_checkpoint_and_data(page: str) -> tuple[RunSummary, CheckpointChoic
     try:
         data = dataset_for(config)
     except (DataError, ValueError) as error:
-        st.error(str(error))
-        relocate_data(run, config, page)
-        st.stop()
+        found = found_local_copy(run, config)
+        if found is None:
+            st.error(str(error))
+            relocate_data(run, config, page)
+            st.stop()
+        config, data = found
     return run, choice, config, data
+
+
+def found_local_copy(run: RunSummary, config: TrainConfig) -> tuple[TrainConfig, Dataset] | None:
+    """A run naming "cifar10" that cannot be downloaded here, loaded from a local copy at a documented
+    place (data.local_cifar10_copies) and pointed at it for good; None when there is none or it fails."""
+    local = datasets.with_local_cifar10(config)
+    if local is None:
+        return None
+    try:
+        with st.spinner(f"Loading CIFAR-10 from {local.data} (the first time decodes and caches it)..."):
+            data = dataset_for(local)
+    except (DataError, ValueError, OSError):
+        return None
+    set_data_source(run.path, local.data)
+    return local, data
 
 
 def relocate_data(run: RunSummary, config: TrainConfig, page: str) -> None:
