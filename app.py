@@ -8,9 +8,9 @@ from __future__ import annotations
 import streamlit as st
 
 from byol import runs
+from ui.charts import knn_figure
 from ui.common import (
-    RUNS_TABLE_COLUMNS, device_facts, fmt_pct, get_runner, knn_figure, link, page_setup, plain_errors, runs_dir,
-    runs_table,
+    RUNS_TABLE_COLUMNS, device_facts, fmt_pct, get_runner, link, page_setup, plain_errors, runs_dir, runs_table,
 )
 
 page_setup("Home", ":material/home:")

@@ -59,12 +59,13 @@ sys.path.insert(0, str(ROOT))
 from byol.allocator import keep_freed_memory  # noqa: E402
 from byol.augment import byol_views_batch, plain_view  # noqa: E402
 from byol.config import PRESETS  # noqa: E402
-from byol.data import load_dataset, synthetic_dataset  # noqa: E402
+from byol.data import load_dataset  # noqa: E402
 from byol.device import bf16_available, describe_device, resolve_device  # noqa: E402
 from byol.knn import autocast_context, knn_predict  # noqa: E402
 from byol.model import BYOLNetworks, resnet18_cifar, target_pairs, update_target  # noqa: E402
 from byol.retrieval import nearest_neighbours  # noqa: E402
 from byol.optim import build_optimizer  # noqa: E402
+from byol.synthetic import synthetic_dataset  # noqa: E402
 from byol.train import training_step  # noqa: E402
 from lightly_byol import LightlyBYOL, PILImages, lightly_loader, lightly_step  # noqa: E402
 

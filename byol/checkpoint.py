@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from .config import TrainConfig
+from .errors import UserError
 from .files import file_key, write_atomic
 from .model import BYOLNetworks, ResNet18Backbone, resnet18_cifar
 from .runs import LAST_CHECKPOINT, RANDOM_INIT_NAME, list_snapshots
@@ -32,7 +33,7 @@ FORMAT = "byol-studio/1"
 FULL, BACKBONE = "full", "backbone"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be trusted or used; the message is meant for the user."""
 
 

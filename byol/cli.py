@@ -21,15 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from . import distributed, runs
-from .checkpoint import CheckpointError
 from .config import PRESETS, ConfigError, TrainConfig, preset, validate
-from .data import DataError
+from .dataset import DataError
+from .errors import UserError
 from .lock import DeviceBusy
 
-PLAIN_ERRORS = (ConfigError, DataError, CheckpointError, runs.RunError, DeviceBusy, FileNotFoundError)
 
-
-class CommandError(Exception):
+class CommandError(UserError):
     """An expected failure with a one-line message for the terminal."""
 
 
@@ -284,7 +282,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m byol") -> int:
     args = build_parser(prog).parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (CommandError, *PLAIN_ERRORS) as error:
+    except (UserError, FileNotFoundError) as error:  # a missing path the user typed is plain too
         if distributed.env_rank() == 0:  # under torchrun every process has the same error: say it once
             print(f"error: {error}", file=sys.stderr)
         return 1

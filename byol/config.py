@@ -14,8 +14,10 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A bad configuration value; the message is a plain sentence meant for the user."""
 
 
@@ -136,6 +138,7 @@ OPTIMIZERS = ("lars", "sgd", "adamw", "adam")
 NAMED_SOURCES = ("cifar10", "cifar-10", "synthetic")  # data sources that are names, not paths (see data.py)
 TAU_SCHEDULES = ("cosine", "fixed")
 PRECISIONS = ("auto", "fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")  # and cuda:N for one GPU of several
 
 # field -> (low, high, kind); bounds are inclusive, kind is int or float.
 _NUMERIC_RANGES: dict[str, tuple[float, float, type]] = {
@@ -225,7 +228,7 @@ def config_errors(config: TrainConfig) -> list[str]:
             errors.append(f"{words} ({name}) must be true or false; got {getattr(config, name)!r}.")
     device = config.device
     if not isinstance(device, str) or not (
-        device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
+        device in DEVICES or (device.startswith("cuda:") and device[5:].isdigit())
     ):
         errors.append(f"Device (device) must be auto, cpu, cuda or cuda:N; got {device!r}.")
     if not errors and config.warmup_epochs > config.epochs:

@@ -12,7 +12,10 @@ import os
 
 import torch
 
-from .config import ConfigError
+from .config import ConfigError, TrainConfig
+
+# From this backbone width up a recipe is made for a GPU: on a CPU it takes hours, not minutes.
+GPU_RECIPE_WIDTH = 64
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -76,3 +79,12 @@ def describe_device(device: torch.device | None = None) -> str:
     cores = os.cpu_count() or 1
     extra = ", bf16 capable" if cpu_has_bf16() else ""
     return f"CPU ({cores} cores{extra})"
+
+
+def gpu_recipe_on_cpu(config: TrainConfig, machine_is_cpu: bool) -> bool:
+    """True when `config` is a GPU-sized recipe that would train on the CPU of a machine without a GPU.
+
+    `machine_is_cpu`: whether "auto" resolves to the CPU here (the pages pass what they already know).
+    The Train and Compare pages warn with it before launching, so nobody queues hours by mistake.
+    """
+    return machine_is_cpu and not config.device.startswith("cuda") and config.width >= GPU_RECIPE_WIDTH

@@ -31,8 +31,9 @@ import torch
 
 from . import data as datasets
 from .checkpoint import load_backbone
-from .data import Dataset
+from .dataset import Dataset
 from .device import resolve_device
+from .errors import UserError
 from .files import file_key, read_json, write_atomic, write_json_atomic
 from .knn import extract_features, knn_predict, per_class_accuracy
 from .runs import EMBEDDINGS_FOLDER, LAST_CHECKPOINT, RunError, read_config
@@ -58,7 +59,7 @@ EMBEDDINGS = frozenset({Artefact.TRAIN_EMBEDDINGS, Artefact.TEST_EMBEDDINGS})  #
 FULL = frozenset(Artefact)  # also the map and the kNN accuracy (the Embeddings page)
 
 
-class NotPrepared(ValueError):
+class NotPrepared(UserError):
     """Embeddings (or the map) of a checkpoint have not been computed yet; the message says what to do."""
 
 

@@ -35,9 +35,10 @@ from pathlib import Path
 import torch
 
 from .config import ConfigError, TrainConfig, validate
-from .data import ARCHIVE_EXTENSIONS, IMAGE_EXTENSIONS, default_cache_dir
+from .data import ARCHIVE_EXTENSIONS, default_cache_dir
 from .device import describe_device, resolve_device, use_bf16
 from .files import read_json, write_json_atomic
+from .images import IMAGE_EXTENSIONS
 from .model import BYOLNetworks
 from .optim import build_optimizer
 from .train import training_step

@@ -37,11 +37,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import runs
-from .checkpoint import CheckpointError
 from .config import PRECISIONS, ConfigError, TrainConfig, config_errors
-from .data import DataError, layout_problem
+from .data import layout_problem
 from .device import device_key, resolve_device, use_bf16
-from .lock import DeviceBusy
+from .errors import UserError
 from .train import INTERRUPTED_MESSAGE, plain_error, train
 
 log = logging.getLogger(__name__)
@@ -320,9 +319,7 @@ class JobRunner:
 
         try:
             train_fn(job.config, job.run_dir, job.stop, on_event)
-        except DeviceBusy as error:
-            _mark_failed(job.run_dir, str(error))
-        except (ConfigError, DataError, CheckpointError) as error:  # refused input: no traceback to log
+        except UserError as error:  # refused input or a busy device: the message says it all, no traceback to log
             _mark_failed(job.run_dir, str(error))
         except Exception as error:  # the worker must survive anything a run does
             log.exception("training of %s raised", job.run_dir)

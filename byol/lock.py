@@ -14,9 +14,11 @@ import os
 import re
 from pathlib import Path
 
+from .errors import UserError
 
-class DeviceBusy(RuntimeError):
-    """Another training holds this device; the message names it."""
+
+class DeviceBusy(UserError, RuntimeError):
+    """Another training holds this device; the message names it (still a RuntimeError, as it always was)."""
 
 
 def _lock_path(runs_dir: Path, device: str) -> Path:

@@ -1,7 +1,7 @@
 """Retrieval: neighbour search in a checkpoint's training-set embeddings, and the queries that feed it.
 
-- Queries: a test image, or an uploaded file (`query_from_upload` turns any common image into the
-  data set's uint8 format, or raises ValueError saying plainly what is wrong with the file).
+- Queries: a test image, or an uploaded file (images.query_from_upload turns any common image into
+  the data set's uint8 format, or raises ValueError saying plainly what is wrong with the file).
 - Nearest neighbours in the training split, three ways, so a page can show what the model learned:
   under the chosen checkpoint, under the same run's random-init network (the step-0 snapshot), and
   under raw pixels (mean-centred, L2-normalised; the floor any learned representation must beat).
@@ -14,23 +14,19 @@ modification time, so a page that reruns on every click does not reload them.
 
 from __future__ import annotations
 
-import io
 import threading
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from . import embed
 from .checkpoint import CheckpointError, load_backbone
-from .data import Dataset, image_to_uint8_tensor
+from .dataset import Dataset
 from .files import file_key
 from .knn import pixel_features
-
-MAX_UPLOAD_BYTES = 50 * 1024 * 1024
-MAX_UPLOAD_PIXELS = 50_000_000  # width x height; far above any photo's need, far below a decompression bomb
 
 _backbone_cache = embed.LRU(3)
 _pixel_bank_cache = embed.LRU(1)  # CIFAR-10's is 300 MB in float16: keep one data set's only
@@ -47,78 +43,6 @@ def clear_caches() -> None:
 # --------------------------------------------------------------------------------------------------
 # Queries
 # --------------------------------------------------------------------------------------------------
-
-_NOT_AN_IMAGE = (
-    "This file is not an image that can be read. Upload a picture file: PNG, JPEG, GIF, BMP, WebP or TIFF."
-)
-_DAMAGED = (
-    "This image file is damaged or cut short (truncated), so it cannot be read in full. "
-    "Try saving or downloading it again."
-)
-
-
-def query_from_upload(data: bytes, image_size: int = 32) -> torch.Tensor:
-    """An uploaded file as the data set's image format (uint8 [3, S, S] RGB), or a plain ValueError.
-
-    Refuses empty files, files that are not images, damaged or truncated files, and images over
-    50 megapixels (checked from the header, before anything is decoded, so a decompression bomb
-    costs nothing). Grayscale, 16-bit, palette, transparent and animated images (first frame) are
-    converted the way the data sets are (see data.image_to_uint8_tensor).
-    """
-    if data is None or len(data) == 0:
-        raise ValueError("The uploaded file is empty (0 bytes). Choose a picture file, such as a .png or .jpg.")
-    if len(data) > MAX_UPLOAD_BYTES:
-        raise ValueError(
-            f"The file is {len(data) / 2**20:.0f} MB; files up to {MAX_UPLOAD_BYTES // 2**20} MB are accepted. "
-            "The model looks at 32×32 pixels, so a small copy of the picture works just as well."
-        )
-    try:
-        with Image.open(io.BytesIO(data)) as img:  # reads the header only
-            width, height = img.size
-            image_format = img.format
-    except Image.DecompressionBombError:
-        raise ValueError(_too_large_message(None, None)) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError):
-        raise ValueError(_NOT_AN_IMAGE) from None
-    if width * height > MAX_UPLOAD_PIXELS:
-        raise ValueError(_too_large_message(width, height))
-    if width < 1 or height < 1:
-        raise ValueError(_NOT_AN_IMAGE)
-    try:
-        # verify() walks the file's structure and checksums without decoding (PNG: every chunk's CRC,
-        # up to the end marker), which catches a cut-short file even though data.py lets Pillow decode
-        # truncated images (data sets keep slightly damaged JPEGs; a query should not be half grey).
-        with Image.open(io.BytesIO(data)) as img:
-            img.verify()
-    except Exception:  # Pillow raises many kinds for damaged data
-        raise ValueError(_DAMAGED) from None
-    if image_format in ("JPEG", "MPO") and _jpeg_cut_short(data):
-        raise ValueError(_DAMAGED)
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return image_to_uint8_tensor(img, image_size)
-    except Image.DecompressionBombError:
-        raise ValueError(_too_large_message(width, height)) from None
-    except Exception:
-        raise ValueError(_DAMAGED) from None
-
-
-def _too_large_message(width: int | None, height: int | None) -> str:
-    size = f"{width:,}×{height:,} pixels ({width * height / 1e6:.0f} megapixels)" if width else "too many pixels"
-    return (
-        f"This image is too large to open safely: {size}; the limit is {MAX_UPLOAD_PIXELS // 1_000_000} "
-        "megapixels. Shrink it first (the model only looks at 32×32 pixels anyway)."
-    )
-
-
-def _jpeg_cut_short(data: bytes) -> bool:
-    """True when a JPEG has no end-of-image marker after its last scan (a download cut short).
-
-    Inside compressed scan data a 0xFF byte is always followed by 0x00 or a restart marker, so the
-    two markers cannot appear by accident; an EXIF thumbnail's end marker comes before the main scan.
-    """
-    last_scan = data.rfind(b"\xff\xda")
-    return last_scan < 0 or data.find(b"\xff\xd9", last_scan) < 0
 
 
 def image_at(data: Dataset, split: str, index: int) -> torch.Tensor:

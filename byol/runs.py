@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import TrainConfig
+from .errors import UserError
 from .files import read_json, write_atomic, write_json_atomic
 from .processes import process_alive, process_start_time
 
@@ -63,7 +64,7 @@ def snapshot_name(step: int) -> str:
 RANDOM_INIT_NAME = snapshot_name(0)
 
 
-class RunError(ValueError):
+class RunError(UserError):
     """A run-level problem (bad name, missing run, run busy); the message is meant for the user."""
 
 

@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
+from .errors import plain_message as _plain_message
+
 IDLE, PENDING, RUNNING, DONE, FAILED = "idle", "pending", "running", "done", "failed"
 ACTIVE_STATES = (PENDING, RUNNING)
 
@@ -161,13 +163,7 @@ class TaskRunner:
 
 
 def plain_message(error: BaseException) -> str:
-    """Our library errors (ValueError subclasses) already speak plainly; others get their type named."""
-    text = str(error).strip()
-    if isinstance(error, ValueError) and text:
-        return text
+    """Our library errors (UserError) already speak plainly; others get their type named (errors.plain_message)."""
     if isinstance(error, MemoryError):
         return "The computation ran out of memory."
-    name = type(error).__name__
-    return f"The computation failed with an unexpected error: {name}: {text}" if text else (
-        f"The computation failed with an unexpected error: {name}."
-    )
+    return _plain_message(error, "The computation failed")

@@ -44,9 +44,11 @@ from .allocator import keep_freed_memory
 from .augment import byol_views_batch
 from .checkpoint import CheckpointError, full_state, load_checkpoint, restore_augment_rng, restore_networks, save_checkpoint, snapshot_state
 from .config import ConfigError, TrainConfig, check_against_data, validate
-from .data import DataError, Dataset, default_cache_dir, load_dataset
+from .data import default_cache_dir, load_dataset
+from .dataset import DataError, Dataset
 from .device import device_key, resolve_device, use_bf16
 from .distributed import ALONE, World
+from .errors import plain_message
 from .files import remove_stale_temporaries, write_atomic
 from .knn import autocast_context, effective_rank, eval_indices, extract_features, knn_accuracy, pixel_knn_accuracy
 from .lock import DeviceLock
@@ -211,13 +213,7 @@ def plain_error(error: BaseException) -> str:
             "The disk is full (no space left on device), so training stopped; the last checkpoint is intact. "
             "Free some space, then resume the run."
         )
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    # Our own errors (config, data, checkpoint) already speak plainly.
-    if isinstance(error, ValueError) and text:
-        return text
-    return f"Training stopped with an unexpected error: {type(error).__name__}: {text}" if text else (
-        f"Training stopped with an unexpected error: {type(error).__name__}."
-    )
+    return plain_message(error, "Training stopped")
 
 
 def _train(

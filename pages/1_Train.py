@@ -5,14 +5,16 @@ from __future__ import annotations
 import streamlit as st
 
 from byol import runs
-from byol.config import PRESET_HELP, PRESETS
+from byol.config import DEVICES, OPTIMIZERS, PRECISIONS, PRESET_HELP, PRESETS, TAU_SCHEDULES
+from byol.device import gpu_recipe_on_cpu
 from byol.estimate import estimate_time, rough_cpu_seconds
 from byol.jobs import launch_problems
+from ui.charts import collapse_figure, knn_figure, loss_figure, rank_figure
 from ui.common import (
-    HELP, LIVE_REFRESH_SECONDS, collapse_figure, data_source_input, device_facts, fmt_duration, fmt_number,
-    fmt_pct, get_runner, knn_figure, link, loss_figure, page_setup, plain_errors, preset_label, rank_figure,
-    run_picker, runs_dir, state_badge,
+    LIVE_REFRESH_SECONDS, data_source_input, device_facts, fmt_duration, fmt_number, fmt_pct, get_runner, link,
+    page_setup, plain_errors, preset_label, run_picker, runs_dir, state_badge,
 )
+from ui.words import HELP
 
 page_setup("Train", ":material/model_training:")
 runner = get_runner()
@@ -64,18 +66,18 @@ with st.expander("Start a new run", expanded=not summaries, icon=":material/rock
         projector_hidden = a1.number_input("Projector hidden size", value=base.projector_hidden, step=256, key=key("ph"), help=HELP["projector_hidden"])
         projector_dim = a2.number_input("Projector output size (d)", value=base.projector_dim, step=32, key=key("pd"), help=HELP["projector_dim"])
         predictor_hidden = a3.number_input("Predictor hidden size", value=base.predictor_hidden, step=256, key=key("qh"), help=HELP["predictor_hidden"])
-        optimizers = ["lars", "sgd", "adamw", "adam"]
+        optimizers = list(OPTIMIZERS)
         optimizer = a1.selectbox("Optimizer", optimizers, index=optimizers.index(base.optimizer), key=key("opt"), help=HELP["optimizer"])
         tau_base = a2.number_input("Target EMA rate τ at the start", value=base.tau_base, format="%g", step=None, key=key("tau"), help=HELP["tau_base"])
-        schedules = ["cosine", "fixed"]
+        schedules = list(TAU_SCHEDULES)
         tau_schedule = a3.selectbox("τ schedule", schedules, index=schedules.index(base.tau_schedule), key=key("tau_s"), help=HELP["tau_schedule"])
         eval_every = a1.number_input("kNN every (epochs)", value=base.eval_every, format="%g", step=None, key=key("eval"), help=HELP["eval_every"])
         eval_bank = a2.number_input("kNN bank size (0 = all)", value=base.eval_bank_size, step=1000, key=key("bank"), help=HELP["eval_bank_size"])
         eval_query = a3.number_input("kNN test images (0 = all)", value=base.eval_query_size, step=1000, key=key("query"), help=HELP["eval_query_size"])
         knn_k = a1.number_input("kNN neighbours (k)", value=base.knn_k, step=10, key=key("k"), help=HELP["knn_k"])
-        devices = ["auto", "cpu", "cuda"]
+        devices = list(DEVICES)
         device_choice = a2.selectbox("Device", devices, key=key("device"), help=HELP["device"])
-        precisions = ["auto", "fp32", "bf16"]
+        precisions = list(PRECISIONS)
         precision = a3.selectbox("Precision", precisions, key=key("precision"), help=HELP["precision"])
         run_name = st.text_input("Run name (optional)", key="new_run_name", help=HELP["run_name"]).strip()
 
@@ -95,7 +97,6 @@ with st.expander("Start a new run", expanded=not summaries, icon=":material/rock
     if not problems:
         with plain_errors():
             estimate = estimate_time(config, measure=False)  # instant when measured before
-            trains_on_cpu = device["is_cpu"] and device_choice != "cuda"
             if estimate is None and st.button("Estimate time", key="estimate", help=HELP["estimate"], icon=":material/timer:"):
                 if runner.current() is not None:
                     st.caption("A training is running, so this measurement competes with it and reads slower than it will be.")
@@ -108,7 +109,7 @@ with st.expander("Start a new run", expanded=not summaries, icon=":material/rock
                     icon=":material/timer:",
                 )
                 st.caption(estimate.assumptions)
-            if trains_on_cpu and config.width >= 64:
+            if gpu_recipe_on_cpu(config, device["is_cpu"]):
                 hours = estimate.hours if estimate else rough_cpu_seconds(config) / 3600
                 how = "measured" if estimate else "by a rough rule; press Estimate time to measure"
                 st.warning(

@@ -7,11 +7,14 @@ import streamlit as st
 from byol import runs
 from byol.collapse import DEFAULT_FRACTION, criterion_text, describe_collapse, find_collapse, healthy_std
 from byol.config import PRESET_HELP, PRESETS, preset
+from byol.device import gpu_recipe_on_cpu
 from byol.jobs import latest_pair, launch_problems
+from ui.charts import overlay_figure
 from ui.common import (
-    HELP, RUNS_TABLE_COLUMNS, config_differences, data_source_input, device_facts, fmt_number, get_runner, link,
-    overlay_figure, page_setup, plain_errors, preset_label, runs_dir, state_text,
+    RUNS_TABLE_COLUMNS, config_differences, data_source_input, device_facts, fmt_number, get_runner, link,
+    page_setup, plain_errors, preset_label, runs_dir, state_text,
 )
+from ui.words import HELP
 
 page_setup("Compare", ":material/compare_arrows:")
 runner = get_runner()
@@ -45,7 +48,7 @@ with st.expander("Run the batch-norm experiment", icon=":material/science:", exp
     problems = launch_problems(experiment)
     for problem in problems:
         st.error(problem, icon=":material/error:")
-    if device_facts()["is_cpu"] and experiment.width >= 64:
+    if gpu_recipe_on_cpu(experiment, device_facts()["is_cpu"]):
         st.warning("This recipe is made for a GPU; on this CPU each run would take many hours. Pick the cpu recipe.",
                    icon=":material/warning:")
     if st.button("Launch both runs", type="primary", disabled=bool(problems), key="launch_pair",

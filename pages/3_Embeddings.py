@@ -5,7 +5,7 @@ import streamlit as st
 
 from byol import embed, retrieval
 from byol.checkpoint import CheckpointError
-from ui import inspect
+from ui import inspection, words
 from ui.common import page_setup
 
 page_setup("Embeddings", ":material/scatter_plot:")
@@ -15,15 +15,15 @@ st.markdown(
     "dots of the same colour (class) gather in groups, although the network never saw a single label."
 )
 with st.expander("What am I looking at?"):
-    st.markdown(inspect.explain("embedding", "umap", "knn", "checkpoint", "cosine"))
+    st.markdown(words.explain("embedding", "umap", "knn", "checkpoint", "cosine"))
 
 NEIGHBOURS_SHOWN = 8
 GRID_LIMIT = 40
 
 # --- widgets and guards --------------------------------------------------------------------------
-run, choice, config, data = inspect.pick_run_checkpoint_and_data("emb")
+run, choice, config, data = inspection.pick_run_checkpoint_and_data("emb")
 
-inspect.ensure_prepared(
+inspection.ensure_prepared(
     run.path, choice.path, embed.FULL, data, config.knn_k, config.knn_temperature, what="The map page", key="emb"
 )
 
@@ -39,14 +39,14 @@ except (embed.NotPrepared, CheckpointError, ValueError) as error:
 first, second, third = st.columns(3)
 first.metric(
     "kNN accuracy", f"{knn.accuracy:.1f}%",
-    help=f"{inspect.GLOSSARY['knn']} Here every one of the {knn.bank_size:,} training images votes and "
+    help=f"{words.TERMS['knn']} Here every one of the {knn.bank_size:,} training images votes and "
     f"all {knn.query_size:,} test images are graded, with k = {knn.k}. The Train page measures on a smaller "
     "sample while training, so its number can differ a little.",
 )
 second.metric("Chance level", f"{100 / max(len(knn.classes), 1):.0f}%", help="What guessing a class at random would score.")
 third.metric(
     "Checkpoint", f"step {choice.step:,}" if choice.step is not None else choice.path.name,
-    help=f"{choice.label}. {inspect.GLOSSARY['checkpoint']}",
+    help=f"{choice.label}. {words.TERMS['checkpoint']}",
 )
 if choice.random_init:
     st.caption(
@@ -70,7 +70,7 @@ with left:
         "Double-click an empty spot to clear the selection."
     )
     event = st.plotly_chart(
-        inspect.map_figure(map_data),
+        inspection.map_figure(map_data),
         key=f"map-{run.name}-{choice.path.stem}",
         on_select=_clear_typed_number,
         selection_mode=("points", "box", "lasso"),
@@ -79,9 +79,9 @@ with left:
 with right:
     st.subheader("Accuracy per class")
     st.caption("How often the nearest training images vote for the right class, for test images of each class.")
-    st.plotly_chart(inspect.accuracy_figure(knn), key="per-class", width="stretch")
+    st.plotly_chart(inspection.accuracy_figure(knn), key="per-class", width="stretch")
 
-selected = inspect.selected_test_indices(event)
+selected = inspection.selected_test_indices(event)
 typed = st.number_input(
     "Or look at test image number",
     min_value=0,
@@ -93,7 +93,7 @@ typed = st.number_input(
     help="Type the number of a test image (hover a dot to see its number) to show it and its nearest "
     "training images, without clicking on the map. Clear the box to go back to the map's selection.",
 )
-focus = inspect.focus_index(selected, typed)
+focus = inspection.focus_index(selected, typed)
 if focus is None:
     st.info("Click a dot on the map (or type a test image number above) to see the image and its nearest neighbours.")
     st.stop()
@@ -105,14 +105,14 @@ if len(shown) > 1:
         shown = [shown[int(i)] for i in np.linspace(0, len(shown) - 1, GRID_LIMIT)]
     else:
         st.subheader(f"Selected images ({len(shown):,})")
-    inspect.image_grid(
+    inspection.image_grid(
         [data.test_images[i] for i in shown],
         [f"#{i} {data.classes[int(data.test_labels[i])]}" for i in shown],
         columns=10, scale=3,
     )
 
 st.subheader(f"Test image #{focus} and its {NEIGHBOURS_SHOWN} nearest training images")
-st.caption(inspect.GLOSSARY["neighbours"] + " " + inspect.GLOSSARY["cosine"])
+st.caption(words.TERMS["neighbours"] + " " + words.TERMS["cosine"])
 try:
     found = retrieval.neighbours_of_test_image(run.path, choice.path, focus, NEIGHBOURS_SHOWN)
 except (embed.NotPrepared, ValueError) as error:
@@ -125,8 +125,8 @@ query_col.image(
     width=5 * int(data.test_images.shape[-1]),
 )
 with result_col:
-    inspect.image_grid(
-        [data.train_images[n.train_index] for n in found], inspect.neighbour_captions(found, data.classes), columns=4, scale=4
+    inspection.image_grid(
+        [data.train_images[n.train_index] for n in found], inspection.neighbour_captions(found, data.classes), columns=4, scale=4
     )
 same = sum(n.label == query_label for n in found)
 st.caption(f"{same} of {len(found)} neighbours are {data.classes[query_label]} images (precision@{len(found)}).")

@@ -2,9 +2,9 @@
 
 import streamlit as st
 
-from byol import embed, retrieval
+from byol import embed, images, retrieval
 from byol.checkpoint import CheckpointError, random_init_checkpoint
-from ui import inspect
+from ui import inspection, words
 from ui.common import page_setup
 
 page_setup("Retrieval", ":material/image_search:")
@@ -15,14 +15,14 @@ st.markdown(
     "that is something it worked out on its own."
 )
 with st.expander("What am I looking at?"):
-    st.markdown(inspect.explain("neighbours", "embedding", "cosine", "precision", "random_init", "pixels"))
+    st.markdown(words.explain("neighbours", "embedding", "cosine", "precision", "random_init", "pixels"))
 
 GALLERY_COLUMNS = 10
 
 # --- widgets and guards --------------------------------------------------------------------------
-run, choice, config, data = inspect.pick_run_checkpoint_and_data("ret")
+run, choice, config, data = inspection.pick_run_checkpoint_and_data("ret")
 
-inspect.ensure_prepared(run.path, choice.path, embed.BANK, data, what="Searching", key="ret")
+inspection.ensure_prepared(run.path, choice.path, embed.BANK, data, what="Searching", key="ret")
 
 state = st.session_state
 state.setdefault("ret-query", None)  # test-image number of the chosen query
@@ -83,7 +83,7 @@ with upload_tab:
 query, query_label, query_words = None, None, ""
 if uploaded is not None:
     try:
-        query = retrieval.query_from_upload(uploaded.getvalue(), config.image_size)
+        query = images.query_from_upload(uploaded.getvalue(), config.image_size)
     except ValueError as error:
         st.error(f"{uploaded.name}: {error}")
         st.stop()
@@ -115,7 +115,7 @@ with query_col:
     if query_label is not None:
         precision = retrieval.precision_at_k([n.label for n in found], query_label)
         st.metric(
-            f"precision@{len(found)}", f"{precision:.0%}", help=inspect.GLOSSARY["precision"],
+            f"precision@{len(found)}", f"{precision:.0%}", help=words.TERMS["precision"],
         )
     else:
         st.caption("Your picture has no class, so precision@k cannot be measured: judge the neighbours by eye.")
@@ -127,7 +127,7 @@ def show(found_here: list, prefix: str) -> None:
         st.caption(f"precision@{len(found_here)}: {share:.0%} share the query's class")
     st.image(
         [retrieval.thumbnail(data.train_images[n.train_index], 3) for n in found_here],
-        caption=inspect.neighbour_captions(found_here, data.classes, prefix),
+        caption=inspection.neighbour_captions(found_here, data.classes, prefix),
         width=3 * int(data.train_images.shape[-1]),  # 96 px for 32x32 images: two fit side by side
     )
 
@@ -135,8 +135,8 @@ def show(found_here: list, prefix: str) -> None:
 with results_col:
     if not compare:
         st.caption("Each picture shows its class and its cosine similarity to the query (1 = identical direction).")
-        inspect.image_grid(
-            [data.train_images[n.train_index] for n in found], inspect.neighbour_captions(found, data.classes),
+        inspection.image_grid(
+            [data.train_images[n.train_index] for n in found], inspection.neighbour_captions(found, data.classes),
             columns=5, scale=4,
         )
     else:
@@ -151,7 +151,7 @@ with results_col:
                 st.info("This run has no saved random-init network (step 0) to compare with.")
             elif untrained == choice.path:
                 st.info("The chosen checkpoint already is the random-init network; pick a later one to compare.")
-            elif inspect.ensure_prepared(
+            elif inspection.ensure_prepared(
                 run.path, untrained, embed.BANK, data, what="This comparison", key="ret-random", stop=False
             ):
                 try:

@@ -77,6 +77,7 @@ def runs_dir(tmp_path, session_cache_dir, monkeypatch) -> Path:
     folder = tmp_path / "runs"
     folder.mkdir()
     monkeypatch.setenv("BYOL_RUNS_DIR", str(folder))
+    monkeypatch.setenv("BYOL_CIFAR10_COPY", "")  # no page test decodes the real copy unless it asks for one
     monkeypatch.setenv("BYOL_CACHE_DIR", str(session_cache_dir))
     return folder
 

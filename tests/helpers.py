@@ -98,7 +98,7 @@ def write_image_folder(root: Path, train_per_class: int, test_per_class: int) ->
     """
     from PIL import Image
 
-    from byol.data import synthetic_dataset
+    from byol.synthetic import synthetic_dataset
 
     data = synthetic_dataset(train_per_class=train_per_class, test_per_class=test_per_class)
     for split, images, labels in (("train", data.train_images, data.train_labels), ("test", data.test_images, data.test_labels)):

@@ -2,7 +2,7 @@
 
 Doors: the command line (`byol.cli.main`, in process, what `python -m byol` runs), the dashboard's
 launch (`JobRunner.launch`, whose plain errors the Train page shows with st.error), and the
-Retrieval page's upload decoding (`retrieval.query_from_upload`). Each case builds its input in a
+Retrieval page's upload decoding (`images.query_from_upload`). Each case builds its input in a
 playground (a runs folder that has trained before, holding one run, plus a folder of inputs),
 photographs every file of the playground and of the data cache, goes through the door, and checks:
 
@@ -29,16 +29,16 @@ import torch
 from PIL import Image
 
 import fault_figures
-from byol import retrieval, runs
+from byol import images, runs
 from byol.checkpoint import full_state, save_checkpoint, snapshot_state
 from byol.cli import main as cli_main
+from byol.errors import UserError
 from byol.jobs import JobRunner
 from byol.lock import DeviceLock
 from byol.model import BYOLNetworks
 from byol.optim import build_optimizer
 from helpers import tiny_config, tree_snapshot
 from test_retrieval import encode, huge_png, noise_rgb
-from ui.common import PLAIN_ERRORS
 
 TINY = [
     "--set", "width=4", "--set", "projector_hidden=32", "--set", "projector_dim=16", "--set", "predictor_hidden=32",
@@ -73,7 +73,7 @@ class Playground:
         runner = JobRunner(self.runs)
         try:
             run_dir = runner.launch(tiny_config(device="cpu", **overrides), name)
-        except PLAIN_ERRORS as error:
+        except UserError as error:
             return Outcome(str(error))
         finally:
             runner.shutdown(timeout=10)
@@ -249,7 +249,7 @@ def a_file_instead_of_a_folder(play: Playground) -> Path:
 def upload(payload: bytes | Callable[[], bytes]) -> Callable[[Playground, Any], Outcome]:
     def act(play: Playground, _: Any) -> Outcome:
         try:
-            image = retrieval.query_from_upload(payload() if callable(payload) else payload)
+            image = images.query_from_upload(payload() if callable(payload) else payload)
         except ValueError as error:  # the Retrieval page shows st.error(f"{name}: {error}")
             return Outcome(str(error))
         return Outcome("", accepted=image)

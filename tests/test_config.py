@@ -61,3 +61,12 @@ def test_checks_that_need_the_data_size():
         check_against_data(preset("cpu", batch_size=256), train_size=100, test_size=10)
     with pytest.raises(ConfigError, match=r"kNN k"):
         check_against_data(preset("cpu", batch_size=8, knn_k=200, eval_bank_size=0), train_size=100, test_size=10)
+
+
+def test_gpu_recipe_on_cpu_is_the_wide_presets_on_a_machine_without_gpu():
+    from byol.device import gpu_recipe_on_cpu
+
+    assert gpu_recipe_on_cpu(PRESETS["gpu"], machine_is_cpu=True)
+    assert not gpu_recipe_on_cpu(PRESETS["gpu"], machine_is_cpu=False)
+    assert not gpu_recipe_on_cpu(PRESETS["cpu"], machine_is_cpu=True)
+    assert not gpu_recipe_on_cpu(PRESETS["gpu"].replace(device="cuda"), machine_is_cpu=True)  # refused elsewhere

@@ -20,16 +20,10 @@ import torch
 from PIL import Image
 
 from byol import data
-from byol.data import (
-    CLASS_NAMES_CIFAR10,
-    DataError,
-    Dataset,
-    default_cache_dir,
-    describe_source,
-    image_to_uint8_tensor,
-    load_dataset,
-    synthetic_dataset,
-)
+from byol.data import CLASS_NAMES_CIFAR10, default_cache_dir, describe_source, load_dataset
+from byol.dataset import DataError, Dataset
+from byol.images import image_to_uint8_tensor
+from byol.synthetic import synthetic_dataset
 
 # One clear colour per class, so labels can be checked from the pixels.
 COLOURS = {"cat": (220, 30, 30), "dog": (30, 200, 30), "owl": (30, 30, 220)}
@@ -160,7 +154,7 @@ def test_second_load_comes_from_cache_in_cache_dir(tree: Path, tmp_path: Path, m
         def no_decoding(*args: object) -> None:
             raise AssertionError("decoded again although a cache exists")
 
-        monkeypatch.setattr(data, "_decode", no_decoding)
+        monkeypatch.setattr(data, "decode_image", no_decoding)
         monkeypatch.setattr(data, "_list_archive", no_decoding)
         second = load_dataset(str(archive), cache_dir=tmp_path / "cache")
     finally:

@@ -9,7 +9,7 @@ from byol import runs
 from byol.config import preset
 from byol.train import train
 
-# Chosen by measuring (see byol/data.py `_paint`): a narrow network, small batches so a short run
+# Chosen by measuring (see byol/synthetic.py `_paint`): a narrow network, small batches so a short run
 # takes many steps, a fast-moving target, kNN with k=20 on the whole synthetic test set. Measured
 # with these settings: 27.3% at step 0; 33.6% after 8 epochs, 48.7% after 16.
 LEARNS_SYNTHETIC = dict(

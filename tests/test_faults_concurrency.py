@@ -27,9 +27,9 @@ import byol.jobs
 import fault_figures
 from byol import runs
 from byol.cli import main as cli_main
+from byol.errors import UserError
 from byol.jobs import JobRunner, shared_runner
 from byol.lock import DeviceLock, lock_holder
-from ui.common import PLAIN_ERRORS
 
 TRAIN_PAGE = "pages/1_Train.py"
 
@@ -75,7 +75,7 @@ def fire_at_once(sessions: list[tuple[JobRunner, list[str | None]]], config) -> 
                 run_dir = runner.launch(config, name)
                 with guard:
                     launched.append(run_dir)
-            except PLAIN_ERRORS as error:  # what the Train page would show with st.error
+            except UserError as error:  # what the Train page would show with st.error
                 with guard:
                     refusals.append(str(error))
             except BaseException as error:  # a traceback on the page: the test fails below

@@ -9,7 +9,7 @@ import pytest
 
 from byol import jobs, runs
 from byol.config import ConfigError
-from byol.data import DataError
+from byol.dataset import DataError
 from byol.jobs import JobRunner, latest_pair, pair_partner
 from byol.lock import DeviceBusy, DeviceLock
 

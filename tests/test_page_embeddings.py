@@ -12,7 +12,7 @@ import pytest
 from byol import data as datasets
 from byol import embed, retrieval
 from test_retrieval import install_fake_umap, small_data
-from ui import inspect
+from ui import inspection
 
 PAGE = "pages/3_Embeddings.py"
 
@@ -61,15 +61,15 @@ def test_selection_event_gives_test_image_numbers_in_order_without_repeats():
         {"curve_number": 1, "point_index": 1, "customdata": 5},  # a scalar customdata is fine too
         {"curve_number": 1, "point_index": 2},  # no customdata: ignored
     ], "point_indices": [0, 4, 0, 1, 2], "box": [], "lasso": []}}
-    assert inspect.selected_test_indices(event) == [17, 3, 5]
-    assert inspect.selected_test_indices(None) == []
-    assert inspect.selected_test_indices({"selection": {"points": []}}) == []
+    assert inspection.selected_test_indices(event) == [17, 3, 5]
+    assert inspection.selected_test_indices(None) == []
+    assert inspection.selected_test_indices({"selection": {"points": []}}) == []
 
 
 def test_focus_is_the_typed_number_else_the_first_selected_point():
-    assert inspect.focus_index([4, 9], None) == 4
-    assert inspect.focus_index([4, 9], 12) == 12
-    assert inspect.focus_index([], None) is None
+    assert inspection.focus_index([4, 9], None) == 4
+    assert inspection.focus_index([4, 9], 12) == 12
+    assert inspection.focus_index([], None) is None
 
 
 def test_map_figure_holds_test_numbers_in_customdata_and_names_classes():
@@ -77,7 +77,7 @@ def test_map_figure_holds_test_numbers_in_customdata_and_names_classes():
         coordinates=np.arange(12, dtype=np.float32).reshape(6, 2), labels=np.array([0, 1, 0, 1, 2, 2]),
         indices=np.arange(6) + 100, classes=["cat", "dog", "ship"],
     )
-    figure = inspect.map_figure(data)
+    figure = inspection.map_figure(data)
     assert [trace.name for trace in figure.data] == ["cat", "dog", "ship"]
     assert figure.data[0].type == "scattergl"
     assert [int(v[0]) for v in figure.data[1].customdata] == [101, 103]

@@ -9,7 +9,7 @@ from PIL import Image
 
 from byol import data as datasets
 from byol import retrieval, runs
-from helpers import run_cli
+from helpers import run_cli, write_image_folder
 from test_page_embeddings import run_until
 from test_retrieval import small_data
 
@@ -160,3 +160,25 @@ def test_a_run_whose_images_are_missing_can_be_pointed_at_a_copy(finished_run, a
     # The choice lives in the run's local settings, which git ignores; config.json is left as it was.
     assert json.loads((finished_run / "config.json").read_text())["data"] == "/nowhere/cifar"
     assert json.loads((finished_run / runs.LOCAL_SETTINGS).read_text())["data"] == good.data
+
+
+def test_a_run_naming_cifar10_opens_on_a_local_copy_without_asking(finished_run, app_test, monkeypatch, tmp_path):
+    # The shipped demo names "cifar10"; where torchvision cannot download it but a copy lies at a
+    # documented place, the page loads that copy, remembers it for the run and asks nothing.
+    def no_download(*args, **kwargs):
+        raise datasets.DataError("CIFAR-10 could not be downloaded (no internet?).")
+
+    monkeypatch.setattr(datasets, "_load_cifar10", no_download)
+    copy = write_image_folder(tmp_path / "cifar-copy", train_per_class=6, test_per_class=3)
+    monkeypatch.setenv("BYOL_CIFAR10_COPY", str(copy))
+    runs.update_config(finished_run, runs.read_config(finished_run).replace(data="cifar10"))
+    at = app_test(PAGE).run()
+    assert not at.exception and not at.error
+    assert not [t for t in at.text_input if (t.key or "").startswith("ret-relocate")]
+    assert runs.read_config(finished_run).data == str(copy)
+    assert json.loads((finished_run / "config.json").read_text())["data"] == "cifar10"  # the tracked file is untouched
+
+    monkeypatch.setenv("BYOL_CIFAR10_COPY", "")  # no copy anywhere: the page asks, as before
+    runs.set_data_source(finished_run, "cifar10")
+    at = app_test(PAGE).run()
+    assert at.error and [t for t in at.text_input if (t.key or "").startswith("ret-relocate")]

@@ -13,11 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from byol import embed, retrieval
+from byol import embed, images, retrieval
 from byol.checkpoint import CheckpointError, checkpoint_choices, random_init_checkpoint, save_checkpoint, snapshot_state
-from byol.data import synthetic_dataset
 from byol.model import resnet18_cifar
 from byol.runs import FINISHED, append_metrics, create_run, write_status
+from byol.synthetic import synthetic_dataset
 from helpers import tiny_config
 
 
@@ -321,9 +321,9 @@ def huge_png(width: int = 10_000, height: int = 10_000) -> bytes:
 
 
 def test_upload_of_an_ordinary_photo_becomes_a_32x32_rgb_tensor():
-    image = retrieval.query_from_upload(encode(noise_rgb(300), "JPEG", quality=90))
+    image = images.query_from_upload(encode(noise_rgb(300), "JPEG", quality=90))
     assert image.dtype == torch.uint8 and tuple(image.shape) == (3, 32, 32)
-    assert tuple(retrieval.query_from_upload(encode(noise_rgb(300), "PNG"), image_size=24).shape) == (3, 24, 24)
+    assert tuple(images.query_from_upload(encode(noise_rgb(300), "PNG"), image_size=24).shape) == (3, 24, 24)
 
 
 @pytest.mark.parametrize("payload, message", [
@@ -335,7 +335,7 @@ def test_upload_of_an_ordinary_photo_becomes_a_32x32_rgb_tensor():
 ], ids=["zero-bytes", "csv", "pdf", "truncated-png", "truncated-jpeg"])
 def test_bad_uploads_get_a_plain_message(payload, message):
     with pytest.raises(ValueError, match=message):
-        retrieval.query_from_upload(payload)
+        images.query_from_upload(payload)
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
@@ -343,23 +343,23 @@ def test_a_10000_by_10000_image_is_refused_from_its_header():
     payload = huge_png()
     assert len(payload) < 1_000_000
     with pytest.raises(ValueError, match="100 megapixels.*limit is 50"):
-        retrieval.query_from_upload(payload)
+        images.query_from_upload(payload)
 
 
 def test_an_oversized_file_is_refused_before_opening():
     with pytest.raises(ValueError, match="MB"):
-        retrieval.query_from_upload(b"\x00" * (retrieval.MAX_UPLOAD_BYTES + 1))
+        images.query_from_upload(b"\x00" * (images.MAX_UPLOAD_BYTES + 1))
 
 
 def test_grayscale_upload_becomes_three_equal_channels():
-    image = retrieval.query_from_upload(encode(Image.new("L", (40, 40), 100), "PNG"))
+    image = images.query_from_upload(encode(Image.new("L", (40, 40), 100), "PNG"))
     assert (image == 100).all()
 
 
 def test_transparent_rgba_upload_is_shown_on_white():
     picture = Image.new("RGBA", (32, 32), (0, 0, 0, 0))  # invisible black
     picture.paste((255, 0, 0, 255), (0, 0, 32, 16))  # opaque red top half
-    image = retrieval.query_from_upload(encode(picture, "PNG"))
+    image = images.query_from_upload(encode(picture, "PNG"))
     assert image[:, 0, 0].tolist() == [255, 0, 0]
     assert image[:, 31, 0].tolist() == [255, 255, 255]
 
@@ -367,7 +367,7 @@ def test_transparent_rgba_upload_is_shown_on_white():
 def test_16_bit_upload_is_scaled_not_clipped():
     values = np.full((32, 32), 65535, np.uint16)
     values[16:] = 32896  # mid grey in 16 bits
-    image = retrieval.query_from_upload(encode(Image.fromarray(values), "PNG"))
+    image = images.query_from_upload(encode(Image.fromarray(values), "PNG"))
     assert image[:, 0, 0].tolist() == [255, 255, 255]
     assert abs(int(image[0, 31, 0]) - 128) <= 1  # clipping would have made this 255
 
@@ -376,7 +376,7 @@ def test_palette_upload_keeps_its_colours():
     picture = Image.new("RGB", (32, 32), (0, 0, 255)).convert("P", palette=Image.Palette.ADAPTIVE, colors=4)
     assert picture.mode == "P"
     for fmt in ("PNG", "GIF"):
-        image = retrieval.query_from_upload(encode(picture, fmt))
+        image = images.query_from_upload(encode(picture, fmt))
         assert image[:, 10, 10].tolist() == [0, 0, 255]
 
 
@@ -384,13 +384,13 @@ def test_animated_gif_upload_uses_its_first_frame():
     frames = [Image.new("RGB", (32, 32), colour) for colour in ((255, 0, 0), (0, 0, 255), (0, 255, 0))]
     payload = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
     assert Image.open(io.BytesIO(payload)).n_frames == 3
-    image = retrieval.query_from_upload(payload)
+    image = images.query_from_upload(payload)
     assert image[:, 5, 5].tolist() == [255, 0, 0]
 
 
 def test_a_query_from_an_upload_can_be_searched(run_dir, data):
     checkpoint = run_dir / "step-00000004.pt"
     embed.prepare_checkpoint(run_dir, checkpoint, None, data, level=embed.BANK)
-    image = retrieval.query_from_upload(encode(noise_rgb(64), "PNG"))
+    image = images.query_from_upload(encode(noise_rgb(64), "PNG"))
     found = retrieval.image_neighbours(run_dir, checkpoint, image, 6)
     assert len(found) == 6 and all(-1.0001 <= n.similarity <= 1.0001 for n in found)

@@ -14,7 +14,7 @@ import torch
 from byol import runs
 from byol.checkpoint import load_checkpoint
 from byol.config import ConfigError
-from byol.data import DataError
+from byol.dataset import DataError
 from byol.device import device_key, resolve_device
 from byol.lock import DeviceBusy, DeviceLock, lock_holder
 from byol.model import BYOLNetworks

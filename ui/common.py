@@ -1,15 +1,13 @@
-"""What every page shares: set-up, the job runner, plain words, run pickers, badges, numbers, charts.
+"""What every page shares: set-up, the job runner, run pickers, badges, numbers (charts: ui/charts.py; words: ui/words.py).
 
 Pages follow one shape: widgets -> guard (st.info + st.stop) -> one library call -> render. This
 module holds the rendering pieces they share, so the pages stay short:
 
 - `page_setup()`: wide layout, title, the glossary in the sidebar;
 - `get_runner()`: the server's one JobRunner, held in `st.cache_resource`;
-- `GLOSSARY` and `HELP`: every technical word and every control explained in plain language;
 - `plain_errors()`: catches the library's plain errors and shows `st.error(message)` instead of a
   traceback;
 - `run_picker()`, `state_badge()`, `fmt_*()`: runs and numbers as people read them;
-- `*_figure()`: the plotly charts (loss, kNN with baselines, collapse meter, effective rank, overlays);
 - `upscale()`: 32x32 images enlarged with nearest-neighbour sampling, so pixels stay sharp.
 
 Nothing here trains or measures: it only reads run folders through byol.runs and draws.
@@ -24,19 +22,15 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 from PIL import Image
 
 from byol import jobs, runs
-from byol.checkpoint import CheckpointError
-from byol.collapse import DEFAULT_FRACTION, collapse_point, healthy_std, smooth
-from byol.config import PRESETS, ConfigError, TrainConfig
-from byol.data import DataError
-from byol.lock import DeviceBusy
+from byol.config import PRESETS, TrainConfig
+from byol.errors import UserError
+from ui.words import GLOSSARY, HELP
 
 ROOT = Path(__file__).resolve().parent.parent
-PLAIN_ERRORS = (ConfigError, DataError, CheckpointError, runs.RunError, DeviceBusy)
 LIVE_REFRESH_SECONDS = 2
 
 PAGES = {
@@ -48,100 +42,6 @@ PAGES = {
 }
 
 # --- plain words -----------------------------------------------------------------------------
-GLOSSARY: dict[str, str] = {
-    "BYOL": (
-        "Bootstrap Your Own Latent: a way to teach a network to describe images without any labels. "
-        "It shows the network two randomly edited copies of each image and trains it so that both "
-        "copies get the same description."
-    ),
-    "Backbone": "The image network being trained (a ResNet-18). Its output is the image's description (its features).",
-    "Projector": "A small extra network after the backbone that turns features into the vectors the training compares.",
-    "Predictor": (
-        "A small network on the online side only, which guesses the target network's vector for the "
-        "other copy of the image. This one-sidedness is part of what keeps BYOL from cheating."
-    ),
-    "Online / target network": (
-        "BYOL trains two copies of the network. The online one learns by gradient descent; the target "
-        "one is a slowly moving average of the online one and provides the answers to match."
-    ),
-    "EMA": (
-        "Exponential moving average: after each step the target network moves a small step towards "
-        "the online one (new target = τ × old target + (1 − τ) × online)."
-    ),
-    "τ (tau)": (
-        "How slowly the target network follows the online one. 0.99 means it keeps 99% of itself "
-        "each step; it rises towards 1 (frozen) during training on the cosine schedule."
-    ),
-    "Batch norm": (
-        "Batch normalisation: a layer that rescales each feature using statistics of the whole batch. "
-        "In BYOL's projector and predictor it also helps keep different images apart; without it "
-        "the training tends to collapse."
-    ),
-    "Collapse": (
-        "The failure where the network gives every image (nearly) the same vector. The loss then "
-        "looks great, but the model has learned nothing useful."
-    ),
-    "Projection spread (z_std)": (
-        "How much the normalised projector outputs vary from image to image, per dimension. Healthy "
-        "training stays near 1/√d (d = projector output size); a collapsing one falls towards 0."
-    ),
-    "Effective rank": (
-        "How many independent directions the features really use (from 1 up to the feature size). "
-        "A sudden drop towards 1 is another sign of collapse."
-    ),
-    "kNN accuracy": (
-        "How well the features sort images without any extra training: each test image gets the most "
-        "common class among its k most similar training images (k nearest neighbours). Labels are "
-        "used only for this measurement, never for training."
-    ),
-    "Random-init baseline": (
-        "The kNN accuracy of the untrained network, measured at step 0. Training is only worth it "
-        "above this line."
-    ),
-    "Raw-pixel baseline": "The kNN accuracy when comparing the raw pixels directly: the floor a learned description should beat.",
-    "Epoch / step": "An epoch is one pass over all training images; a step is one batch of them.",
-    "Learning rate": "How big each training step's change to the network is. Too high: training blows up; too low: it crawls.",
-    "Loss": (
-        "How far the online network's guesses are from the target network's answers (0 = perfect, "
-        "4 = opposite). It should fall, but a loss near 0 with falling spread means collapse."
-    ),
-}
-
-HELP: dict[str, str] = {
-    "preset": "A ready-made recipe. Pick cpu on a computer without a GPU; the other fields start from the preset.",
-    "data_source": "Which images to learn from. Labels are only used to measure kNN accuracy, never for training.",
-    "data_path": "A folder with train/<class>/ and test/<class>/ images, or a .tar.gz/.zip archive of one.",
-    "epochs": "How many times the training goes over all training images. More epochs: better model, longer wait.",
-    "batch_size": "How many images each step looks at. Bigger is faster per image but needs more memory.",
-    "lr": "Peak learning rate, quoted for a batch of 256 images and scaled with the batch size. How big each step's change is.",
-    "width": "Channels of the network's first stage: 64 is the standard ResNet-18; 16 is 16x cheaper, for CPUs.",
-    "head_bn": "Batch norm in the projector and predictor. Turn it off to watch BYOL collapse.",
-    "seed": "Starting point of the random numbers. Same seed and settings: the same run again.",
-    "subset": "Train on only this many training images (0 = all). Smaller is faster but learns less.",
-    "projector_hidden": "Hidden layer size of the projector (the small network after the backbone).",
-    "projector_dim": "Size of the vectors the training compares (d). The healthy spread is 1/√d.",
-    "predictor_hidden": "Hidden layer size of the predictor (the online side's guessing network).",
-    "optimizer": "The update rule. LARS is BYOL's usual choice with big batches; AdamW is easier on small runs.",
-    "weight_decay": "A gentle pull of all weights towards zero, which keeps the network from overfitting.",
-    "warmup_epochs": "Epochs over which the learning rate ramps up from zero before its slow decrease.",
-    "tau_base": "How slowly the target network (the moving average) follows the online one at the start; close to 1 = slowly.",
-    "tau_schedule": "cosine: τ rises from its start value to 1 during training (BYOL's choice); fixed: τ stays the same.",
-    "eval_every": "Epochs between kNN accuracy measurements (fractions allowed). More often: finer curves, slower training.",
-    "eval_bank_size": "Training images the kNN measurement searches among (0 = all). Fewer is faster and a little less accurate.",
-    "eval_query_size": "Test images the kNN measurement classifies (0 = all).",
-    "knn_k": "How many nearest neighbours vote on each test image's class.",
-    "device": "Where to train: auto picks the GPU when there is one.",
-    "precision": "auto uses bf16 (half-size numbers, about twice as fast) where the hardware supports it; fp32 is exact.",
-    "run_name": "Optional folder name for the run; leave empty for a name made of the date, preset and data.",
-    "estimate": "Times a few real training steps of this network on this machine (a few seconds) and scales up.",
-    "resume_epochs": "Total epochs after resuming. Raise it to train a finished run further.",
-    "smoothing": "Averages each curve over recent points so trends show through the noise (0 = raw values).",
-    "compare_runs": "Pick the runs to draw on top of each other.",
-    "pick_run": "Which run to show.",
-    "confirm_delete": "Deleting removes the run's folder with all its checkpoints and curves. It cannot be undone.",
-    "bn_base": "The recipe both runs of the experiment start from.",
-}
-
 STATE_LOOK: dict[str, tuple[str, str, str]] = {
     runs.QUEUED: ("Waiting", "gray", ":material/hourglass_top:"),
     runs.RUNNING: ("Training", "blue", ":material/autorenew:"),
@@ -201,10 +101,10 @@ def device_facts() -> dict[str, Any]:
 
 @contextlib.contextmanager
 def plain_errors() -> Iterator[None]:
-    """Show the library's plain errors as `st.error(message)`; anything else propagates."""
+    """Show the library's plain errors (UserError) as `st.error(message)`; anything else propagates."""
     try:
         yield
-    except PLAIN_ERRORS as error:
+    except UserError as error:
         st.error(str(error), icon=":material/error:")
 
 
@@ -361,147 +261,6 @@ def fmt_duration(seconds: float | None) -> str:
         return f"{hours} h {minutes:02d} min"
     days, hours = divmod(hours, 24)
     return f"{days} days {hours} h"
-
-
-# --- charts ----------------------------------------------------------------------------------
-PALETTE = ["#3b5bdb", "#e8590c", "#2b8a3e", "#c2255c", "#7048e8", "#0b7285", "#e67700", "#495057"]
-
-
-def _base_figure(title: str, y_title: str, x_title: str = "epoch", height: int = 320, subtitle: str = "") -> go.Figure:
-    figure = go.Figure()
-    figure.update_layout(
-        title=dict(text=title, x=0, font=dict(size=15), subtitle=dict(text=subtitle, font=dict(size=12, color="#868e96"))),
-        height=height,
-        margin=dict(l=10, r=10, t=60 if subtitle else 40, b=10),
-        xaxis_title=x_title,
-        yaxis_title=y_title,
-        hovermode="x unified",
-        showlegend=False,
-    )
-    figure.update_xaxes(rangemode="tozero")
-    return figure
-
-
-def step_rows(metrics: pd.DataFrame) -> pd.DataFrame:
-    return metrics[metrics["kind"] == "step"] if "kind" in metrics else metrics.iloc[0:0]
-
-
-def eval_rows(metrics: pd.DataFrame) -> pd.DataFrame:
-    return metrics[metrics["kind"] == "eval"] if "kind" in metrics else metrics.iloc[0:0]
-
-
-def _column(frame: pd.DataFrame, name: str) -> pd.DataFrame:
-    """Rows of `frame` that have a value in `name` (always with step, epoch and `name` columns)."""
-    if name not in frame or "epoch" not in frame or "step" not in frame:
-        return pd.DataFrame({"step": pd.Series(dtype="int64"), "epoch": pd.Series(dtype="float"), name: pd.Series(dtype="float")})
-    return frame[frame[name].notna()]
-
-
-def _smoothed(values: Sequence[float], weight: float) -> list[float | None]:
-    return smooth(list(values), weight) if weight > 0 else list(values)
-
-
-def loss_figure(metrics: pd.DataFrame, smoothing: float = 0.0) -> go.Figure:
-    rows = _column(step_rows(metrics), "loss")
-    figure = _base_figure("Loss", "loss", subtitle="lower = the two copies agree more")
-    if smoothing > 0:
-        figure.add_scatter(x=rows["epoch"], y=rows["loss"], mode="lines", name="raw", line=dict(color="#adb5bd", width=1))
-    figure.add_scatter(
-        x=rows["epoch"], y=_smoothed(rows["loss"], smoothing), mode="lines" if len(rows) >= 20 else "lines+markers", name="loss",
-        line=dict(color=PALETTE[0], width=2), customdata=rows["step"], hovertemplate="%{y:.4f} (step %{customdata})",
-    )
-    return figure
-
-
-def knn_figure(metrics: pd.DataFrame, baseline: float | None = None, pixel: float | None = None) -> go.Figure:
-    """kNN accuracy over training with the random-init and raw-pixel baselines as reference lines."""
-    rows = _column(eval_rows(metrics), "knn")
-    figure = _base_figure("kNN accuracy", "kNN accuracy (%)", subtitle="higher = better features")
-    figure.add_scatter(
-        x=rows["epoch"], y=rows["knn"], mode="lines+markers", name="kNN accuracy",
-        line=dict(color=PALETTE[2], width=2), customdata=rows["step"], hovertemplate="%{y:.1f}% (step %{customdata})",
-    )
-    if baseline is not None:
-        figure.add_hline(y=baseline, line=dict(color="#868e96", dash="dash"),
-                         annotation_text=f"random init {baseline:.1f}%", annotation_position="bottom right")
-    if pixel is not None:
-        figure.add_hline(y=pixel, line=dict(color="#e8590c", dash="dot"),
-                         annotation_text=f"raw pixels {pixel:.1f}%", annotation_position="top right")
-    return figure
-
-
-def collapse_figure(metrics: pd.DataFrame, projector_dim: int, smoothing: float = 0.0, fraction: float = DEFAULT_FRACTION) -> go.Figure:
-    """The collapse meter: projection spread with the healthy level 1/√d and the collapse threshold."""
-    rows = _column(step_rows(metrics), "z_std")
-    healthy = healthy_std(projector_dim)
-    figure = _base_figure("Collapse meter", "spread (z_std)", subtitle="projection spread; falling to 0 = collapse")
-    figure.add_scatter(
-        x=rows["epoch"], y=_smoothed(rows["z_std"], smoothing), mode="lines" if len(rows) >= 20 else "lines+markers", name="spread",
-        line=dict(color=PALETTE[3], width=2), customdata=rows["step"], hovertemplate="%{y:.4f} (step %{customdata})",
-    )
-    figure.add_hline(y=healthy, line=dict(color="#2b8a3e", dash="dash"),
-                     annotation_text=f"healthy 1/√{projector_dim} = {healthy:.3f}", annotation_position="top right")
-    figure.add_hline(y=fraction * healthy, line=dict(color="#c92a2a", dash="dot"),
-                     annotation_text=f"collapse line ({fraction:.0%} of healthy)", annotation_position="bottom right")
-    step = collapse_point(rows, projector_dim, fraction)
-    if step is not None:
-        epoch = float(rows.loc[rows["step"] == step, "epoch"].iloc[0])
-        figure.add_vline(x=epoch, line=dict(color="#c92a2a"), annotation_text="collapsed", annotation_position="top left")
-    figure.update_yaxes(rangemode="tozero")
-    return figure
-
-
-def rank_figure(metrics: pd.DataFrame) -> go.Figure:
-    rows = _column(eval_rows(metrics), "effective_rank")
-    figure = _base_figure("Effective rank", "effective rank", subtitle="directions the features use; higher = richer")
-    figure.add_scatter(
-        x=rows["epoch"], y=rows["effective_rank"], mode="lines+markers", name="effective rank",
-        line=dict(color=PALETTE[4], width=2), customdata=rows["step"], hovertemplate="%{y:.1f} (step %{customdata})",
-    )
-    if "feature_dim" in rows and len(rows):
-        figure.add_hline(y=float(rows["feature_dim"].iloc[-1]), line=dict(color="#adb5bd", dash="dash"),
-                         annotation_text="feature size (the maximum)", annotation_position="bottom right")
-    figure.update_yaxes(rangemode="tozero")
-    return figure
-
-
-def overlay_figure(
-    frames: dict[str, pd.DataFrame],
-    column: str,
-    title: str,
-    y_title: str,
-    kind: str = "step",
-    smoothing: float = 0.0,
-    log_y: bool = False,
-    markers: dict[str, int | None] | None = None,
-) -> go.Figure:
-    """One line per run of `column` over epochs; `markers` = run name -> step to mark with an ✕."""
-    figure = _base_figure(title, y_title, height=400)
-    figure.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0), margin=dict(b=10))
-    for i, (name, metrics) in enumerate(frames.items()):
-        rows = _column(step_rows(metrics) if kind == "step" else eval_rows(metrics), column)
-        color = PALETTE[i % len(PALETTE)]
-        y = _smoothed(rows[column], smoothing) if kind == "step" else list(rows[column])
-        few = kind != "step" or len(rows) < 20  # a line through one or two points would not show
-        figure.add_scatter(
-            x=rows["epoch"], y=y, mode="lines+markers" if few else "lines", name=name,
-            line=dict(color=color, width=2), customdata=rows["step"], hovertemplate=f"{name}: %{{y:.4g}} (step %{{customdata}})<extra></extra>",
-        )
-        step = (markers or {}).get(name)
-        if step is not None and len(rows):
-            hit = rows[rows["step"] == step]
-            if len(hit):
-                index = hit.index[0]
-                position = list(rows.index).index(index)
-                figure.add_scatter(
-                    x=[float(hit["epoch"].iloc[0])], y=[y[position]], mode="markers", name=f"{name} collapsed",
-                    marker=dict(symbol="x", size=14, color=color, line=dict(width=2)),
-                    hovertemplate=f"{name} collapsed at step {step:,}<extra></extra>",
-                )
-    if log_y:
-        figure.update_yaxes(type="log")
-    figure.update_layout(hovermode="closest", showlegend=True)
-    return figure
 
 
 def config_differences(configs: dict[str, TrainConfig]) -> pd.DataFrame:

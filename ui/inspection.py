@@ -1,4 +1,4 @@
-"""Page helpers for the Embeddings and Retrieval pages: shared objects, pickers, progress, pictures, words.
+"""Page helpers for the Embeddings and Retrieval pages: shared objects, pickers, progress, pictures.
 
 The pages stay "widgets -> guard -> one library call -> render"; what they share lives here. The
 plain functions (`selected_test_indices`, `focus_index`, `map_figure`, `accuracy_figure`) take no
@@ -16,56 +16,9 @@ from byol import data as datasets
 from byol import embed, retrieval, tasks
 from byol.checkpoint import CheckpointChoice, checkpoint_choices
 from byol.config import TrainConfig
-from byol.data import Dataset, DataError
+from byol.dataset import Dataset, DataError
 from byol.runs import RunError, RunSummary, default_runs_dir, list_runs, read_config, set_data_source
 from ui import common
-
-# Plain-language explanations of every technical word these pages use.
-GLOSSARY: dict[str, str] = {
-    "embedding": (
-        "An **embedding** is the list of numbers the network turns an image into. The network was never "
-        "told what the images show; images it considers alike simply get similar lists of numbers."
-    ),
-    "umap": (
-        "**UMAP** squeezes each long embedding into just two numbers, so every image becomes a dot on a "
-        "flat map, keeping images that were alike close together. Read it by which dots sit together; "
-        "the distances between far-apart groups mean little."
-    ),
-    "knn": (
-        "**kNN accuracy** (k nearest neighbours): for each test image, find the k most similar training "
-        "images and let them vote for a class, closer ones with a bigger vote. The accuracy is the share "
-        "of test images that get their true class. Training never saw a label; labels are only used here, "
-        "to grade what the network learned."
-    ),
-    "cosine": (
-        "**Cosine similarity** says how alike two embeddings are: 1 means the same direction (very alike), "
-        "0 unrelated, below 0 opposite."
-    ),
-    "neighbours": (
-        "**Nearest neighbours**: the training images whose embeddings are most similar to the query's."
-    ),
-    "precision": (
-        "**precision@k**: the share of the k neighbours that have the same class as the query. "
-        "Chance level is about one in the number of classes."
-    ),
-    "random_init": (
-        "**Random init**: the same network before any training, with random weights (saved at step 0). "
-        "What it finds shows what the network gets for free; the difference is what training added."
-    ),
-    "pixels": (
-        "**Raw pixels**: comparing the images pixel by pixel (after subtracting the average image), with no "
-        "network at all. A useful embedding should do clearly better than this."
-    ),
-    "checkpoint": (
-        "A **checkpoint** is the network saved at one point in training. The run saves one at every "
-        "evaluation, so you can look at the same network early and late in training."
-    ),
-}
-
-
-def explain(*terms: str) -> str:
-    """The glossary entries for `terms`, one per line (for st.markdown or an expander)."""
-    return "\n\n".join(GLOSSARY[t] for t in terms)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -148,10 +101,28 @@ def pick_run_checkpoint_and_data(page: str) -> tuple[RunSummary, CheckpointChoic
     try:
         data = dataset_for(config)
     except (DataError, ValueError) as error:
-        st.error(str(error))
-        relocate_data(run, config, page)
-        st.stop()
+        found = found_local_copy(run, config)
+        if found is None:
+            st.error(str(error))
+            relocate_data(run, config, page)
+            st.stop()
+        config, data = found
     return run, choice, config, data
+
+
+def found_local_copy(run: RunSummary, config: TrainConfig) -> tuple[TrainConfig, Dataset] | None:
+    """A run naming "cifar10" that cannot be downloaded here, loaded from a local copy at a documented
+    place (data.local_cifar10_copies) and pointed at it for good; None when there is none or it fails."""
+    local = datasets.with_local_cifar10(config)
+    if local is None:
+        return None
+    try:
+        with st.spinner(f"Loading CIFAR-10 from {local.data} (the first time decodes and caches it)..."):
+            data = dataset_for(local)
+    except (DataError, ValueError, OSError):
+        return None
+    set_data_source(run.path, local.data)
+    return local, data
 
 
 def relocate_data(run: RunSummary, config: TrainConfig, page: str) -> None:

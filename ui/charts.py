@@ -1,0 +1,153 @@
+"""The dashboard's plotly charts of a run's curves: loss, kNN with its baselines, collapse meter, effective rank, overlays.
+
+Each `*_figure()` takes the metrics DataFrame from `byol.runs.read_metrics` and returns a figure for
+`st.plotly_chart`; nothing here reads files or calls streamlit, so tests can build the figures directly.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from byol.collapse import DEFAULT_FRACTION, collapse_point, healthy_std, smooth
+
+PALETTE = ["#3b5bdb", "#e8590c", "#2b8a3e", "#c2255c", "#7048e8", "#0b7285", "#e67700", "#495057"]
+
+
+def _base_figure(title: str, y_title: str, x_title: str = "epoch", height: int = 320, subtitle: str = "") -> go.Figure:
+    figure = go.Figure()
+    figure.update_layout(
+        title=dict(text=title, x=0, font=dict(size=15), subtitle=dict(text=subtitle, font=dict(size=12, color="#868e96"))),
+        height=height,
+        margin=dict(l=10, r=10, t=60 if subtitle else 40, b=10),
+        xaxis_title=x_title,
+        yaxis_title=y_title,
+        hovermode="x unified",
+        showlegend=False,
+    )
+    figure.update_xaxes(rangemode="tozero")
+    return figure
+
+
+def step_rows(metrics: pd.DataFrame) -> pd.DataFrame:
+    return metrics[metrics["kind"] == "step"] if "kind" in metrics else metrics.iloc[0:0]
+
+
+def eval_rows(metrics: pd.DataFrame) -> pd.DataFrame:
+    return metrics[metrics["kind"] == "eval"] if "kind" in metrics else metrics.iloc[0:0]
+
+
+def _column(frame: pd.DataFrame, name: str) -> pd.DataFrame:
+    """Rows of `frame` that have a value in `name` (always with step, epoch and `name` columns)."""
+    if name not in frame or "epoch" not in frame or "step" not in frame:
+        return pd.DataFrame({"step": pd.Series(dtype="int64"), "epoch": pd.Series(dtype="float"), name: pd.Series(dtype="float")})
+    return frame[frame[name].notna()]
+
+
+def _smoothed(values: Sequence[float], weight: float) -> list[float | None]:
+    return smooth(list(values), weight) if weight > 0 else list(values)
+
+
+def loss_figure(metrics: pd.DataFrame, smoothing: float = 0.0) -> go.Figure:
+    rows = _column(step_rows(metrics), "loss")
+    figure = _base_figure("Loss", "loss", subtitle="lower = the two copies agree more")
+    if smoothing > 0:
+        figure.add_scatter(x=rows["epoch"], y=rows["loss"], mode="lines", name="raw", line=dict(color="#adb5bd", width=1))
+    figure.add_scatter(
+        x=rows["epoch"], y=_smoothed(rows["loss"], smoothing), mode="lines" if len(rows) >= 20 else "lines+markers", name="loss",
+        line=dict(color=PALETTE[0], width=2), customdata=rows["step"], hovertemplate="%{y:.4f} (step %{customdata})",
+    )
+    return figure
+
+
+def knn_figure(metrics: pd.DataFrame, baseline: float | None = None, pixel: float | None = None) -> go.Figure:
+    """kNN accuracy over training with the random-init and raw-pixel baselines as reference lines."""
+    rows = _column(eval_rows(metrics), "knn")
+    figure = _base_figure("kNN accuracy", "kNN accuracy (%)", subtitle="higher = better features")
+    figure.add_scatter(
+        x=rows["epoch"], y=rows["knn"], mode="lines+markers", name="kNN accuracy",
+        line=dict(color=PALETTE[2], width=2), customdata=rows["step"], hovertemplate="%{y:.1f}% (step %{customdata})",
+    )
+    if baseline is not None:
+        figure.add_hline(y=baseline, line=dict(color="#868e96", dash="dash"),
+                         annotation_text=f"random init {baseline:.1f}%", annotation_position="bottom right")
+    if pixel is not None:
+        figure.add_hline(y=pixel, line=dict(color="#e8590c", dash="dot"),
+                         annotation_text=f"raw pixels {pixel:.1f}%", annotation_position="top right")
+    return figure
+
+
+def collapse_figure(metrics: pd.DataFrame, projector_dim: int, smoothing: float = 0.0, fraction: float = DEFAULT_FRACTION) -> go.Figure:
+    """The collapse meter: projection spread with the healthy level 1/√d and the collapse threshold."""
+    rows = _column(step_rows(metrics), "z_std")
+    healthy = healthy_std(projector_dim)
+    figure = _base_figure("Collapse meter", "spread (z_std)", subtitle="projection spread; falling to 0 = collapse")
+    figure.add_scatter(
+        x=rows["epoch"], y=_smoothed(rows["z_std"], smoothing), mode="lines" if len(rows) >= 20 else "lines+markers", name="spread",
+        line=dict(color=PALETTE[3], width=2), customdata=rows["step"], hovertemplate="%{y:.4f} (step %{customdata})",
+    )
+    figure.add_hline(y=healthy, line=dict(color="#2b8a3e", dash="dash"),
+                     annotation_text=f"healthy 1/√{projector_dim} = {healthy:.3f}", annotation_position="top right")
+    figure.add_hline(y=fraction * healthy, line=dict(color="#c92a2a", dash="dot"),
+                     annotation_text=f"collapse line ({fraction:.0%} of healthy)", annotation_position="bottom right")
+    step = collapse_point(rows, projector_dim, fraction)
+    if step is not None:
+        epoch = float(rows.loc[rows["step"] == step, "epoch"].iloc[0])
+        figure.add_vline(x=epoch, line=dict(color="#c92a2a"), annotation_text="collapsed", annotation_position="top left")
+    figure.update_yaxes(rangemode="tozero")
+    return figure
+
+
+def rank_figure(metrics: pd.DataFrame) -> go.Figure:
+    rows = _column(eval_rows(metrics), "effective_rank")
+    figure = _base_figure("Effective rank", "effective rank", subtitle="directions the features use; higher = richer")
+    figure.add_scatter(
+        x=rows["epoch"], y=rows["effective_rank"], mode="lines+markers", name="effective rank",
+        line=dict(color=PALETTE[4], width=2), customdata=rows["step"], hovertemplate="%{y:.1f} (step %{customdata})",
+    )
+    if "feature_dim" in rows and len(rows):
+        figure.add_hline(y=float(rows["feature_dim"].iloc[-1]), line=dict(color="#adb5bd", dash="dash"),
+                         annotation_text="feature size (the maximum)", annotation_position="bottom right")
+    figure.update_yaxes(rangemode="tozero")
+    return figure
+
+
+def overlay_figure(
+    frames: dict[str, pd.DataFrame],
+    column: str,
+    title: str,
+    y_title: str,
+    kind: str = "step",
+    smoothing: float = 0.0,
+    log_y: bool = False,
+    markers: dict[str, int | None] | None = None,
+) -> go.Figure:
+    """One line per run of `column` over epochs; `markers` = run name -> step to mark with an ✕."""
+    figure = _base_figure(title, y_title, height=400)
+    figure.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0), margin=dict(b=10))
+    for i, (name, metrics) in enumerate(frames.items()):
+        rows = _column(step_rows(metrics) if kind == "step" else eval_rows(metrics), column)
+        color = PALETTE[i % len(PALETTE)]
+        y = _smoothed(rows[column], smoothing) if kind == "step" else list(rows[column])
+        few = kind != "step" or len(rows) < 20  # a line through one or two points would not show
+        figure.add_scatter(
+            x=rows["epoch"], y=y, mode="lines+markers" if few else "lines", name=name,
+            line=dict(color=color, width=2), customdata=rows["step"], hovertemplate=f"{name}: %{{y:.4g}} (step %{{customdata}})<extra></extra>",
+        )
+        step = (markers or {}).get(name)
+        if step is not None and len(rows):
+            hit = rows[rows["step"] == step]
+            if len(hit):
+                index = hit.index[0]
+                position = list(rows.index).index(index)
+                figure.add_scatter(
+                    x=[float(hit["epoch"].iloc[0])], y=[y[position]], mode="markers", name=f"{name} collapsed",
+                    marker=dict(symbol="x", size=14, color=color, line=dict(width=2)),
+                    hovertemplate=f"{name} collapsed at step {step:,}<extra></extra>",
+                )
+    if log_y:
+        figure.update_yaxes(type="log")
+    figure.update_layout(hovermode="closest", showlegend=True)
+    return figure
