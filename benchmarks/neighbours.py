@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from byol.checkpoint import load_backbone  # noqa: E402
 from byol.data import load_dataset  # noqa: E402
-from byol.embed import nearest_neighbours  # noqa: E402  (the top-k search; it may move to byol.retrieval)
+from byol.retrieval import nearest_neighbours  # noqa: E402  (the top-k search, written once)
 from byol.knn import eval_indices, extract_features, pixel_features  # noqa: E402
 from byol.retrieval import precision_at_k  # noqa: E402
 from byol.runs import list_snapshots  # noqa: E402
