@@ -10,7 +10,15 @@ import streamlit as st
 from byol import runs
 from ui.charts import knn_figure
 from ui.common import (
-    RUNS_TABLE_COLUMNS, device_facts, fmt_pct, get_runner, link, page_setup, plain_errors, runs_dir, runs_table,
+    RUNS_TABLE_COLUMNS,
+    device_facts,
+    fmt_pct,
+    get_runner,
+    link,
+    page_setup,
+    plain_errors,
+    runs_dir,
+    runs_table,
 )
 
 page_setup("Home", ":material/home:")
@@ -68,7 +76,8 @@ if showcase is not None:
         st.caption(demo.demo)
     chart, facts = st.columns([3, 1])
     chart.plotly_chart(
-        knn_figure(runs.read_metrics(showcase.path), showcase.baseline_knn, showcase.pixel_knn), key="home_knn",
+        knn_figure(runs.read_metrics(showcase.path), showcase.baseline_knn, showcase.pixel_knn),
+        key="home_knn",
     )
     with facts:
         st.metric("Best kNN accuracy", fmt_pct(showcase.best_knn), help="Highest kNN accuracy this run reached.")
@@ -86,8 +95,12 @@ if interrupted:
     for s in interrupted:
         text, button = st.columns([4, 1])
         text.markdown(f"**{s.name}**: epoch {s.epochs_done:g} of {s.epochs_total}, latest kNN {fmt_pct(s.latest_knn)}")
-        if button.button("Resume", key=f"resume_{s.name}", icon=":material/play_arrow:",
-                         help="Queue this run again; it continues from its last checkpoint."):
+        if button.button(
+            "Resume",
+            key=f"resume_{s.name}",
+            icon=":material/play_arrow:",
+            help="Queue this run again; it continues from its last checkpoint.",
+        ):
             with plain_errors():
                 runner.resume(s.path)
                 st.rerun()

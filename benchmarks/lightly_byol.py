@@ -70,13 +70,19 @@ def lightly_loader(images: torch.Tensor, batch: int, workers: int, size: int = 3
     """A shuffling DataLoader of lightly's two views of uint8 `images` (last partial batch dropped)."""
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     return torch.utils.data.DataLoader(
-        PILImages(images, lightly_transform(size)), batch_size=batch, shuffle=True, drop_last=True,
-        num_workers=workers, persistent_workers=workers > 0, generator=generator,
+        PILImages(images, lightly_transform(size)),
+        batch_size=batch,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        generator=generator,
     )
 
 
-def lightly_step(model: LightlyBYOL, criterion, optimizer, x0: torch.Tensor, x1: torch.Tensor, m: float,
-                 autocast=None) -> torch.Tensor:
+def lightly_step(
+    model: LightlyBYOL, criterion, optimizer, x0: torch.Tensor, x1: torch.Tensor, m: float, autocast=None
+) -> torch.Tensor:
     """One step of lightly's example: momentum update, symmetric loss, optimiser step. Returns the loss."""
     from lightly.models.utils import update_momentum
 

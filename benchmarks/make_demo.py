@@ -62,8 +62,14 @@ def demo_record(run_dir: Path, machine: str, trained_on: str) -> dict:
         "the embeddings on first use."
     )
     return {
-        "label": label, "machine": machine, "minutes": round(minutes, 1), "epochs": config.epochs,
-        "knn": knn, "random_init_knn": random_init, "pixel_knn": pixels, "trained_on": trained_on,
+        "label": label,
+        "machine": machine,
+        "minutes": round(minutes, 1),
+        "epochs": config.epochs,
+        "knn": knn,
+        "random_init_knn": random_init,
+        "pixel_knn": pixels,
+        "trained_on": trained_on,
     }
 
 

@@ -30,17 +30,17 @@ sys.path.insert(0, str(ROOT))
 
 from byol.checkpoint import load_backbone  # noqa: E402
 from byol.data import load_dataset  # noqa: E402
-from byol.retrieval import nearest_neighbours  # noqa: E402  (the top-k search, written once)
 from byol.knn import eval_indices, extract_features, pixel_features  # noqa: E402
-from byol.retrieval import precision_at_k  # noqa: E402
+from byol.retrieval import nearest_neighbours, precision_at_k  # noqa: E402
 from byol.runs import list_snapshots  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 QUERY_SEED = 1016  # fixes the query sample; any fixed number would do
 
 
-def mean_precision(bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray, query_labels: np.ndarray,
-                   k: int) -> tuple[float, list[list[int]]]:
+def mean_precision(
+    bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray, query_labels: np.ndarray, k: int
+) -> tuple[float, list[list[int]]]:
     """Mean precision@k over the queries (0..1) and each query's neighbour labels, most similar first."""
     neighbour_labels = []
     for query in queries:
@@ -85,9 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     train_labels = data.train_labels.numpy()
     query_idx = eval_indices(len(data.test_labels), args.queries, seed=QUERY_SEED).numpy()
     query_labels = data.test_labels.numpy()[query_idx]
-    print(f"{checkpoint} (step {info['step']}, epoch {info['epoch']}, recorded kNN {info['knn']}); "
-          f"bank: all {len(train_labels):,} training images of {source}; {len(query_idx)} test queries "
-          f"(seed {QUERY_SEED}), k={args.k}", flush=True)
+    print(
+        f"{checkpoint} (step {info['step']}, epoch {info['epoch']}, recorded kNN {info['knn']}); "
+        f"bank: all {len(train_labels):,} training images of {source}; {len(query_idx)} test queries "
+        f"(seed {QUERY_SEED}), k={args.k}",
+        flush=True,
+    )
 
     started = time.perf_counter()
     bank = extract_features(backbone, data.train_images).numpy()
@@ -97,19 +100,32 @@ def main(argv: list[str] | None = None) -> int:
     pixel_tests = pixel_features(data.test_images, mean)[0].numpy()
     print(f"features in {time.perf_counter() - started:.0f} s", flush=True)
 
-    results = {"checkpoint": str(checkpoint), "step": info["step"], "data": source, "queries": len(query_idx),
-               "query_seed": QUERY_SEED, "k": args.k}
+    results = {
+        "checkpoint": str(checkpoint),
+        "step": info["step"],
+        "data": source,
+        "queries": len(query_idx),
+        "query_seed": QUERY_SEED,
+        "k": args.k,
+    }
     for name, bank_f, test_f in (("model", bank, tests), ("pixels", pixel_bank, pixel_tests)):
         precision, _ = mean_precision(bank_f, train_labels, test_f[query_idx], query_labels, args.k)
-        example_labels = mean_precision(bank_f, train_labels, test_f[[args.example]],
-                                        data.test_labels.numpy()[[args.example]], args.k)[1][0]
+        example_labels = mean_precision(
+            bank_f, train_labels, test_f[[args.example]], data.test_labels.numpy()[[args.example]], args.k
+        )[1][0]
         example_precision = precision_at_k(example_labels, int(data.test_labels[args.example]))
-        results[name] = {"mean_precision": precision, "example_labels": [classes[c] for c in example_labels],
-                         "example_precision": example_precision}
+        results[name] = {
+            "mean_precision": precision,
+            "example_labels": [classes[c] for c in example_labels],
+            "example_precision": example_precision,
+        }
         counts = {c: results[name]["example_labels"].count(c) for c in dict.fromkeys(results[name]["example_labels"])}
-        print(f"{name:>6}: mean precision@{args.k} {100 * precision:.1f}%   test image #{args.example} "
-              f"({classes[int(data.test_labels[args.example])]}): {100 * example_precision:.0f}%, "
-              + ", ".join(f"{n} {c}" for c, n in counts.items()), flush=True)
+        print(
+            f"{name:>6}: mean precision@{args.k} {100 * precision:.1f}%   test image #{args.example} "
+            f"({classes[int(data.test_labels[args.example])]}): {100 * example_precision:.0f}%, "
+            + ", ".join(f"{n} {c}" for c, n in counts.items()),
+            flush=True,
+        )
     gap = 100 * (results["model"]["mean_precision"] - results["pixels"]["mean_precision"])
     results["gap_points"] = gap
     print(f"model - pixels: {gap:+.1f} points (issue 11 acceptance: at least +30)")

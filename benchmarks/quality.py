@@ -64,11 +64,27 @@ MODES: dict[str, dict[str, Any]] = {
     # width 16 (the cpu preset's network) on a fixed 10k of the training images, 5k bank / 1k queries.
     # 8 epochs (312 steps). Measured at 4 and at 8 epochs (benchmarks/README.md): the recipes end within a
     # few points of the random-init network, so read differences under ~3 points as noise here.
-    "cpu": dict(preset="cpu", epochs=8, subset=10_000, eval_every=1.0, eval_bank_size=5000, eval_query_size=1000,
-                lightly_workers=0, lightly_hidden=1024),
+    "cpu": dict(
+        preset="cpu",
+        epochs=8,
+        subset=10_000,
+        eval_every=1.0,
+        eval_bank_size=5000,
+        eval_query_size=1000,
+        lightly_workers=0,
+        lightly_hidden=1024,
+    ),
     # the standard network on all 50k images, full bank (50k) and queries (10k)
-    "gpu": dict(preset="gpu", epochs=10, subset=0, eval_every=2.0, eval_bank_size=0, eval_query_size=0,
-                lightly_workers=6, lightly_hidden=1024),
+    "gpu": dict(
+        preset="gpu",
+        epochs=10,
+        subset=0,
+        eval_every=2.0,
+        eval_bank_size=0,
+        eval_query_size=0,
+        lightly_workers=6,
+        lightly_hidden=1024,
+    ),
 }
 
 # The built-in variants of each mode, "NAME:overrides" (an empty override list = the base recipe).
@@ -93,13 +109,14 @@ VARIANTS: dict[str, list[str]] = {
 }
 
 # --dry-run: every variant at this tiny size for a handful of steps (checks the script, measures nothing).
-DRY_RUN = dict(width=4, subset=128, batch_size=32, epochs=1, eval_every=0.5, eval_bank_size=128,
-               eval_query_size=50, knn_k=10, log_every=2)
+DRY_RUN = dict(
+    width=4, subset=128, batch_size=32, epochs=1, eval_every=0.5, eval_bank_size=128, eval_query_size=50, knn_k=10, log_every=2
+)
 
 
 # --- variants ------------------------------------------------------------------------------
 def parse_variant(text: str) -> tuple[str, list[str]]:
-    """"NAME:FIELD=VALUE,FIELD=VALUE" -> (NAME, ["FIELD=VALUE", ...]); ValueError when malformed."""
+    """ "NAME:FIELD=VALUE,FIELD=VALUE" -> (NAME, ["FIELD=VALUE", ...]); ValueError when malformed."""
     name, sep, rest = text.partition(":")
     name = name.strip()
     if not sep or not name:
@@ -115,10 +132,18 @@ def base_config(mode: str, data: str, epochs: int | None, device: str, seed: int
     epochs = epochs or settings["epochs"]
     warmup_share = preset.warmup_epochs / preset.epochs
     return preset.replace(
-        data=data, epochs=epochs, warmup_epochs=round(warmup_share * epochs, 4), subset=settings["subset"],
-        eval_every=min(settings["eval_every"], epochs), eval_bank_size=settings["eval_bank_size"],
-        eval_query_size=settings["eval_query_size"], device=device, seed=seed,
-        log_every=max(preset.log_every, 10), checkpoint_minutes=10_000.0, notes="quality benchmark",
+        data=data,
+        epochs=epochs,
+        warmup_epochs=round(warmup_share * epochs, 4),
+        subset=settings["subset"],
+        eval_every=min(settings["eval_every"], epochs),
+        eval_bank_size=settings["eval_bank_size"],
+        eval_query_size=settings["eval_query_size"],
+        device=device,
+        seed=seed,
+        log_every=max(preset.log_every, 10),
+        checkpoint_minutes=10_000.0,
+        notes="quality benchmark",
     )
 
 
@@ -149,13 +174,18 @@ def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
     speeds = sorted(r["images_per_s"] for r in rows if r.get("kind") == "step" and r.get("images_per_s"))
     message = runs.read_status(run_dir).get("message", "")
     return {
-        "name": name, "overrides": spec["overrides"], "state": state, "message": message, "minutes": minutes,
+        "name": name,
+        "overrides": spec["overrides"],
+        "state": state,
+        "message": message,
+        "minutes": minutes,
         "curve": [[r["epoch"], r["knn"]] for r in evals],
         "final_knn": evals[-1]["knn"] if evals and state == runs.FINISHED else None,
         "random_init_knn": evals[0]["knn"] if evals and evals[0]["step"] == 0 else None,
         "pixel_knn": evals[0].get("pixel_knn") if evals else None,
         "images_per_s": speeds[len(speeds) // 2] if speeds else None,
-        "run_dir": str(run_dir), "config": config.to_dict(),
+        "run_dir": str(run_dir),
+        "config": config.to_dict(),
     }
 
 
@@ -163,7 +193,6 @@ def run_lightly(spec: dict[str, Any]) -> dict[str, Any]:
     """lightly's BYOL recipe on our backbone, the same images, schedule, precision and kNN as the base."""
     from lightly.loss import NegativeCosineSimilarity
     from lightly.utils.scheduler import cosine_schedule
-
     from lightly_byol import LightlyBYOL, lightly_loader, lightly_step
 
     config = TrainConfig.from_dict(spec["config"])
@@ -204,8 +233,9 @@ def run_lightly(spec: dict[str, Any]) -> dict[str, Any]:
             for group in optimizer.param_groups:
                 group["lr"] = peak_lr * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * step / total_steps))).item()
             momentum = cosine_schedule(step, total_steps, 0.99, 1.0)
-            loss = lightly_step(model, criterion, optimizer, x0.to(device), x1.to(device), momentum,
-                                autocast_context(device, bf16))
+            loss = lightly_step(
+                model, criterion, optimizer, x0.to(device), x1.to(device), momentum, autocast_context(device, bf16)
+            )
             step += 1
             trained_images += len(x0)
             if step % config.log_every == 0 and not torch.isfinite(loss):
@@ -216,18 +246,37 @@ def run_lightly(spec: dict[str, Any]) -> dict[str, Any]:
                 evaluate(step)
                 model.train()
     return {
-        "name": spec["name"], "overrides": spec["overrides"], "state": runs.FINISHED, "message": "",
-        "minutes": (time.perf_counter() - started) / 60, "curve": curve, "final_knn": curve[-1][1],
-        "random_init_knn": curve[0][1], "pixel_knn": None,
-        "images_per_s": trained_images / train_seconds if train_seconds else None, "run_dir": "", "config": config.to_dict(),
+        "name": spec["name"],
+        "overrides": spec["overrides"],
+        "state": runs.FINISHED,
+        "message": "",
+        "minutes": (time.perf_counter() - started) / 60,
+        "curve": curve,
+        "final_knn": curve[-1][1],
+        "random_init_knn": curve[0][1],
+        "pixel_knn": None,
+        "images_per_s": trained_images / train_seconds if train_seconds else None,
+        "run_dir": "",
+        "config": config.to_dict(),
     }
 
 
 def failed_result(spec: dict[str, Any], message: str) -> dict[str, Any]:
     """The result row of a variant that did not finish: its message instead of figures."""
-    return {"name": spec["name"], "overrides": spec["overrides"], "state": "failed", "message": message,
-            "minutes": None, "curve": [], "final_knn": None, "random_init_knn": None, "pixel_knn": None,
-            "images_per_s": None, "run_dir": "", "config": spec["config"]}
+    return {
+        "name": spec["name"],
+        "overrides": spec["overrides"],
+        "state": "failed",
+        "message": message,
+        "minutes": None,
+        "curve": [],
+        "final_knn": None,
+        "random_init_knn": None,
+        "pixel_knn": None,
+        "images_per_s": None,
+        "run_dir": "",
+        "config": spec["config"],
+    }
 
 
 def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
@@ -257,9 +306,13 @@ def previous_result(spec: dict[str, Any]) -> dict[str, Any] | None:
     return result if same and result.get("state") == runs.FINISHED else None
 
 
-def run_all(specs: list[dict[str, Any]], parallel: int, threads: int = 0,
-            on_result: Callable[[list[dict[str, Any]]], None] = lambda done: None,
-            reuse: bool = False) -> list[dict[str, Any]]:
+def run_all(
+    specs: list[dict[str, Any]],
+    parallel: int,
+    threads: int = 0,
+    on_result: Callable[[list[dict[str, Any]]], None] = lambda done: None,
+    reuse: bool = False,
+) -> list[dict[str, Any]]:
     """Run every spec: in this process (parallel 0) or in fresh processes, `parallel` at once.
 
     `on_result` gets the results so far after each one, so a run cut short still leaves its table.
@@ -270,8 +323,12 @@ def run_all(specs: list[dict[str, Any]], parallel: int, threads: int = 0,
         kept = {name: result for name, result in kept.items() if result is not None}
         for name in kept:
             print(f"- {name}: reusing the finished run in its scratch folder", flush=True)
-        fresh = run_all([spec for spec in specs if spec["name"] not in kept], parallel, threads and int(threads[1]),
-                        lambda done: on_result([*kept.values(), *done]))
+        fresh = run_all(
+            [spec for spec in specs if spec["name"] not in kept],
+            parallel,
+            threads and int(threads[1]),
+            lambda done: on_result([*kept.values(), *done]),
+        )
         by_name = {**kept, **{r["name"]: r for r in fresh}}
         return [by_name[spec["name"]] for spec in specs]
     if parallel <= 0:
@@ -293,8 +350,12 @@ def run_all(specs: list[dict[str, Any]], parallel: int, threads: int = 0,
             spec_path = folder / "spec.json"
             spec_path.write_text(json.dumps(spec, indent=1))
             log = open(folder / "log.txt", "w")
-            process = subprocess.Popen([sys.executable, __file__, "--worker", str(spec_path), *threads], stdout=log,
-                                       stderr=subprocess.STDOUT, cwd=str(ROOT))
+            process = subprocess.Popen(
+                [sys.executable, __file__, "--worker", str(spec_path), *threads],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=str(ROOT),
+            )
             print(f"- started {spec['name']} (log: {folder / 'log.txt'})", flush=True)
             running.append((spec, process, log))
         time.sleep(1.0)
@@ -332,17 +393,27 @@ def print_result(result: dict[str, Any]) -> None:
 def report(results: dict[str, Any]) -> str:
     rows = results["variants"]
     epochs = sorted({e for r in rows for e, _ in r["curve"]})
-    lines = [f"# Quality benchmark, {results['mode']} mode ({results['date']})", "",
-             f"Machine: {results['machine']}", "", f"Command: `{results['command']}`", "",
-             f"Data: {results['data']}; {results['setting']}", "",
-             f"Baselines on the same bank and queries: random-init network {_pct(results['random_init_knn'])}, "
-             f"raw pixels {_pct(results['pixel_knn'])}.", ""]
+    lines = [
+        f"# Quality benchmark, {results['mode']} mode ({results['date']})",
+        "",
+        f"Machine: {results['machine']}",
+        "",
+        f"Command: `{results['command']}`",
+        "",
+        f"Data: {results['data']}; {results['setting']}",
+        "",
+        f"Baselines on the same bank and queries: random-init network {_pct(results['random_init_knn'])}, "
+        f"raw pixels {_pct(results['pixel_knn'])}.",
+        "",
+    ]
     if not results.get("complete", True):
         lines += [f"**Partial table**: {len(rows)} runs finished so far; the others were still running or cut short.", ""]
     if results.get("lightly_skipped"):
         lines += [f"Reference row skipped: {results['lightly_skipped']}", ""]
-    lines += ["| variant | overrides | " + " | ".join(f"ep {e:g}" for e in epochs) + " | final kNN | minutes | images/s |",
-              "|---|---|" + "---:|" * len(epochs) + "---:|---:|---:|"]
+    lines += [
+        "| variant | overrides | " + " | ".join(f"ep {e:g}" for e in epochs) + " | final kNN | minutes | images/s |",
+        "|---|---|" + "---:|" * len(epochs) + "---:|---:|---:|",
+    ]
     for r in rows:
         by_epoch = {e: k for e, k in r["curve"]}
         cells = [_pct(by_epoch.get(e)) for e in epochs]
@@ -351,8 +422,11 @@ def report(results: dict[str, Any]) -> str:
         speed = "–" if r["images_per_s"] is None else f"{r['images_per_s']:.0f}"
         overrides = ", ".join(r["overrides"]) or "(base)"
         lines.append(f"| {r['name']} | {overrides} | " + " | ".join(cells) + f" | {final} | {minutes} | {speed} |")
-    lines += ["", "Minutes: the whole train() call (data from the cache, every evaluation included); images/s: the "
-              "median logged training speed. Variants that ran at once shared the machine."]
+    lines += [
+        "",
+        "Minutes: the whole train() call (data from the cache, every evaluation included); images/s: the "
+        "median logged training speed. Variants that ran at once shared the machine.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -363,8 +437,10 @@ def machine_line(device: torch.device) -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return (f"{describe_device(device)}; CPU: {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads per run; "
-            f"torch {torch.__version__}")
+    return (
+        f"{describe_device(device)}; CPU: {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads per run; "
+        f"torch {torch.__version__}"
+    )
 
 
 def lightly_available() -> bool:
@@ -378,25 +454,41 @@ def lightly_available() -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mode", choices=sorted(MODES), default="cpu")
-    parser.add_argument("--data", default="", help="image folder/archive, 'synthetic' (default: the real copy; "
-                        "synthetic for --dry-run)")
-    parser.add_argument("--variant", action="append", default=[], metavar="NAME:FIELD=VALUE,...",
-                        help="a variant of the base recipe (repeat; default: the mode's built-in set)")
+    parser.add_argument(
+        "--data", default="", help="image folder/archive, 'synthetic' (default: the real copy; synthetic for --dry-run)"
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:FIELD=VALUE,...",
+        help="a variant of the base recipe (repeat; default: the mode's built-in set)",
+    )
     parser.add_argument("--only", nargs="+", default=[], metavar="NAME", help="run only these built-in variants")
     parser.add_argument("--list", action="store_true", help="print the built-in variants of the mode and exit")
     parser.add_argument("--epochs", type=int, default=None, help="schedule length (default: the mode's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--parallel", type=int, default=1, help="variants at once, each in a fresh process "
-                        "(0: one after another in this process)")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads per variant (0: torch's default); "
-                        "1 on a CPU shared with other work, where threads that wait for each other lose most of their time")
+    parser.add_argument(
+        "--parallel", type=int, default=1, help="variants at once, each in a fresh process (0: one after another in this process)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads per variant (0: torch's default); "
+        "1 on a CPU shared with other work, where threads that wait for each other lose most of their time",
+    )
     parser.add_argument("--no-lightly", action="store_true", help="skip the lightly reference row")
     parser.add_argument("--lightly-workers", type=int, default=None, help="DataLoader workers of the lightly row")
     parser.add_argument("--dry-run", action="store_true", help="every variant and the lightly row for a few steps at tiny size")
     parser.add_argument("--scratch", default="", help=f"runs folder for the variants (default: {SCRATCH_DIR}/<mode>-<time>)")
-    parser.add_argument("--reuse", action="store_true", help="with --scratch: keep the finished runs of identical "
-                        "variants found there instead of training them again (resume a benchmark cut short)")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="with --scratch: keep the finished runs of identical "
+        "variants found there instead of training them again (resume a benchmark cut short)",
+    )
     parser.add_argument("--out", default=str(RESULTS_DIR), help="folder for the table (.md) and numbers (.json)")
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)  # internal: one spec in a fresh process
     args = parser.parse_args(argv)
@@ -430,8 +522,9 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(args.scratch) if args.scratch else SCRATCH_DIR / f"{args.mode}{'-dry' if args.dry_run else ''}-{stamp}"
     specs = []
     for name, overrides, config in configs:
-        specs.append({"kind": "ours", "name": name, "overrides": overrides, "config": config.to_dict(),
-                      "scratch": str(scratch / name)})
+        specs.append(
+            {"kind": "ours", "name": name, "overrides": overrides, "config": config.to_dict(), "scratch": str(scratch / name)}
+        )
     lightly_skipped = ""
     if args.no_lightly:
         lightly_skipped = "--no-lightly was given."
@@ -439,20 +532,30 @@ def main(argv: list[str] | None = None) -> int:
         lightly_skipped = "lightly is not installed (pip install -r benchmarks/requirements.txt)."
     else:
         workers = MODES[args.mode]["lightly_workers"] if args.lightly_workers is None else args.lightly_workers
-        specs.append({"kind": "lightly", "name": LIGHTLY, "overrides": ["lightly's recipe on our backbone"],
-                      "config": reference.to_dict(), "scratch": str(scratch / LIGHTLY),
-                      "lightly_workers": 0 if args.dry_run else workers, "lightly_hidden": MODES[args.mode]["lightly_hidden"]})
+        specs.append(
+            {
+                "kind": "lightly",
+                "name": LIGHTLY,
+                "overrides": ["lightly's recipe on our backbone"],
+                "config": reference.to_dict(),
+                "scratch": str(scratch / LIGHTLY),
+                "lightly_workers": 0 if args.dry_run else workers,
+                "lightly_hidden": MODES[args.mode]["lightly_hidden"],
+            }
+        )
     if lightly_skipped:
         print(f"Reference row skipped: {lightly_skipped}", flush=True)
     for spec in specs:
         Path(spec["scratch"]).mkdir(parents=True, exist_ok=True)
 
     device = resolve_device(args.device)
-    setting = (f"width {base.width if not args.dry_run else DRY_RUN['width']}, "
-               f"{'all' if not configs[0][2].subset else configs[0][2].subset} training images, "
-               f"{configs[0][2].epochs}-epoch complete schedules, kNN k={configs[0][2].knn_k} on "
-               f"{configs[0][2].eval_bank_size or 'all'} bank / {configs[0][2].eval_query_size or 'all'} queries, "
-               f"seed {args.seed}{', DRY RUN (tiny sizes, measures nothing)' if args.dry_run else ''}")
+    setting = (
+        f"width {base.width if not args.dry_run else DRY_RUN['width']}, "
+        f"{'all' if not configs[0][2].subset else configs[0][2].subset} training images, "
+        f"{configs[0][2].epochs}-epoch complete schedules, kNN k={configs[0][2].knn_k} on "
+        f"{configs[0][2].eval_bank_size or 'all'} bank / {configs[0][2].eval_query_size or 'all'} queries, "
+        f"seed {args.seed}{', DRY RUN (tiny sizes, measures nothing)' if args.dry_run else ''}"
+    )
     print(machine_line(device), flush=True)
     print(f"{len(specs)} runs ({setting}) into {scratch}, {max(args.parallel, 1)} at a time", flush=True)
     load_dataset(data)  # decode once into the cache before anything is timed (the variants read the cache)
@@ -465,13 +568,20 @@ def main(argv: list[str] | None = None) -> int:
         """The table and numbers of the results so far, written to --out."""
         ours_rows = [r for r in results_list if r["name"] != LIGHTLY and r["random_init_knn"] is not None]
         results = {
-            "date": time.strftime("%Y-%m-%d %H:%M"), "mode": args.mode, "dry_run": args.dry_run,
-            "machine": machine_line(device), "data": data, "setting": setting,
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+            "mode": args.mode,
+            "dry_run": args.dry_run,
+            "machine": machine_line(device),
+            "data": data,
+            "setting": setting,
             "command": " ".join(["python benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])]),
             "random_init_knn": ours_rows[0]["random_init_knn"] if ours_rows else None,
             "pixel_knn": ours_rows[0]["pixel_knn"] if ours_rows else None,
-            "lightly_skipped": lightly_skipped, "total_minutes": (time.perf_counter() - started) / 60,
-            "complete": len(results_list) == len(specs), "scratch": str(scratch), "variants": results_list,
+            "lightly_skipped": lightly_skipped,
+            "total_minutes": (time.perf_counter() - started) / 60,
+            "complete": len(results_list) == len(specs),
+            "scratch": str(scratch),
+            "variants": results_list,
         }
         table = report(results)
         (out / f"{stem}.md").write_text(table)

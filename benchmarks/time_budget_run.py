@@ -31,9 +31,13 @@ def main() -> None:
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--data", default=str(Path(__file__).resolve().parent.parent.parent / "shared/data/cifar10-jpg.tar.gz"))
     parser.add_argument("--minutes", type=float, default=15.0)
-    parser.add_argument("--max-images", type=int, default=0,
-                        help="stop at the first evaluation after this many training images instead of after a time "
-                             "(compares candidates fairly on a busy machine)")
+    parser.add_argument(
+        "--max-images",
+        type=int,
+        default=0,
+        help="stop at the first evaluation after this many training images instead of after a time "
+        "(compares candidates fairly on a busy machine)",
+    )
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     parser.add_argument("--runs-dir", type=Path, default=Path("/tmp/byol-budget-runs"))
     parser.add_argument("--name")
@@ -58,17 +62,24 @@ def main() -> None:
                 timer.start()
         if event.get("kind") == "eval":
             elapsed = time.monotonic() - started.get("t0", time.monotonic())
-            print(f"  {elapsed / 60:5.1f} min  step {event['step']:6d}  epoch {event['epoch']:6.2f}  "
-                  f"kNN {event['knn']:5.1f}%  (raw pixels {event['pixel_knn']:.1f}%)", flush=True)
+            print(
+                f"  {elapsed / 60:5.1f} min  step {event['step']:6d}  epoch {event['epoch']:6.2f}  "
+                f"kNN {event['knn']:5.1f}%  (raw pixels {event['pixel_knn']:.1f}%)",
+                flush=True,
+            )
 
-    print(f"{run_dir.name}: {json.dumps({k: v for k, v in config.to_dict().items() if v != preset(args.preset).to_dict().get(k)})}")
+    print(
+        f"{run_dir.name}: {json.dumps({k: v for k, v in config.to_dict().items() if v != preset(args.preset).to_dict().get(k)})}"
+    )
     state = train(config, run_dir, stop, on_event)
     evals = [r for r in runs.read_metric_rows(run_dir) if r["kind"] == "eval"]
     steps = [r for r in runs.read_metric_rows(run_dir) if r["kind"] == "step"]
     speeds = sorted(r["images_per_s"] for r in steps[2:]) or [0]
-    print(f"{state}: final kNN {evals[-1]['knn']:.1f}% (step-0 {evals[0]['knn']:.1f}%, raw pixels "
-          f"{evals[-1]['pixel_knn']:.1f}%, bank {evals[-1]['bank_size']}, queries {evals[-1]['query_size']}, "
-          f"k {evals[-1]['k']}), median {speeds[len(speeds) // 2]:.0f} images/s, last loss {steps[-1]['loss']:.3f}")
+    print(
+        f"{state}: final kNN {evals[-1]['knn']:.1f}% (step-0 {evals[0]['knn']:.1f}%, raw pixels "
+        f"{evals[-1]['pixel_knn']:.1f}%, bank {evals[-1]['bank_size']}, queries {evals[-1]['query_size']}, "
+        f"k {evals[-1]['k']}), median {speeds[len(speeds) // 2]:.0f} images/s, last loss {steps[-1]['loss']:.3f}"
+    )
     print(run_dir)
 
 

@@ -207,7 +207,9 @@ def _augment_rows(images: torch.Tensor, c: _Columns, size: int, generator: torch
     return normalize(x)
 
 
-def augment(images: torch.Tensor, s: ViewSettings, size: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+def augment(
+    images: torch.Tensor, s: ViewSettings, size: int | None = None, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """One augmented, normalised view of a uint8 batch; every image gets its own random draw."""
     c = _columns_for(s, images.shape[0], images.device)
     return _augment_rows(to_float(images), c, size or images.shape[-1], generator)

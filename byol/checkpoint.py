@@ -155,8 +155,7 @@ def load_backbone(path: Path) -> tuple[ResNet18Backbone, TrainConfig, dict[str, 
         backbone.load_state_dict(weights)
     except (KeyError, TypeError, AttributeError, RuntimeError) as error:
         raise CheckpointError(
-            f"The checkpoint {Path(path).name} does not hold a backbone that matches its settings "
-            f"({type(error).__name__})."
+            f"The checkpoint {Path(path).name} does not hold a backbone that matches its settings ({type(error).__name__})."
         ) from None
     info = {k: state.get(k) for k in ("kind", "step", "epoch", "knn")}
     return backbone.eval(), config, info

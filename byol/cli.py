@@ -69,9 +69,7 @@ def build_parser(prog: str = "python -m byol") -> argparse.ArgumentParser:
     embed.add_argument(
         "--checkpoint", type=Path, help="a specific checkpoint file (default: the newest, as the dashboard picks it)"
     )
-    embed.add_argument(
-        "--umap", action="store_true", help="also compute the 2-D UMAP map of the test split and the kNN accuracy"
-    )
+    embed.add_argument("--umap", action="store_true", help="also compute the 2-D UMAP map of the test split and the kNN accuracy")
 
     listing = sub.add_parser("list", help="one line per run")
     listing.add_argument("--runs-dir", type=Path, default=None)
@@ -99,9 +97,17 @@ def _parse_value(field_type: Any, text: str) -> Any:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     config = preset(args.preset)
     overrides = {
-        "data": args.data, "data_root": args.data_root, "epochs": args.epochs, "batch_size": args.batch_size,
-        "lr": args.lr, "width": args.width, "subset": args.subset, "device": args.device,
-        "precision": args.precision, "seed": args.seed, "eval_every": args.eval_every,
+        "data": args.data,
+        "data_root": args.data_root,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "width": args.width,
+        "subset": args.subset,
+        "device": args.device,
+        "precision": args.precision,
+        "seed": args.seed,
+        "eval_every": args.eval_every,
     }
     config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
     if args.no_bn:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .errors import UserError
@@ -222,14 +222,16 @@ def config_errors(config: TrainConfig) -> list[str]:
         errors.append(f"Tau schedule (tau_schedule) must be one of {', '.join(TAU_SCHEDULES)}; got {config.tau_schedule!r}.")
     if config.precision not in PRECISIONS:
         errors.append(f"Precision (precision) must be one of {', '.join(PRECISIONS)}; got {config.precision!r}.")
-    for name, words in (("head_bn", "Batch norm in the heads"), ("channels_last", "Channels-last memory layout"),
-                        ("compile", "Compiling the networks"), ("cuda_fast", "CUDA speed-ups")):
+    for name, words in (
+        ("head_bn", "Batch norm in the heads"),
+        ("channels_last", "Channels-last memory layout"),
+        ("compile", "Compiling the networks"),
+        ("cuda_fast", "CUDA speed-ups"),
+    ):
         if not isinstance(getattr(config, name), bool):
             errors.append(f"{words} ({name}) must be true or false; got {getattr(config, name)!r}.")
     device = config.device
-    if not isinstance(device, str) or not (
-        device in DEVICES or (device.startswith("cuda:") and device[5:].isdigit())
-    ):
+    if not isinstance(device, str) or not (device in DEVICES or (device.startswith("cuda:") and device[5:].isdigit())):
         errors.append(f"Device (device) must be auto, cpu, cuda or cuda:N; got {device!r}.")
     if not errors and config.warmup_epochs > config.epochs:
         errors.append(
@@ -237,9 +239,7 @@ def config_errors(config: TrainConfig) -> list[str]:
             f"got {config.warmup_epochs:g}."
         )
     if not errors and config.knn_k > 0 and config.eval_bank_size and config.knn_k > config.eval_bank_size:
-        errors.append(
-            f"kNN k (knn_k) must be at most the kNN bank size ({config.eval_bank_size}); got {config.knn_k}."
-        )
+        errors.append(f"kNN k (knn_k) must be at most the kNN bank size ({config.eval_bank_size}); got {config.knn_k}.")
     return errors
 
 
@@ -265,8 +265,7 @@ def check_against_data(config: TrainConfig, train_size: int, test_size: int, wor
         )
     if config.batch_size > used:
         raise ConfigError(
-            f"Batch size (batch_size) must be at most the number of training images ({used}); "
-            f"got {config.batch_size}."
+            f"Batch size (batch_size) must be at most the number of training images ({used}); got {config.batch_size}."
         )
     bank = min(config.eval_bank_size or train_size, train_size)
     if config.knn_k > bank:

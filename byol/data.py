@@ -40,7 +40,16 @@ from byol.synthetic import synthetic_dataset
 log = logging.getLogger(__name__)
 
 CLASS_NAMES_CIFAR10: list[str] = [
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 ]
 
 ARCHIVE_EXTENSIONS: tuple[str, ...] = (".tar.gz", ".tgz", ".tar", ".zip")
@@ -126,9 +135,7 @@ def layout_problem(source: str) -> str | None:
     return None
 
 
-def load_dataset(
-    source: str, root: str | None = None, cache_dir: Path | None = None, image_size: int = 32
-) -> Dataset:
+def load_dataset(source: str, root: str | None = None, cache_dir: Path | None = None, image_size: int = 32) -> Dataset:
     """Load a data set by the name or path the user gave.
 
     `root` is where torchvision keeps CIFAR-10 (only used for "cifar10"); `cache_dir` is the project
@@ -357,8 +364,11 @@ def _list_archive(path: Path) -> _Listing:
 
 def _data_root(listing: _Listing, path: Path) -> tuple[str, ...]:
     """The folder holding train/ and test/: the top itself, or the one folder there that has both."""
-    candidates = [p for p in [()] + sorted(d for d in listing.dirs if len(d) == 1)
-                  if p + ("train",) in listing.dirs and p + ("test",) in listing.dirs]
+    candidates = [
+        p
+        for p in [()] + sorted(d for d in listing.dirs if len(d) == 1)
+        if p + ("train",) in listing.dirs and p + ("test",) in listing.dirs
+    ]
     if not candidates:
         has = {name for d in listing.dirs if len(d) <= 2 for name in ("train", "test") if d[-1] == name}
         if has == {"train"}:
@@ -388,8 +398,7 @@ def _find_layout(listing: _Listing, path: Path) -> _Layout:
             class_folders[d[depth]].add(d[depth + 1])
     images: dict[tuple[str, str], list[tuple[str, ...]]] = {}
     for f in listing.files:
-        if (len(f) > depth + 2 and f[:depth] == prefix and f[depth] in class_folders
-                and f[-1].lower().endswith(IMAGE_EXTENSIONS)):
+        if len(f) > depth + 2 and f[:depth] == prefix and f[depth] in class_folders and f[-1].lower().endswith(IMAGE_EXTENSIONS):
             images.setdefault((f[depth], f[depth + 1]), []).append(f)
 
     classes, test_classes = sorted(class_folders["train"]), sorted(class_folders["test"])
@@ -413,8 +422,7 @@ def _find_layout(listing: _Listing, path: Path) -> _Layout:
         for cls in names:
             if (split, cls) not in images:
                 raise DataError(
-                    f"{path}: the class folder {where}{split}/{cls}/ has no images "
-                    f"(looked for {', '.join(IMAGE_EXTENSIONS)})."
+                    f"{path}: the class folder {where}{split}/{cls}/ has no images (looked for {', '.join(IMAGE_EXTENSIONS)})."
                 )
             for f in images[(split, cls)]:
                 files[f] = (split_index, classes.index(cls))
@@ -487,5 +495,11 @@ def _assemble(path: Path, layout: _Layout, arrays: dict[tuple[str, ...], np.ndar
         labels = np.array([cls for cls, _ in items], dtype=np.int64)
         splits.append((torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels)))
     (train_images, train_labels), (test_images, test_labels) = splits
-    return dict(classes=list(layout.classes), train_images=train_images, train_labels=train_labels,
-                test_images=test_images, test_labels=test_labels, skipped_files=skipped)
+    return dict(
+        classes=list(layout.classes),
+        train_images=train_images,
+        train_labels=train_labels,
+        test_images=test_images,
+        test_labels=test_labels,
+        skipped_files=skipped,
+    )

@@ -28,9 +28,7 @@ def resolve_device(name: str = "auto") -> torch.device:
             raise ConfigError("Device (device) is set to a GPU, but no CUDA GPU is available here; use cpu or auto.")
         index = device.index or 0
         if index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"Device (device) asks for GPU {index}, but only {torch.cuda.device_count()} GPU(s) are present."
-            )
+            raise ConfigError(f"Device (device) asks for GPU {index}, but only {torch.cuda.device_count()} GPU(s) are present.")
         return torch.device("cuda", index)
     return device
 

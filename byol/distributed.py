@@ -260,8 +260,15 @@ class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     it is plain batch norm. Same parameters and buffers as BatchNorm1d/2d.
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
-                 track_running_stats: bool = True, group: Any = None):
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        group: Any = None,
+    ):
         super().__init__(num_features, eps, momentum, affine, track_running_stats)
         self.group = group
 

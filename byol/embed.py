@@ -121,8 +121,11 @@ def save_embeddings(
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     np.savez_compressed(
-        buffer, features=np.asarray(features, dtype=np.float16), labels=np.asarray(labels, dtype=np.int64),
-        indices=np.arange(len(labels)), classes=np.array(classes),
+        buffer,
+        features=np.asarray(features, dtype=np.float16),
+        labels=np.asarray(labels, dtype=np.int64),
+        indices=np.arange(len(labels)),
+        classes=np.array(classes),
     )
     write_atomic(path, lambda f: f.write(buffer.getvalue()))
     return path
@@ -133,8 +136,12 @@ def load_embeddings(path: Path) -> Embeddings:
         features = archive["features"].astype(np.float32)
         # float16 storage loses a little norm; renormalise so dot products stay cosines.
         features /= np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
-        return Embeddings(features, archive["labels"].astype(np.int64), archive["indices"].astype(np.int64),
-                          [str(c) for c in archive["classes"]])
+        return Embeddings(
+            features,
+            archive["labels"].astype(np.int64),
+            archive["indices"].astype(np.int64),
+            [str(c) for c in archive["classes"]],
+        )
 
 
 # --- the in-process cache ----------------------------------------------------------------------------
@@ -201,8 +208,7 @@ def load_split(run_dir: Path, checkpoint: Path, split: str) -> Embeddings:
     path = embedding_path(run_dir, checkpoint, split)
     if not _fresh(path, checkpoint):
         raise NotPrepared(
-            f"The {split_words(split)} embeddings of {Path(checkpoint).name} have not been computed yet; "
-            "compute them first."
+            f"The {split_words(split)} embeddings of {Path(checkpoint).name} have not been computed yet; compute them first."
         )
     try:
         return _embeddings_cache.get(file_key(path), lambda: load_embeddings(path))
@@ -245,8 +251,12 @@ def _saved_knn(run_dir: Path, checkpoint: Path) -> dict:
 
 
 def missing_work(
-    run_dir: Path, checkpoint: Path, level: frozenset[Artefact] = FULL, data: Dataset | None = None,
-    k: int = 200, temperature: float = 0.1,
+    run_dir: Path,
+    checkpoint: Path,
+    level: frozenset[Artefact] = FULL,
+    data: Dataset | None = None,
+    k: int = 200,
+    temperature: float = 0.1,
 ) -> list[Artefact]:
     """Which of the artefacts in `level` a checkpoint still lacks, in `Artefact` order (empty = ready).
 
@@ -298,8 +308,9 @@ def prepare_checkpoint(
     )
     todo = [split for split in splits if not _embeddings_ok(run_dir, checkpoint, split, data)]
     need_map = Artefact.MAP in level and ("test" in todo or not _map_ok(run_dir, checkpoint, data))
-    need_knn = Artefact.KNN in level and (bool(todo) or Artefact.KNN in missing_work(
-        run_dir, checkpoint, level, data, k, temperature))
+    need_knn = Artefact.KNN in level and (
+        bool(todo) or Artefact.KNN in missing_work(run_dir, checkpoint, level, data, k, temperature)
+    )
     map_share = 0.35 if need_map else 0.0  # UMAP reports no progress of its own; give it a fixed share
     knn_share = 0.05 if need_knn else 0.0
     feature_share = 1.0 - map_share - knn_share
@@ -400,9 +411,7 @@ class KnnResult:
     query_size: int
 
 
-def checkpoint_knn(
-    run_dir: Path, checkpoint: Path, k: int = 200, temperature: float = 0.1, recompute: bool = False
-) -> KnnResult:
+def checkpoint_knn(run_dir: Path, checkpoint: Path, k: int = 200, temperature: float = 0.1, recompute: bool = False) -> KnnResult:
     """kNN accuracy from the saved embeddings: all training images vote, every test image is a query.
 
     Computed once per (k, temperature) and kept in `<checkpoint>-knn.json` beside the embeddings.
@@ -413,8 +422,13 @@ def checkpoint_knn(
     if key in cached and not recompute:
         row = cached[key]
         return KnnResult(
-            float(row["accuracy"]), [float("nan") if v is None else float(v) for v in row["per_class"]],
-            list(row["classes"]), int(row["k"]), float(row["temperature"]), int(row["bank_size"]), int(row["query_size"]),
+            float(row["accuracy"]),
+            [float("nan") if v is None else float(v) for v in row["per_class"]],
+            list(row["classes"]),
+            int(row["k"]),
+            float(row["temperature"]),
+            int(row["bank_size"]),
+            int(row["query_size"]),
         )
     bank = load_split(run_dir, checkpoint, "train")
     queries = load_split(run_dir, checkpoint, "test")
@@ -422,16 +436,25 @@ def checkpoint_knn(
         raise NotPrepared("kNN accuracy needs both training and test images; this data set lacks one of them.")
     classes = bank.classes
     predicted = knn_predict(
-        torch.from_numpy(bank.features), torch.from_numpy(bank.labels), torch.from_numpy(queries.features),
-        len(classes), int(k), float(temperature),
+        torch.from_numpy(bank.features),
+        torch.from_numpy(bank.labels),
+        torch.from_numpy(queries.features),
+        len(classes),
+        int(k),
+        float(temperature),
     )
     labels = torch.from_numpy(queries.labels)
     accuracy = 100.0 * float((predicted == labels).float().mean())
     per_class = per_class_accuracy(predicted, labels, len(classes))
     result = KnnResult(accuracy, per_class, classes, int(k), float(temperature), len(bank.labels), len(queries.labels))
     cached[key] = {
-        "accuracy": accuracy, "per_class": [None if math.isnan(v) else v for v in per_class], "classes": classes,
-        "k": int(k), "temperature": float(temperature), "bank_size": len(bank.labels), "query_size": len(queries.labels),
+        "accuracy": accuracy,
+        "per_class": [None if math.isnan(v) else v for v in per_class],
+        "classes": classes,
+        "k": int(k),
+        "temperature": float(temperature),
+        "bank_size": len(bank.labels),
+        "query_size": len(queries.labels),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, cached)

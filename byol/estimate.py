@@ -128,10 +128,14 @@ def speed_key(config: TrainConfig, device: torch.device, bf16: bool) -> str:
     return "|".join(
         str(part)
         for part in (
-            describe_device(device), f"width={config.width}",
+            describe_device(device),
+            f"width={config.width}",
             f"heads={config.projector_hidden}/{config.projector_dim}/{config.predictor_hidden}/bn={config.head_bn}",
-            f"batch={config.batch_size}", f"bf16={bf16}", f"size={config.image_size}",
-            f"opt={config.optimizer}", f"cl={config.channels_last}",
+            f"batch={config.batch_size}",
+            f"bf16={bf16}",
+            f"size={config.image_size}",
+            f"opt={config.optimizer}",
+            f"cl={config.channels_last}",
         )
     )
 

@@ -103,7 +103,7 @@ def resize_batch(images: torch.Tensor, size: int, chunk: int = 2048) -> torch.Te
     """
     out = []
     for start in range(0, len(images), chunk):
-        x = images[start:start + chunk].float()
+        x = images[start : start + chunk].float()
         x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         out.append(x.round().clamp(0, 255).to(torch.uint8))
     return torch.cat(out).contiguous()
@@ -159,12 +159,9 @@ def write_cache(cache_file: Path, decoded: dict) -> None:
 # Uploads
 # --------------------------------------------------------------------------------------------------
 
-_NOT_AN_IMAGE = (
-    "This file is not an image that can be read. Upload a picture file: PNG, JPEG, GIF, BMP, WebP or TIFF."
-)
+_NOT_AN_IMAGE = "This file is not an image that can be read. Upload a picture file: PNG, JPEG, GIF, BMP, WebP or TIFF."
 _DAMAGED = (
-    "This image file is damaged or cut short (truncated), so it cannot be read in full. "
-    "Try saving or downloading it again."
+    "This image file is damaged or cut short (truncated), so it cannot be read in full. Try saving or downloading it again."
 )
 
 

@@ -202,8 +202,7 @@ class JobRunner:
             raise runs.RunError("This run has already finished; there is nothing to stop.")
         if state in runs.LIVE_STATES:
             raise runs.RunError(
-                f"The run {run_dir.name} trains in another process (probably the command line); "
-                "stop it there with Ctrl-C."
+                f"The run {run_dir.name} trains in another process (probably the command line); stop it there with Ctrl-C."
             )
         if state is None:
             raise runs.RunError(f"{run_dir.name} is not a run folder.")
@@ -289,9 +288,7 @@ class JobRunner:
             self._queues.setdefault(job.device, deque()).append(job)
             worker = self._workers.get(job.device)
             if worker is None or not worker.is_alive():
-                worker = threading.Thread(
-                    target=self._work, args=(job.device,), name=f"byol-train-{job.device}", daemon=True
-                )
+                worker = threading.Thread(target=self._work, args=(job.device,), name=f"byol-train-{job.device}", daemon=True)
                 self._workers[job.device] = worker
                 worker.start()
 
@@ -372,7 +369,9 @@ def latest_pair(names: list[str]) -> tuple[str, str] | None:
     for name in names:
         partner = pair_partner(name)
         if partner in present:
-            bn, no_bn = (name, partner) if name.endswith(PAIR_SUFFIX_BN) and not name.endswith(PAIR_SUFFIX_NO_BN) else (partner, name)
+            bn, no_bn = (
+                (name, partner) if name.endswith(PAIR_SUFFIX_BN) and not name.endswith(PAIR_SUFFIX_NO_BN) else (partner, name)
+            )
             return bn, no_bn
     return None
 

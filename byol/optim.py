@@ -62,7 +62,9 @@ def _trust_ratios(params: list[torch.Tensor], grads: list[torch.Tensor], wd: flo
     return list(trust.unbind())
 
 
-def build_optimizer(config: TrainConfig, parameters: list[nn.Parameter], device: torch.device | None = None) -> torch.optim.Optimizer:
+def build_optimizer(
+    config: TrainConfig, parameters: list[nn.Parameter], device: torch.device | None = None
+) -> torch.optim.Optimizer:
     """The config's optimiser over `parameters`; 1-D tensors (biases, norms) skip decay and LARS scaling.
 
     With `config.cuda_fast` on a CUDA device, torch's fused kernels step SGD, Adam and AdamW.

@@ -49,14 +49,13 @@ def image_at(data: Dataset, split: str, index: int) -> torch.Tensor:
     """Image `index` of a split (uint8 [3, S, S]); ValueError when there is no such image."""
     images, _labels = embed.split_images(data, split)
     if not 0 <= int(index) < len(images):
-        raise ValueError(
-            f"There is no {embed.split_words(split)} image #{index}; the numbers go from 0 to {len(images) - 1:,}."
-        )
+        raise ValueError(f"There is no {embed.split_words(split)} image #{index}; the numbers go from 0 to {len(images) - 1:,}.")
     return images[int(index)]
 
 
-def gallery_indices(labels: Sequence[int] | np.ndarray | torch.Tensor, per_class: int, seed: int = 0,
-                    only_class: int | None = None) -> list[int]:
+def gallery_indices(
+    labels: Sequence[int] | np.ndarray | torch.Tensor, per_class: int, seed: int = 0, only_class: int | None = None
+) -> list[int]:
     """A few random test images per class (class order kept), reproducible for a given seed."""
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
@@ -109,9 +108,7 @@ def top_k(similarity: np.ndarray, k: int, exclude: int | None = None) -> np.ndar
     return top[np.argsort(-similarity[top], kind="stable")]
 
 
-def nearest_neighbours(
-    bank: np.ndarray, query: np.ndarray, k: int, exclude: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+def nearest_neighbours(bank: np.ndarray, query: np.ndarray, k: int, exclude: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact cosine top-k of L2-normalised rows: indices into `bank` and their similarities, most similar first."""
     similarity = bank @ query.astype(np.float32).reshape(-1)
     order = top_k(similarity, k, exclude)
@@ -157,9 +154,7 @@ def neighbours_of_test_image(run_dir: Path, checkpoint: Path, test_index: int, k
     queries = embed.load_split(run_dir, checkpoint, "test")
     row = _row_of(queries.indices, test_index)
     if row is None:
-        raise ValueError(
-            f"There is no test image #{test_index}; the numbers go from 0 to {len(queries.indices) - 1:,}."
-        )
+        raise ValueError(f"There is no test image #{test_index}; the numbers go from 0 to {len(queries.indices) - 1:,}.")
     return neighbours(run_dir, checkpoint, queries.features[row], k)
 
 

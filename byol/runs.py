@@ -38,7 +38,12 @@ if TYPE_CHECKING:  # for the annotation only: read_metrics imports pandas when c
     import pandas as pd
 
 QUEUED, RUNNING, FINISHED, STOPPED, FAILED, INTERRUPTED = (
-    "queued", "running", "finished", "stopped", "failed", "interrupted",
+    "queued",
+    "running",
+    "finished",
+    "stopped",
+    "failed",
+    "interrupted",
 )
 LIVE_STATES = (QUEUED, RUNNING)
 RESUMABLE_STATES = (STOPPED, FAILED, INTERRUPTED)
@@ -198,7 +203,10 @@ def _status_record(state: str, message: str = "", **fields: Any) -> dict[str, An
 def write_status(run_dir: Path, state: str, message: str = "", **fields: Any) -> dict[str, Any]:
     """Replace status.json, keeping fields such as `started` from the previous record."""
     previous = read_json(Path(run_dir) / "status.json", {}) or {}
-    record = {**{k: v for k, v in previous.items() if k in ("created", "started", "progress", "world_size")}, **_status_record(state, message, **fields)}
+    record = {
+        **{k: v for k, v in previous.items() if k in ("created", "started", "progress", "world_size")},
+        **_status_record(state, message, **fields),
+    }
     write_json_atomic(Path(run_dir) / "status.json", record)
     return record
 

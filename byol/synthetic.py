@@ -21,14 +21,20 @@ import torch.nn.functional as F
 from byol.dataset import Dataset
 
 SYNTHETIC_CLASSES: list[str] = [
-    "disk", "square", "triangle", "plus", "ring",
-    "horizontal stripes", "vertical stripes", "diagonal stripes", "checkerboard", "dots",
+    "disk",
+    "square",
+    "triangle",
+    "plus",
+    "ring",
+    "horizontal stripes",
+    "vertical stripes",
+    "diagonal stripes",
+    "checkerboard",
+    "dots",
 ]
 
 
-def synthetic_dataset(
-    train_per_class: int = 400, test_per_class: int = 100, seed: int = 0, image_size: int = 32
-) -> Dataset:
+def synthetic_dataset(train_per_class: int = 400, test_per_class: int = 100, seed: int = 0, image_size: int = 32) -> Dataset:
     """Deterministic synthetic data set: same arguments, identical tensors."""
     # Independent streams per split, so the test set does not change when the training set grows.
     train_images, train_labels = _synthetic_split(train_per_class, np.random.default_rng([seed, 0]), image_size)
@@ -121,7 +127,9 @@ def _shape_sdf(cls: int, u: np.ndarray, v: np.ndarray, r: np.ndarray, period: np
         return box(0.8 * r, 0.8 * r)
     if name == "triangle":
         # Intersection of three half-planes at 120 degrees: exact inside, close enough at the edge.
-        sides = [u * math.cos(a) + v * math.sin(a) for a in (math.pi / 2, math.pi / 2 + 2 * math.pi / 3, math.pi / 2 + 4 * math.pi / 3)]
+        sides = [
+            u * math.cos(a) + v * math.sin(a) for a in (math.pi / 2, math.pi / 2 + 2 * math.pi / 3, math.pi / 2 + 4 * math.pi / 3)
+        ]
         return np.maximum(np.maximum(sides[0], sides[1]), sides[2]) - 0.55 * r
     if name == "plus":
         return np.minimum(box(r, 0.3 * r), box(0.3 * r, r))

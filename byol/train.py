@@ -42,7 +42,15 @@ import torch
 from . import runs
 from .allocator import keep_freed_memory
 from .augment import byol_views_batch
-from .checkpoint import CheckpointError, full_state, load_checkpoint, restore_augment_rng, restore_networks, save_checkpoint, snapshot_state
+from .checkpoint import (
+    CheckpointError,
+    full_state,
+    load_checkpoint,
+    restore_augment_rng,
+    restore_networks,
+    save_checkpoint,
+    snapshot_state,
+)
 from .config import ConfigError, TrainConfig, check_against_data, validate
 from .data import default_cache_dir, load_dataset
 from .dataset import DataError, Dataset
@@ -157,7 +165,9 @@ def train(
     status = StatusWriter(run_dir) if world.is_main else _SilentStatus()
     exit_request: BaseException | None = None  # KeyboardInterrupt or SystemExit, raised again at the end
     try:
-        status.set(runs.RUNNING, "Loading data...", started=time.time(), device=str(device), bf16=bf16, world_size=world.world_size)
+        status.set(
+            runs.RUNNING, "Loading data...", started=time.time(), device=str(device), bf16=bf16, world_size=world.world_size
+        )
         status.start()
         emit({"kind": "status", "state": runs.RUNNING, "message": "Loading data..."})
         # On a CPU, keep freed activation memory for the next step instead of re-faulting it in (allocator.py).
@@ -180,9 +190,12 @@ def train(
         state, message = runs.FAILED, str(error)
     except Exception as error:  # any failure ends as a readable status, never a silent death
         if world.lost_peer(error):  # another process died: the run is fine, only cut short
-            state, message = runs.INTERRUPTED, (
-                f"One of the {world.world_size} training processes ended unexpectedly (crash, kill or lost "
-                "connection), so all of them stopped. Resume to continue."
+            state, message = (
+                runs.INTERRUPTED,
+                (
+                    f"One of the {world.world_size} training processes ended unexpectedly (crash, kill or lost "
+                    "connection), so all of them stopped. Resume to continue."
+                ),
             )
         else:
             state, message = runs.FAILED, plain_error(error)
@@ -205,9 +218,7 @@ def train(
 def plain_error(error: BaseException) -> str:
     """A one-paragraph explanation of an exception for the status file and the dashboard."""
     if isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower():
-        return (
-            "The device ran out of memory. Lower the batch size (or the backbone width) and resume the run."
-        )
+        return "The device ran out of memory. Lower the batch size (or the backbone width) and resume the run."
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:
         return (
             "The disk is full (no space left on device), so training stopped; the last checkpoint is intact. "
@@ -307,10 +318,18 @@ def _train(
         queries = extract_features(networks.backbone, query_images, use_bf16=bf16, channels_last=config.channels_last)
         knn = knn_accuracy(bank, bank_labels, queries, query_labels, len(data.classes), config.knn_k, config.knn_temperature)
         row = {
-            "kind": "eval", "step": step, "epoch": round((step - offset) / steps_per_epoch, 4), "knn": knn,
-            "effective_rank": effective_rank(bank), "feature_dim": bank.shape[1],
-            "pixel_knn": pixel_floor, "bank_size": len(bank_idx), "query_size": len(query_idx),
-            "k": config.knn_k, "eval_seconds": round(time.perf_counter() - started, 2), "time": time.time(),
+            "kind": "eval",
+            "step": step,
+            "epoch": round((step - offset) / steps_per_epoch, 4),
+            "knn": knn,
+            "effective_rank": effective_rank(bank),
+            "feature_dim": bank.shape[1],
+            "pixel_knn": pixel_floor,
+            "bank_size": len(bank_idx),
+            "query_size": len(query_idx),
+            "k": config.knn_k,
+            "eval_seconds": round(time.perf_counter() - started, 2),
+            "time": time.time(),
         }
         runs.append_metrics(run_dir, [row])
         save_checkpoint(run_dir / runs.snapshot_name(step), snapshot_state(networks.backbone, config, step, row["epoch"], knn))
@@ -355,8 +374,14 @@ def _train(
                 elapsed = time.monotonic() - window_start
                 speed = window_steps * global_batch / max(elapsed, 1e-9)
                 row = {
-                    "kind": "step", "step": step, "epoch": round((step - offset) / steps_per_epoch, 4), "loss": loss_value,
-                    "lr": lr, "tau": tau, "z_std": normalized_std(projections), "images_per_s": round(speed, 1),
+                    "kind": "step",
+                    "step": step,
+                    "epoch": round((step - offset) / steps_per_epoch, 4),
+                    "loss": loss_value,
+                    "lr": lr,
+                    "tau": tau,
+                    "z_std": normalized_std(projections),
+                    "images_per_s": round(speed, 1),
                     "time": time.time(),
                 }
                 if world.is_main:  # flushed, not synced: an fsync here would stall the training thread
@@ -450,8 +475,13 @@ def _pixel_floor(data: Dataset, bank_idx: torch.Tensor, query_idx: torch.Tensor,
     """kNN on raw pixels for this data set and bank/query choice, cached in the project's data cache."""
     key = f"{data.fingerprint}|bank={len(bank_idx)}|queries={len(query_idx)}|k={config.knn_k}|T={config.knn_temperature}"
     return pixel_knn_accuracy(
-        data.train_images[bank_idx], data.train_labels[bank_idx],
-        data.test_images[query_idx], data.test_labels[query_idx],
-        len(data.classes), config.knn_k, config.knn_temperature,
-        cache_file=default_cache_dir() / "pixel_knn.json", cache_key=key,
+        data.train_images[bank_idx],
+        data.train_labels[bank_idx],
+        data.test_images[query_idx],
+        data.test_labels[query_idx],
+        len(data.classes),
+        config.knn_k,
+        config.knn_temperature,
+        cache_file=default_cache_dir() / "pixel_knn.json",
+        cache_key=key,
     )

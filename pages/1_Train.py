@@ -11,8 +11,20 @@ from byol.estimate import estimate_time, rough_cpu_seconds
 from byol.jobs import launch_problems
 from ui.charts import collapse_figure, knn_figure, loss_figure, rank_figure
 from ui.common import (
-    LIVE_REFRESH_SECONDS, data_source_input, device_facts, fmt_duration, fmt_number, fmt_pct, get_runner, link,
-    page_setup, plain_errors, preset_label, run_picker, runs_dir, state_badge,
+    LIVE_REFRESH_SECONDS,
+    data_source_input,
+    device_facts,
+    fmt_duration,
+    fmt_number,
+    fmt_pct,
+    get_runner,
+    link,
+    page_setup,
+    plain_errors,
+    preset_label,
+    run_picker,
+    runs_dir,
+    state_badge,
 )
 from ui.words import HELP
 
@@ -38,8 +50,12 @@ with st.expander("Start a new run", expanded=not summaries, icon=":material/rock
     preset_names = list(PRESETS)
     default_preset = "cpu" if device["is_cpu"] else "gpu"
     name = st.selectbox(
-        "Preset", preset_names, index=preset_names.index(default_preset), key="new_preset",
-        format_func=preset_label, help=HELP["preset"],
+        "Preset",
+        preset_names,
+        index=preset_names.index(default_preset),
+        key="new_preset",
+        format_func=preset_label,
+        help=HELP["preset"],
     )
     st.caption(PRESET_HELP.get(name, ""))
     base = PRESETS[name]
@@ -60,20 +76,44 @@ with st.expander("Start a new run", expanded=not summaries, icon=":material/rock
 
     with st.expander("Advanced settings"):
         a1, a2, a3 = st.columns(3)
-        subset = a1.number_input("Training subset (0 = all)", value=base.subset, step=1000, key=key("subset"), help=HELP["subset"])
-        warmup = a2.number_input("Warm-up epochs", value=base.warmup_epochs, format="%g", step=None, key=key("warmup"), help=HELP["warmup_epochs"])
-        weight_decay = a3.number_input("Weight decay", value=base.weight_decay, format="%g", step=None, key=key("wd"), help=HELP["weight_decay"])
-        projector_hidden = a1.number_input("Projector hidden size", value=base.projector_hidden, step=256, key=key("ph"), help=HELP["projector_hidden"])
-        projector_dim = a2.number_input("Projector output size (d)", value=base.projector_dim, step=32, key=key("pd"), help=HELP["projector_dim"])
-        predictor_hidden = a3.number_input("Predictor hidden size", value=base.predictor_hidden, step=256, key=key("qh"), help=HELP["predictor_hidden"])
+        subset = a1.number_input(
+            "Training subset (0 = all)", value=base.subset, step=1000, key=key("subset"), help=HELP["subset"]
+        )
+        warmup = a2.number_input(
+            "Warm-up epochs", value=base.warmup_epochs, format="%g", step=None, key=key("warmup"), help=HELP["warmup_epochs"]
+        )
+        weight_decay = a3.number_input(
+            "Weight decay", value=base.weight_decay, format="%g", step=None, key=key("wd"), help=HELP["weight_decay"]
+        )
+        projector_hidden = a1.number_input(
+            "Projector hidden size", value=base.projector_hidden, step=256, key=key("ph"), help=HELP["projector_hidden"]
+        )
+        projector_dim = a2.number_input(
+            "Projector output size (d)", value=base.projector_dim, step=32, key=key("pd"), help=HELP["projector_dim"]
+        )
+        predictor_hidden = a3.number_input(
+            "Predictor hidden size", value=base.predictor_hidden, step=256, key=key("qh"), help=HELP["predictor_hidden"]
+        )
         optimizers = list(OPTIMIZERS)
-        optimizer = a1.selectbox("Optimizer", optimizers, index=optimizers.index(base.optimizer), key=key("opt"), help=HELP["optimizer"])
-        tau_base = a2.number_input("Target EMA rate τ at the start", value=base.tau_base, format="%g", step=None, key=key("tau"), help=HELP["tau_base"])
+        optimizer = a1.selectbox(
+            "Optimizer", optimizers, index=optimizers.index(base.optimizer), key=key("opt"), help=HELP["optimizer"]
+        )
+        tau_base = a2.number_input(
+            "Target EMA rate τ at the start", value=base.tau_base, format="%g", step=None, key=key("tau"), help=HELP["tau_base"]
+        )
         schedules = list(TAU_SCHEDULES)
-        tau_schedule = a3.selectbox("τ schedule", schedules, index=schedules.index(base.tau_schedule), key=key("tau_s"), help=HELP["tau_schedule"])
-        eval_every = a1.number_input("kNN every (epochs)", value=base.eval_every, format="%g", step=None, key=key("eval"), help=HELP["eval_every"])
-        eval_bank = a2.number_input("kNN bank size (0 = all)", value=base.eval_bank_size, step=1000, key=key("bank"), help=HELP["eval_bank_size"])
-        eval_query = a3.number_input("kNN test images (0 = all)", value=base.eval_query_size, step=1000, key=key("query"), help=HELP["eval_query_size"])
+        tau_schedule = a3.selectbox(
+            "τ schedule", schedules, index=schedules.index(base.tau_schedule), key=key("tau_s"), help=HELP["tau_schedule"]
+        )
+        eval_every = a1.number_input(
+            "kNN every (epochs)", value=base.eval_every, format="%g", step=None, key=key("eval"), help=HELP["eval_every"]
+        )
+        eval_bank = a2.number_input(
+            "kNN bank size (0 = all)", value=base.eval_bank_size, step=1000, key=key("bank"), help=HELP["eval_bank_size"]
+        )
+        eval_query = a3.number_input(
+            "kNN test images (0 = all)", value=base.eval_query_size, step=1000, key=key("query"), help=HELP["eval_query_size"]
+        )
         knn_k = a1.number_input("kNN neighbours (k)", value=base.knn_k, step=10, key=key("k"), help=HELP["knn_k"])
         devices = list(DEVICES)
         device_choice = a2.selectbox("Device", devices, key=key("device"), help=HELP["device"])
@@ -82,11 +122,28 @@ with st.expander("Start a new run", expanded=not summaries, icon=":material/rock
         run_name = st.text_input("Run name (optional)", key="new_run_name", help=HELP["run_name"]).strip()
 
     config = base.replace(
-        data=data, epochs=epochs, batch_size=batch_size, lr=lr, width=width, seed=seed, head_bn=head_bn,
-        subset=subset, warmup_epochs=warmup, weight_decay=weight_decay, projector_hidden=projector_hidden,
-        projector_dim=projector_dim, predictor_hidden=predictor_hidden, optimizer=optimizer, tau_base=tau_base,
-        tau_schedule=tau_schedule, eval_every=eval_every, eval_bank_size=eval_bank, eval_query_size=eval_query,
-        knn_k=knn_k, device=device_choice, precision=precision,
+        data=data,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        width=width,
+        seed=seed,
+        head_bn=head_bn,
+        subset=subset,
+        warmup_epochs=warmup,
+        weight_decay=weight_decay,
+        projector_hidden=projector_hidden,
+        projector_dim=projector_dim,
+        predictor_hidden=predictor_hidden,
+        optimizer=optimizer,
+        tau_base=tau_base,
+        tau_schedule=tau_schedule,
+        eval_every=eval_every,
+        eval_bank_size=eval_bank,
+        eval_query_size=eval_query,
+        knn_k=knn_k,
+        device=device_choice,
+        precision=precision,
     )
     problems = launch_problems(config)
     for problem in problems:
@@ -121,8 +178,14 @@ with st.expander("Start a new run", expanded=not summaries, icon=":material/rock
     live_here = [p.name for p in runner.running()] + [p.name for p in runner.queue()]
     if live_here:
         st.caption(f"This run will wait for {len(live_here)} run(s) ahead of it on this server.")
-    if st.button("Launch training", type="primary", disabled=bool(problems), key="launch", icon=":material/play_arrow:",
-                 help="Create the run and start it (or queue it behind the current one)."):
+    if st.button(
+        "Launch training",
+        type="primary",
+        disabled=bool(problems),
+        key="launch",
+        icon=":material/play_arrow:",
+        help="Create the run and start it (or queue it behind the current one).",
+    ):
         with plain_errors():
             run_dir = runner.launch(config, run_name or None)
             st.session_state["train_select_next"] = run_dir.name
@@ -160,8 +223,11 @@ with badge:
 st.caption(
     f"preset {config.preset or 'custom'} · width {config.width} · {config.epochs} epochs · batch {config.batch_size} · "
     f"data: {config.data} · batch norm in heads: {'yes' if config.head_bn else 'no'} · seed {config.seed}"
-    + (f" · {picked.world_size} processes (torchrun), global batch {config.batch_size * picked.world_size}"
-       if picked.world_size > 1 else "")
+    + (
+        f" · {picked.world_size} processes (torchrun), global batch {config.batch_size * picked.world_size}"
+        if picked.world_size > 1
+        else ""
+    )
 )
 
 # Controls
@@ -169,8 +235,12 @@ c_stop, c_resume, c_delete = st.columns(3)
 with c_stop:
     if state in runs.LIVE_STATES:
         if managed:
-            if st.button("Stop", key="stop", icon=":material/stop_circle:",
-                         help="Stops after the current step and saves a checkpoint; resume later to continue."):
+            if st.button(
+                "Stop",
+                key="stop",
+                icon=":material/stop_circle:",
+                help="Stops after the current step and saves a checkpoint; resume later to continue.",
+            ):
                 with plain_errors():
                     outcome = runner.stop(run_dir)
                     st.toast("Stopping after the current step..." if outcome == "stopping" else "Taken out of the queue.")
@@ -183,7 +253,9 @@ with c_resume:
         st.caption(resume_problem)
     elif state in runs.RESUMABLE_STATES or state == runs.FINISHED:
         minimum = config.epochs + 1 if state == runs.FINISHED else config.epochs
-        total = st.number_input("Total epochs", value=minimum, step=1, key=f"resume_epochs_{picked.name}", help=HELP["resume_epochs"])
+        total = st.number_input(
+            "Total epochs", value=minimum, step=1, key=f"resume_epochs_{picked.name}", help=HELP["resume_epochs"]
+        )
         label = "Train further" if state == runs.FINISHED else "Resume"
         if st.button(label, key="resume", icon=":material/play_arrow:", help="Continue from the last checkpoint."):
             with plain_errors():
@@ -192,8 +264,13 @@ with c_resume:
 with c_delete:
     if state not in runs.LIVE_STATES:
         sure = st.checkbox("Yes, delete this run", key=f"confirm_delete_{picked.name}", help=HELP["confirm_delete"])
-        if st.button("Delete run", key="delete", disabled=not sure, icon=":material/delete:",
-                     help="Removes the run folder and all its checkpoints (tick the box first)."):
+        if st.button(
+            "Delete run",
+            key="delete",
+            disabled=not sure,
+            icon=":material/delete:",
+            help="Removes the run folder and all its checkpoints (tick the box first).",
+        ):
             with plain_errors():
                 runs.delete_run(run_dir)
                 st.session_state.pop("train_run", None)
@@ -235,19 +312,32 @@ def show_run(run_path: str, live_at_start: bool) -> None:
 
     m1, m2, m3, m4, m5 = st.columns(5)
     m1.metric("Epochs done", f"{fmt_number(summary.epochs_done)} / {summary.epochs_total}")
-    m2.metric("Images / s", fmt_number(progress.get("images_per_s")) if state == runs.RUNNING else "–",
-              help="Training speed over the last few steps.")
-    m3.metric("Time left", fmt_duration(progress.get("eta_seconds")) if state == runs.RUNNING else "–",
-              help="From the current speed; kNN measurements add a little.")
-    m4.metric("Latest kNN", fmt_pct(summary.latest_knn),
-              delta=None if summary.latest_knn is None or summary.baseline_knn is None else f"{summary.latest_knn - summary.baseline_knn:+.1f} vs random init",
-              help="kNN accuracy of the newest measurement; the delta is against the untrained network.")
+    m2.metric(
+        "Images / s",
+        fmt_number(progress.get("images_per_s")) if state == runs.RUNNING else "–",
+        help="Training speed over the last few steps.",
+    )
+    m3.metric(
+        "Time left",
+        fmt_duration(progress.get("eta_seconds")) if state == runs.RUNNING else "–",
+        help="From the current speed; kNN measurements add a little.",
+    )
+    m4.metric(
+        "Latest kNN",
+        fmt_pct(summary.latest_knn),
+        delta=None
+        if summary.latest_knn is None or summary.baseline_knn is None
+        else f"{summary.latest_knn - summary.baseline_knn:+.1f} vs random init",
+        help="kNN accuracy of the newest measurement; the delta is against the untrained network.",
+    )
     m5.metric("Raw pixels", fmt_pct(summary.pixel_knn), help="kNN accuracy on raw pixels: the floor to beat.")
 
     metrics = runs.read_metrics(folder)
     if metrics.empty:
-        st.info("No measurements yet: the first curves appear after the data is loaded and the first steps ran.",
-                icon=":material/hourglass_top:")
+        st.info(
+            "No measurements yet: the first curves appear after the data is loaded and the first steps ran.",
+            icon=":material/hourglass_top:",
+        )
         return
     left, right = st.columns(2)
     left.plotly_chart(loss_figure(metrics), key="chart_loss")

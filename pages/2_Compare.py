@@ -11,8 +11,18 @@ from byol.device import gpu_recipe_on_cpu
 from byol.jobs import latest_pair, launch_problems
 from ui.charts import overlay_figure
 from ui.common import (
-    RUNS_TABLE_COLUMNS, config_differences, data_source_input, device_facts, fmt_number, get_runner, link,
-    page_setup, plain_errors, preset_label, runs_dir, state_text,
+    RUNS_TABLE_COLUMNS,
+    config_differences,
+    data_source_input,
+    device_facts,
+    fmt_number,
+    get_runner,
+    link,
+    page_setup,
+    plain_errors,
+    preset_label,
+    runs_dir,
+    state_text,
 )
 from ui.words import HELP
 
@@ -37,11 +47,18 @@ with st.expander("Run the batch-norm experiment", icon=":material/science:", exp
     )
     bases = [name for name, config in PRESETS.items() if config.head_bn]
     b1, b2 = st.columns([1, 2])
-    base_name = b1.selectbox("Base recipe", bases, index=bases.index("cpu") if "cpu" in bases else 0,
-                             format_func=preset_label, key="pair_preset", help=HELP["bn_base"])
+    base_name = b1.selectbox(
+        "Base recipe",
+        bases,
+        index=bases.index("cpu") if "cpu" in bases else 0,
+        format_func=preset_label,
+        key="pair_preset",
+        help=HELP["bn_base"],
+    )
     b1.caption(PRESET_HELP.get(base_name, ""))
-    epochs = b1.number_input("Epochs for each run", value=PRESETS[base_name].epochs, step=1,
-                             key=f"pair_epochs_{base_name}", help=HELP["epochs"])
+    epochs = b1.number_input(
+        "Epochs for each run", value=PRESETS[base_name].epochs, step=1, key=f"pair_epochs_{base_name}", help=HELP["epochs"]
+    )
     with b2:
         data = data_source_input("pair")
     experiment = preset(base_name, data=data, epochs=epochs)
@@ -49,10 +66,18 @@ with st.expander("Run the batch-norm experiment", icon=":material/science:", exp
     for problem in problems:
         st.error(problem, icon=":material/error:")
     if gpu_recipe_on_cpu(experiment, device_facts()["is_cpu"]):
-        st.warning("This recipe is made for a GPU; on this CPU each run would take many hours. Pick the cpu recipe.",
-                   icon=":material/warning:")
-    if st.button("Launch both runs", type="primary", disabled=bool(problems), key="launch_pair",
-                 icon=":material/play_arrow:", help="Queue the run with batch norm, then the one without."):
+        st.warning(
+            "This recipe is made for a GPU; on this CPU each run would take many hours. Pick the cpu recipe.",
+            icon=":material/warning:",
+        )
+    if st.button(
+        "Launch both runs",
+        type="primary",
+        disabled=bool(problems),
+        key="launch_pair",
+        icon=":material/play_arrow:",
+        help="Queue the run with batch norm, then the one without.",
+    ):
         with plain_errors():
             with_bn, without_bn = runner.launch_pair_bn_experiment(experiment)
             st.session_state["compare_runs"] = [with_bn.name, without_bn.name]
@@ -63,8 +88,7 @@ with st.expander("Run the batch-norm experiment", icon=":material/science:", exp
 summaries = runs.list_runs(runs_dir())
 if not summaries:
     st.info(
-        "No runs to compare yet. Launch the batch-norm experiment above (two runs, one click), or "
-        "start runs on the Train page.",
+        "No runs to compare yet. Launch the batch-norm experiment above (two runs, one click), or start runs on the Train page.",
         icon=":material/info:",
     )
     link("train", "Go to Train")
@@ -78,8 +102,9 @@ else:
     pair = latest_pair(names)
     st.session_state["compare_runs"] = list(pair) if pair else names[:2]
 c1, c2 = st.columns([3, 1])
-picked = c1.multiselect("Runs", names, key="compare_runs", help=HELP["compare_runs"],
-                        format_func=lambda n: f"{n} · {state_text(by_name[n].state)}")
+picked = c1.multiselect(
+    "Runs", names, key="compare_runs", help=HELP["compare_runs"], format_func=lambda n: f"{n} · {state_text(by_name[n].state)}"
+)
 smoothing = c2.slider("Smoothing", 0.0, 0.99, 0.6, 0.01, key="compare_smoothing", help=HELP["smoothing"])
 if not picked:
     st.info("Pick one or more runs above to draw their curves.", icon=":material/info:")
@@ -97,38 +122,50 @@ left.plotly_chart(
     key="overlay_loss",
 )
 right.plotly_chart(
-    overlay_figure(metrics, "knn", "kNN accuracy", "kNN accuracy (%)", kind="eval"), key="overlay_knn",
+    overlay_figure(metrics, "knn", "kNN accuracy", "kNN accuracy (%)", kind="eval"),
+    key="overlay_knn",
 )
-spread = overlay_figure(metrics, "z_std", "Collapse meter", "spread (z_std)",
-                        smoothing=smoothing, markers=collapsed)
+spread = overlay_figure(metrics, "z_std", "Collapse meter", "spread (z_std)", smoothing=smoothing, markers=collapsed)
 for d in sorted({c.projector_dim for c in configs.values()}):
-    spread.add_hline(y=healthy_std(d), line=dict(color="#2b8a3e", dash="dash"),
-                     annotation_text=f"healthy 1/√{d}", annotation_position="top right")
-    spread.add_hline(y=DEFAULT_FRACTION * healthy_std(d), line=dict(color="#c92a2a", dash="dot"),
-                     annotation_text=f"collapse line for d={d}", annotation_position="bottom right")
+    spread.add_hline(
+        y=healthy_std(d),
+        line=dict(color="#2b8a3e", dash="dash"),
+        annotation_text=f"healthy 1/√{d}",
+        annotation_position="top right",
+    )
+    spread.add_hline(
+        y=DEFAULT_FRACTION * healthy_std(d),
+        line=dict(color="#c92a2a", dash="dot"),
+        annotation_text=f"collapse line for d={d}",
+        annotation_position="bottom right",
+    )
 spread.update_yaxes(rangemode="tozero")
 left.plotly_chart(spread, key="overlay_spread")
 right.plotly_chart(
-    overlay_figure(metrics, "effective_rank", "Effective rank", "effective rank", kind="eval"), key="overlay_rank",
+    overlay_figure(metrics, "effective_rank", "Effective rank", "effective rank", kind="eval"),
+    key="overlay_rank",
 )
 
 st.subheader("Verdict")
 rows = []
 for name in picked:
     s = by_name[name]
-    rows.append({
-        "Run": name,
-        "Status": state_text(s.state),
-        "BN in heads": "yes" if configs[name].head_bn else "no",
-        "Collapsed": describe_collapse(collapses[name]),
-        "Best kNN %": s.best_knn,
-        "Random init %": s.baseline_knn,
-        "Last spread": s.last_z_std,
-        "Healthy spread": healthy_std(configs[name].projector_dim),
-        "Epochs": f"{fmt_number(s.epochs_done)} / {s.epochs_total}",
-    })
+    rows.append(
+        {
+            "Run": name,
+            "Status": state_text(s.state),
+            "BN in heads": "yes" if configs[name].head_bn else "no",
+            "Collapsed": describe_collapse(collapses[name]),
+            "Best kNN %": s.best_knn,
+            "Random init %": s.baseline_knn,
+            "Last spread": s.last_z_std,
+            "Healthy spread": healthy_std(configs[name].projector_dim),
+            "Epochs": f"{fmt_number(s.epochs_done)} / {s.epochs_total}",
+        }
+    )
 st.dataframe(
-    rows, hide_index=True,
+    rows,
+    hide_index=True,
     column_config={
         **RUNS_TABLE_COLUMNS,
         "Random init %": st.column_config.NumberColumn(format="%.1f", help="kNN accuracy of the untrained network (step 0)"),

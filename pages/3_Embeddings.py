@@ -38,14 +38,16 @@ except (embed.NotPrepared, CheckpointError, ValueError) as error:
 # --- render --------------------------------------------------------------------------------------
 first, second, third = st.columns(3)
 first.metric(
-    "kNN accuracy", f"{knn.accuracy:.1f}%",
+    "kNN accuracy",
+    f"{knn.accuracy:.1f}%",
     help=f"{words.TERMS['knn']} Here every one of the {knn.bank_size:,} training images votes and "
     f"all {knn.query_size:,} test images are graded, with k = {knn.k}. The Train page measures on a smaller "
     "sample while training, so its number can differ a little.",
 )
 second.metric("Chance level", f"{100 / max(len(knn.classes), 1):.0f}%", help="What guessing a class at random would score.")
 third.metric(
-    "Checkpoint", f"step {choice.step:,}" if choice.step is not None else choice.path.name,
+    "Checkpoint",
+    f"step {choice.step:,}" if choice.step is not None else choice.path.name,
     help=f"{choice.label}. {words.TERMS['checkpoint']}",
 )
 if choice.random_init:
@@ -53,7 +55,6 @@ if choice.random_init:
         "This is the untrained network (random init). Even so, similar-looking images often land near each "
         "other; compare with a later checkpoint to see what training added."
     )
-
 
 
 def _clear_typed_number() -> None:
@@ -108,7 +109,8 @@ if len(shown) > 1:
     inspection.image_grid(
         [data.test_images[i] for i in shown],
         [f"#{i} {data.classes[int(data.test_labels[i])]}" for i in shown],
-        columns=10, scale=3,
+        columns=10,
+        scale=3,
     )
 
 st.subheader(f"Test image #{focus} and its {NEIGHBOURS_SHOWN} nearest training images")
@@ -121,7 +123,8 @@ except (embed.NotPrepared, ValueError) as error:
 query_label = int(data.test_labels[focus])
 query_col, result_col = st.columns([1, 4])
 query_col.image(
-    retrieval.thumbnail(data.test_images[focus], 5), caption=f"query: test image #{focus} ({data.classes[query_label]})",
+    retrieval.thumbnail(data.test_images[focus], 5),
+    caption=f"query: test image #{focus} ({data.classes[query_label]})",
     width=5 * int(data.test_images.shape[-1]),
 )
 with result_col:

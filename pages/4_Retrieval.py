@@ -41,11 +41,16 @@ def reshuffle() -> None:
 
 left, right = st.columns([2, 1])
 k = left.slider(
-    "Neighbours to show (k)", min_value=1, max_value=30, value=10, key="ret-k",
+    "Neighbours to show (k)",
+    min_value=1,
+    max_value=30,
+    value=10,
+    key="ret-k",
     help="How many of the most similar training images to show, most similar first.",
 )
 compare = right.toggle(
-    "Compare with random init and raw pixels", key="ret-compare",
+    "Compare with random init and raw pixels",
+    key="ret-compare",
     help="Show side by side what the untrained network (random init) and plain pixel comparison find for the "
     "same picture, to see what training added.",
 )
@@ -55,7 +60,9 @@ with gallery_tab:
     filter_col, shuffle_col = st.columns([3, 1])
     everything = "all classes"
     shown_class = filter_col.selectbox(
-        "Show test images of", [everything, *data.classes], key="ret-class",
+        "Show test images of",
+        [everything, *data.classes],
+        key="ret-class",
         help="Narrow the pictures below to one class, or show a few of every class.",
     )
     shuffle_col.button("Reshuffle", key="ret-reshuffle", on_click=reshuffle, help="Show other randomly chosen test images.")
@@ -65,16 +72,23 @@ with gallery_tab:
     for start in range(0, len(candidates), GALLERY_COLUMNS):
         for cell, index in zip(st.columns(GALLERY_COLUMNS), candidates[start : start + GALLERY_COLUMNS]):
             cell.image(
-                retrieval.thumbnail(data.test_images[index], 3), caption=f"#{index} {data.classes[int(data.test_labels[index])]}",
+                retrieval.thumbnail(data.test_images[index], 3),
+                caption=f"#{index} {data.classes[int(data.test_labels[index])]}",
                 width=3 * int(data.test_images.shape[-1]),
             )
             cell.button(
-                "Search", key=f"query-{index}", on_click=use_test_image, args=(index,), width="stretch",
+                "Search",
+                key=f"query-{index}",
+                on_click=use_test_image,
+                args=(index,),
+                width="stretch",
                 help=f"Search the training images for the ones most like test image #{index}.",
             )
 with upload_tab:
     uploaded = st.file_uploader(
-        "Upload a picture", key=f"ret-upload-{state['ret-upload-generation']}", max_upload_size=50,
+        "Upload a picture",
+        key=f"ret-upload-{state['ret-upload-generation']}",
+        max_upload_size=50,
         help="Any common picture format (PNG, JPEG, GIF, BMP, WebP, TIFF), up to 50 MB. It is shrunk to "
         f"{config.image_size}×{config.image_size} pixels, the size the network was trained on.",
     )
@@ -115,7 +129,9 @@ with query_col:
     if query_label is not None:
         precision = retrieval.precision_at_k([n.label for n in found], query_label)
         st.metric(
-            f"precision@{len(found)}", f"{precision:.0%}", help=words.TERMS["precision"],
+            f"precision@{len(found)}",
+            f"{precision:.0%}",
+            help=words.TERMS["precision"],
         )
     else:
         st.caption("Your picture has no class, so precision@k cannot be measured: judge the neighbours by eye.")
@@ -136,8 +152,10 @@ with results_col:
     if not compare:
         st.caption("Each picture shows its class and its cosine similarity to the query (1 = identical direction).")
         inspection.image_grid(
-            [data.train_images[n.train_index] for n in found], inspection.neighbour_captions(found, data.classes),
-            columns=5, scale=4,
+            [data.train_images[n.train_index] for n in found],
+            inspection.neighbour_captions(found, data.classes),
+            columns=5,
+            scale=4,
         )
     else:
         trained_col, random_col, pixel_col = st.columns(3)

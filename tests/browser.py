@@ -29,8 +29,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path(os.environ.get("BYOL_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 HEALTH_TIMEOUT = 60  # seconds for the server to answer /_stcore/health
 
@@ -73,13 +78,32 @@ class StreamlitServer:
         env = {**os.environ, "BYOL_RUNS_DIR": str(self.runs_dir), "BYOL_CACHE_DIR": str(self.cache_dir), **self.extra_env}
         env.setdefault("PYTHONUNBUFFERED", "1")
         command = [
-            sys.executable, "-m", "streamlit", "run", "app.py",
-            "--server.headless", "true", "--server.port", str(self.port), "--server.address", "127.0.0.1",
-            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none", "--server.runOnSave", "false",
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.headless",
+            "true",
+            "--server.port",
+            str(self.port),
+            "--server.address",
+            "127.0.0.1",
+            "--browser.gatherUsageStats",
+            "false",
+            "--server.fileWatcherType",
+            "none",
+            "--server.runOnSave",
+            "false",
         ]
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own process group: stop() ends it and anything it started
         )
         self._wait_healthy()
@@ -89,7 +113,9 @@ class StreamlitServer:
         deadline = time.monotonic() + HEALTH_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"streamlit exited with code {self.process.returncode} before it was healthy:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"streamlit exited with code {self.process.returncode} before it was healthy:\n{self.log_tail()}"
+                )
             try:
                 with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=5) as response:
                     if response.read().decode().strip() == "ok":

@@ -45,8 +45,17 @@ def probe_batch_norm(out: Path, rank: int) -> None:
         part = x[half].clone().requires_grad_()
         y = bn(part)
         (y * upstream[half]).sum().backward()
-        torch.save({"y": y.detach(), "grad_x": part.grad, "grad_weight": bn.weight.grad, "grad_bias": bn.bias.grad,
-                    "running_mean": bn.running_mean, "running_var": bn.running_var}, out / f"batch-norm-{rank}.pt")
+        torch.save(
+            {
+                "y": y.detach(),
+                "grad_x": part.grad,
+                "grad_weight": bn.weight.grad,
+                "grad_bias": bn.bias.grad,
+                "running_mean": bn.running_mean,
+                "running_var": bn.running_var,
+            },
+            out / f"batch-norm-{rank}.pt",
+        )
     finally:
         dist.destroy_process_group()
 

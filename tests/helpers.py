@@ -18,9 +18,21 @@ REPO = Path(__file__).resolve().parent.parent
 def tiny_config(**overrides) -> TrainConfig:
     """A config that trains a few steps on synthetic data in seconds (width-4 ResNet, small heads)."""
     values = dict(
-        data="synthetic", epochs=2, width=4, projector_hidden=32, projector_dim=16, predictor_hidden=32,
-        batch_size=64, subset=256, eval_bank_size=256, eval_query_size=100, knn_k=20, eval_every=1.0,
-        warmup_epochs=0.0, log_every=1, precision="fp32",
+        data="synthetic",
+        epochs=2,
+        width=4,
+        projector_hidden=32,
+        projector_dim=16,
+        predictor_hidden=32,
+        batch_size=64,
+        subset=256,
+        eval_bank_size=256,
+        eval_query_size=100,
+        knn_k=20,
+        eval_every=1.0,
+        warmup_epochs=0.0,
+        log_every=1,
+        precision="fp32",
     )
     values.update(overrides)
     return preset("cpu", **values)

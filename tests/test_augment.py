@@ -3,8 +3,18 @@
 import torch
 
 from byol.augment import (
-    CIFAR_MEAN, CIFAR_STD, VIEW1, VIEW2, ViewSettings, augment, byol_views, color_jitter, plain_view,
-    random_grayscale, random_resized_crop_flip, random_solarize,
+    CIFAR_MEAN,
+    CIFAR_STD,
+    VIEW1,
+    VIEW2,
+    ViewSettings,
+    augment,
+    byol_views,
+    color_jitter,
+    plain_view,
+    random_grayscale,
+    random_resized_crop_flip,
+    random_solarize,
 )
 
 

@@ -27,8 +27,21 @@ def test_quality_dry_run_trains_every_variant_and_writes_its_table(tmp_path):
 
     import quality
 
-    argv = ["--mode", "cpu", "--dry-run", "--parallel", "0", "--variant", "base:", "--variant", "fast-lr:lr=8e-3",
-            "--out", str(tmp_path), "--scratch", str(tmp_path / "scratch")]
+    argv = [
+        "--mode",
+        "cpu",
+        "--dry-run",
+        "--parallel",
+        "0",
+        "--variant",
+        "base:",
+        "--variant",
+        "fast-lr:lr=8e-3",
+        "--out",
+        str(tmp_path),
+        "--scratch",
+        str(tmp_path / "scratch"),
+    ]
     lightly = importlib.util.find_spec("lightly") is not None
     assert quality.main(argv if lightly else [*argv, "--no-lightly"]) == 0
     numbers = json.loads((tmp_path / "quality-cpu-dry.json").read_text())

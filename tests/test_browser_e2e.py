@@ -21,8 +21,15 @@ from pathlib import Path
 import pytest
 
 from browser import (
-    StreamlitServer, keyed_button, launch_chromium, progress_text, require_browser, screenshot, select_option,
-    set_number, wait_idle,
+    StreamlitServer,
+    keyed_button,
+    launch_chromium,
+    progress_text,
+    require_browser,
+    screenshot,
+    select_option,
+    set_number,
+    wait_idle,
 )
 
 RUN_NAME = "e2e-run"
@@ -127,8 +134,18 @@ def _scenario(page, url: str, runs_dir: Path, shots: Path) -> None:
     # Every value typed into the page reached the run's saved config.
     saved = json.loads((runs_dir / RUN_NAME / "config.json").read_text())
     typed = dict(
-        data="synthetic", epochs=EPOCHS, batch_size=BATCH, width=8, subset=SUBSET, projector_hidden=32,
-        projector_dim=16, predictor_hidden=32, eval_bank_size=256, eval_query_size=100, knn_k=20, precision="fp32",
+        data="synthetic",
+        epochs=EPOCHS,
+        batch_size=BATCH,
+        width=8,
+        subset=SUBSET,
+        projector_hidden=32,
+        projector_dim=16,
+        predictor_hidden=32,
+        eval_bank_size=256,
+        eval_query_size=100,
+        knn_k=20,
+        precision="fp32",
         preset="cpu",
     )
     assert {field: saved.get(field) for field in typed} == typed

@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from byol.checkpoint import (
-    CheckpointError, full_state, load_backbone, load_checkpoint, restore_networks, save_checkpoint, snapshot_state,
+    CheckpointError,
+    full_state,
+    load_backbone,
+    load_checkpoint,
+    restore_networks,
+    save_checkpoint,
+    snapshot_state,
 )
 from byol.model import BYOLNetworks
 from byol.optim import build_optimizer

@@ -9,9 +9,26 @@ from byol.checkpoint import default_checkpoint
 from helpers import run_cli
 
 TINY = [
-    "--set", "width=4", "--set", "projector_hidden=32", "--set", "projector_dim=16", "--set", "predictor_hidden=32",
-    "--set", "subset=256", "--set", "eval_bank_size=256", "--set", "eval_query_size=100", "--set", "knn_k=20",
-    "--set", "warmup_epochs=0", "--batch-size", "64",
+    "--set",
+    "width=4",
+    "--set",
+    "projector_hidden=32",
+    "--set",
+    "projector_dim=16",
+    "--set",
+    "predictor_hidden=32",
+    "--set",
+    "subset=256",
+    "--set",
+    "eval_bank_size=256",
+    "--set",
+    "eval_query_size=100",
+    "--set",
+    "knn_k=20",
+    "--set",
+    "warmup_epochs=0",
+    "--batch-size",
+    "64",
 ]
 
 

@@ -17,16 +17,25 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 def gpu_step_parts(optimizer_name: str, cuda_fast: bool, bf16: bool = True):
-    config = preset("gpu", width=16, projector_hidden=256, projector_dim=64, predictor_hidden=256,
-                    optimizer=optimizer_name, cuda_fast=cuda_fast, batch_size=64)
+    config = preset(
+        "gpu",
+        width=16,
+        projector_hidden=256,
+        projector_dim=64,
+        predictor_hidden=256,
+        optimizer=optimizer_name,
+        cuda_fast=cuda_fast,
+        batch_size=64,
+    )
     device = torch.device("cuda")
     torch.manual_seed(0)
     networks = BYOLNetworks.from_config(config).to(device, memory_format=torch.channels_last)
     optimizer = build_optimizer(config, networks.trainable_parameters(), device)
     pairs = target_pairs(networks.online_modules(), networks.target_modules())
     generator = torch.Generator(device=device).manual_seed(0)
-    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, device=device,
-                           generator=torch.Generator(device=device).manual_seed(1))
+    images = torch.randint(
+        0, 256, (64, 3, 32, 32), dtype=torch.uint8, device=device, generator=torch.Generator(device=device).manual_seed(1)
+    )
 
     def step():
         return training_step(networks, optimizer, images, 0.99, generator, bf16, torch.channels_last, None, pairs)[0]

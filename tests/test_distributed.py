@@ -37,18 +37,53 @@ from helpers import REPO, tiny_config
 WORKER = REPO / "tests" / "distributed_worker.py"
 # The tiny config of tests/helpers.py as options, with 32 images per process (64 per step with 2 processes).
 TINY = [
-    "--preset", "cpu", "--data", "synthetic", "--device", "cpu", "--batch-size", "32",
-    "--set", "width=4", "--set", "projector_hidden=32", "--set", "projector_dim=16", "--set", "predictor_hidden=32",
-    "--set", "subset=256", "--set", "eval_bank_size=256", "--set", "eval_query_size=100", "--set", "knn_k=20",
-    "--set", "warmup_epochs=0", "--set", "log_every=1", "--set", "precision=fp32",
+    "--preset",
+    "cpu",
+    "--data",
+    "synthetic",
+    "--device",
+    "cpu",
+    "--batch-size",
+    "32",
+    "--set",
+    "width=4",
+    "--set",
+    "projector_hidden=32",
+    "--set",
+    "projector_dim=16",
+    "--set",
+    "predictor_hidden=32",
+    "--set",
+    "subset=256",
+    "--set",
+    "eval_bank_size=256",
+    "--set",
+    "eval_query_size=100",
+    "--set",
+    "knn_k=20",
+    "--set",
+    "warmup_epochs=0",
+    "--set",
+    "log_every=1",
+    "--set",
+    "precision=fp32",
 ]
 NETWORKS = ("backbone", "projector", "predictor", "target_backbone", "target_projector")
 
 
 def torchrun(weights_dir: Path, *args: str) -> list[str]:
     """The command that runs `python -m byol ARGS` as 2 torchrun processes (each saves its networks)."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            str(WORKER), str(weights_dir), *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(WORKER),
+        str(weights_dir),
+        *args,
+    ]
 
 
 def environment() -> dict[str, str]:
@@ -85,11 +120,19 @@ def start_processes(logs: Path, *args: str) -> list[subprocess.Popen]:
     port, processes = free_port(), []
     logs.mkdir(parents=True, exist_ok=True)
     for rank in (0, 1):
-        env = {**environment(), "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        env = {
+            **environment(),
+            "WORLD_SIZE": "2",
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "LOCAL_WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
         with open(logs / f"rank-{rank}.log", "w") as log:
-            processes.append(subprocess.Popen([sys.executable, "-m", "byol", *args], cwd=REPO, env=env,
-                                              stdout=log, stderr=subprocess.STDOUT))
+            processes.append(
+                subprocess.Popen([sys.executable, "-m", "byol", *args], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+            )
     return processes
 
 
@@ -110,7 +153,11 @@ def two_process_run(tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedP
     runs_dir, weights = tmp_path_factory.mktemp("ddp-runs"), tmp_path_factory.mktemp("ddp-weights")
     result = subprocess.run(
         torchrun(weights, "train", "--epochs", "2", "--runs-dir", str(runs_dir), "--name", "two", *TINY),
-        cwd=REPO, env=environment(), capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return runs_dir / "two", weights, result
@@ -153,8 +200,15 @@ def test_knn_measured_by_two_processes_equals_one_process_on_the_same_weights(tw
     query_idx = eval_indices(len(data.test_labels), config.eval_query_size)
     bank = extract_features(backbone, data.train_images[bank_idx], channels_last=config.channels_last)
     queries = extract_features(backbone, data.test_images[query_idx], channels_last=config.channels_last)
-    knn = knn_accuracy(bank, data.train_labels[bank_idx], queries, data.test_labels[query_idx],
-                       len(data.classes), config.knn_k, config.knn_temperature)
+    knn = knn_accuracy(
+        bank,
+        data.train_labels[bank_idx],
+        queries,
+        data.test_labels[query_idx],
+        len(data.classes),
+        config.knn_k,
+        config.knn_temperature,
+    )
     assert eval_rows(run_dir)[-1]["knn"] == pytest.approx(knn, abs=1e-9)
 
 
@@ -221,8 +275,19 @@ def test_a_one_process_checkpoint_resumes_on_two_and_a_signal_to_one_process_sto
 def test_a_process_that_dies_ends_the_others_and_leaves_the_run_interrupted(tmp_path):
     runs_dir = tmp_path / "runs"
     run_dir = runs_dir / "dies"
-    processes = start_processes(tmp_path / "logs", "train", "--epochs", "500", "--eval-every", "1000",
-                                "--runs-dir", str(runs_dir), "--name", "dies", *TINY)
+    processes = start_processes(
+        tmp_path / "logs",
+        "train",
+        "--epochs",
+        "500",
+        "--eval-every",
+        "1000",
+        "--runs-dir",
+        str(runs_dir),
+        "--name",
+        "dies",
+        *TINY,
+    )
     try:
         wait_for(lambda: len(step_rows(run_dir)) >= 2 or any(p.poll() is not None for p in processes))
         processes[1].kill()

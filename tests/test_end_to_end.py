@@ -13,9 +13,21 @@ from byol.train import train
 # takes many steps, a fast-moving target, kNN with k=20 on the whole synthetic test set. Measured
 # with these settings: 27.3% at step 0; 33.6% after 8 epochs, 48.7% after 16.
 LEARNS_SYNTHETIC = dict(
-    data="synthetic", width=8, projector_hidden=256, projector_dim=64, predictor_hidden=256,
-    batch_size=64, lr=4e-3, tau_base=0.97, warmup_epochs=0.5, knn_k=20, eval_bank_size=0, eval_query_size=0,
-    log_every=20, epochs=16, eval_every=16.0,
+    data="synthetic",
+    width=8,
+    projector_hidden=256,
+    projector_dim=64,
+    predictor_hidden=256,
+    batch_size=64,
+    lr=4e-3,
+    tau_base=0.97,
+    warmup_epochs=0.5,
+    knn_k=20,
+    eval_bank_size=0,
+    eval_query_size=0,
+    log_every=20,
+    epochs=16,
+    eval_every=16.0,
 )
 
 

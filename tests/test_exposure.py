@@ -28,8 +28,8 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
-from byol import retrieval, runs
 from browser import free_port
+from byol import retrieval, runs
 from helpers import write_image_folder
 from test_page_embeddings import compute_map, run_until
 from test_page_retrieval import png_bytes, query_buttons
@@ -82,15 +82,34 @@ def test_the_running_app_listens_on_loopback_only(tmp_path, session_cache_dir):
     env = {**os.environ, "BYOL_RUNS_DIR": str(tmp_path / "runs"), "BYOL_CACHE_DIR": str(session_cache_dir)}
     with open(tmp_path / "server.log", "wb") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-             "--server.port", str(port), "--browser.gatherUsageStats", "false"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                "app.py",
+                "--server.headless",
+                "true",
+                "--server.port",
+                str(port),
+                "--browser.gatherUsageStats",
+                "false",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     try:
         deadline = time.monotonic() + 60
         while True:
             assert server.poll() is None, (tmp_path / "server.log").read_text()
-            with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=5) as answer:
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=5) as answer,
+            ):
                 if answer.read().decode().strip() == "ok":
                     break
             assert time.monotonic() < deadline, "the app did not start"
@@ -113,7 +132,17 @@ def test_the_running_app_listens_on_loopback_only(tmp_path, session_cache_dir):
 
 # --- files the dashboard touches -------------------------------------------------------------------
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-_WRITE_EVENTS = {"os.remove", "os.rmdir", "os.mkdir", "shutil.rmtree", "os.truncate", "os.chmod", "os.utime", "os.symlink", "os.link"}
+_WRITE_EVENTS = {
+    "os.remove",
+    "os.rmdir",
+    "os.mkdir",
+    "shutil.rmtree",
+    "os.truncate",
+    "os.chmod",
+    "os.utime",
+    "os.symlink",
+    "os.link",
+}
 
 
 class FileAccess:
@@ -240,8 +269,17 @@ def unsafe_loads(source: str, explicit: bool = True) -> list[str]:
                 found.append(f"line {node.lineno}: {name} without weights_only=True")
             elif not explicit and flag is not None and not (isinstance(flag, ast.Constant) and flag.value is True):
                 found.append(f"line {node.lineno}: {name} with weights_only={ast.unparse(flag)}")
-        elif name in ("pickle.load", "cPickle.load", "dill.load", "dill.loads", "joblib.load", "pd.read_pickle",
-                      "pandas.read_pickle", "pickle.Unpickler", "torch.serialization.add_safe_globals"):
+        elif name in (
+            "pickle.load",
+            "cPickle.load",
+            "dill.load",
+            "dill.loads",
+            "joblib.load",
+            "pd.read_pickle",
+            "pandas.read_pickle",
+            "pickle.Unpickler",
+            "torch.serialization.add_safe_globals",
+        ):
             found.append(f"line {node.lineno}: {name}")
         elif name == "pickle.loads":
             argument = node.args[0] if node.args else None
@@ -270,14 +308,16 @@ def test_the_scan_finds_unsafe_loads():
 
 def test_no_code_in_the_repository_unpickles_unsafely():
     sources = [
-        path for path in ROOT.rglob("*.py")
+        path
+        for path in ROOT.rglob("*.py")
         if not any(part.startswith(".") or part in ("node_modules", "__pycache__") for part in path.relative_to(ROOT).parts)
     ]
     assert len(sources) > 30 and ROOT / "byol" / "checkpoint.py" in sources
     # Code that ships (library, app, pages, benchmarks) must say weights_only=True; tests, which
     # load only files they wrote themselves, must at least never turn it off.
     problems = {
-        str(path.relative_to(ROOT)): found for path in sources
+        str(path.relative_to(ROOT)): found
+        for path in sources
         if (found := unsafe_loads(path.read_text(), explicit=path.relative_to(ROOT).parts[0] != "tests"))
     }
     assert problems == {}, problems

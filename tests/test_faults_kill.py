@@ -54,11 +54,40 @@ RUN_NAME = "killed-often"
 SEED = int(os.environ.get("BYOL_KILL_SEED", "20240605"))
 
 TRAIN_ARGS = [
-    "--preset", "cpu", "--epochs", str(EPOCHS), "--batch-size", "32", "--device", "cpu",
-    "--precision", "fp32", "--eval-every", "0.5",
-    "--set", "width=4", "--set", "projector_hidden=32", "--set", "projector_dim=16", "--set", "predictor_hidden=32",
-    "--set", "subset=256", "--set", "eval_bank_size=256", "--set", "eval_query_size=100", "--set", "knn_k=20",
-    "--set", "warmup_epochs=0", "--set", "log_every=1", "--set", f"checkpoint_minutes={CHECKPOINT_SECONDS / 60}",
+    "--preset",
+    "cpu",
+    "--epochs",
+    str(EPOCHS),
+    "--batch-size",
+    "32",
+    "--device",
+    "cpu",
+    "--precision",
+    "fp32",
+    "--eval-every",
+    "0.5",
+    "--set",
+    "width=4",
+    "--set",
+    "projector_hidden=32",
+    "--set",
+    "projector_dim=16",
+    "--set",
+    "predictor_hidden=32",
+    "--set",
+    "subset=256",
+    "--set",
+    "eval_bank_size=256",
+    "--set",
+    "eval_query_size=100",
+    "--set",
+    "knn_k=20",
+    "--set",
+    "warmup_epochs=0",
+    "--set",
+    "log_every=1",
+    "--set",
+    f"checkpoint_minutes={CHECKPOINT_SECONDS / 60}",
 ]
 
 
@@ -260,7 +289,9 @@ def test_a_run_killed_twelve_times_finishes_with_nothing_lost(tmp_path, image_fo
             child = cli_subprocess(args, log)
         else:
             process = forkserver.Process(
-                target=cli_child, args=(["resume", str(run_dir)], str(log), TORN_WRITE_PAUSE), daemon=True,
+                target=cli_child,
+                args=(["resume", str(run_dir)], str(log), TORN_WRITE_PAUSE),
+                daemon=True,
             )
             process.start()
             child = Child(process=process)
@@ -284,8 +315,15 @@ def test_a_run_killed_twelve_times_finishes_with_nothing_lost(tmp_path, image_fo
         assert lost_seconds <= CHECKPOINT_SECONDS + longest_step + 0.5, (detail, lost_seconds, longest_step)
         assert saved_step >= steps_done, "a kill took away work that was already checkpointed"
         steps_done = saved_step
-        kills.append({**detail, "saved_step": saved_step, "lost_steps": lost_steps,
-                      "lost_seconds": round(lost_seconds, 2), "torn_metrics_line": torn})
+        kills.append(
+            {
+                **detail,
+                "saved_step": saved_step,
+                "lost_steps": lost_steps,
+                "lost_seconds": round(lost_seconds, 2),
+                "torn_metrics_line": torn,
+            }
+        )
         fault_figures.add("kills survived")
 
     mid_write = [k for k in kills if k["mode"] == "mid-write"]
@@ -295,7 +333,11 @@ def test_a_run_killed_twelve_times_finishes_with_nothing_lost(tmp_path, image_fo
 
     # The last resume, a plain `python -m byol resume`, must finish the run.
     final = subprocess.run(
-        [sys.executable, "-m", "byol", "resume", str(run_dir)], cwd=REPO, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "byol", "resume", str(run_dir)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     finished = final.returncode == 0 and runs.read_status(run_dir)["state"] == runs.FINISHED
     fault_figures.add("runs lost", 0 if finished else 1)

@@ -41,7 +41,8 @@ FAULT_AT_STEP = 2  # one step trains normally first
 # run name -> (what goes wrong in its training step, the message the run must end with)
 FAULTS: dict[str, tuple[str, str]] = {
     "fault-exception": (
-        "exception", "Training stopped with an unexpected error: RuntimeError: injected fault inside the training step",
+        "exception",
+        "Training stopped with an unexpected error: RuntimeError: injected fault inside the training step",
     ),
     "fault-nan": ("nan", f"The loss became nan at step {FAULT_AT_STEP}, so training was stopped."),
     "fault-oom": ("oom", "The device ran out of memory. Lower the batch size (or the backbone width) and resume the run."),
@@ -148,8 +149,10 @@ time.sleep(600)
 def test_a_server_killed_by_the_os_leaves_its_run_interrupted_on_restart(runs_dir, app_test, tiny_config):
     config = tiny_config(epochs=50, device="cpu", checkpoint_minutes=0.05)
     server = subprocess.Popen(
-        [sys.executable, "-c", SERVER, str(runs_dir), json.dumps(config.to_dict())], cwd=REPO,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [sys.executable, "-c", SERVER, str(runs_dir), json.dumps(config.to_dict())],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     run_dir = runs_dir / "killed-with-its-server"
     try:

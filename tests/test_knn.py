@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from byol.knn import effective_rank, eval_indices, knn_accuracy, knn_predict, pixel_knn_accuracy, per_class_accuracy
+from byol.knn import effective_rank, eval_indices, knn_accuracy, knn_predict, per_class_accuracy, pixel_knn_accuracy
 
 
 def separable(n_per_class=50, classes=5, dim=16, seed=0):

@@ -74,7 +74,10 @@ def test_ema_matches_formula_for_parameters_and_buffers():
                 b.add_(torch.rand_like(b))
         nets.backbone.bn1.num_batches_tracked.fill_(7)
     online = {**dict(nets.backbone.named_parameters()), **dict(nets.backbone.named_buffers())}
-    before = {k: v.clone() for k, v in {**dict(nets.target_backbone.named_parameters()), **dict(nets.target_backbone.named_buffers())}.items()}
+    before = {
+        k: v.clone()
+        for k, v in {**dict(nets.target_backbone.named_parameters()), **dict(nets.target_backbone.named_buffers())}.items()
+    }
     update_target(target_pairs(nets.online_modules(), nets.target_modules()), tau=0.9)
     after = {**dict(nets.target_backbone.named_parameters()), **dict(nets.target_backbone.named_buffers())}
     for name, value in after.items():

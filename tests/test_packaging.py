@@ -36,13 +36,17 @@ def installed(tmp_path_factory) -> tuple[Path, Path]:
     wheels, site = work / "wheels", work / "site"
     build = subprocess.run(
         [*PIP, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(wheels), str(source)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert build.returncode == 0, build.stdout + build.stderr
     (wheel,) = wheels.glob("*.whl")
     install = subprocess.run(
         [*PIP, "install", "--no-deps", "--no-index", "--target", str(site), str(wheel)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert install.returncode == 0, install.stdout + install.stderr
     return wheel, site

@@ -54,13 +54,20 @@ def compute_map(at):
 
 # --- plain helpers -------------------------------------------------------------------------------
 def test_selection_event_gives_test_image_numbers_in_order_without_repeats():
-    event = {"selection": {"points": [
-        {"curve_number": 2, "point_index": 0, "customdata": [17]},
-        {"curve_number": 0, "point_index": 4, "customdata": [3]},
-        {"curve_number": 2, "point_index": 0, "customdata": [17]},  # box and lasso can repeat a point
-        {"curve_number": 1, "point_index": 1, "customdata": 5},  # a scalar customdata is fine too
-        {"curve_number": 1, "point_index": 2},  # no customdata: ignored
-    ], "point_indices": [0, 4, 0, 1, 2], "box": [], "lasso": []}}
+    event = {
+        "selection": {
+            "points": [
+                {"curve_number": 2, "point_index": 0, "customdata": [17]},
+                {"curve_number": 0, "point_index": 4, "customdata": [3]},
+                {"curve_number": 2, "point_index": 0, "customdata": [17]},  # box and lasso can repeat a point
+                {"curve_number": 1, "point_index": 1, "customdata": 5},  # a scalar customdata is fine too
+                {"curve_number": 1, "point_index": 2},  # no customdata: ignored
+            ],
+            "point_indices": [0, 4, 0, 1, 2],
+            "box": [],
+            "lasso": [],
+        }
+    }
     assert inspection.selected_test_indices(event) == [17, 3, 5]
     assert inspection.selected_test_indices(None) == []
     assert inspection.selected_test_indices({"selection": {"points": []}}) == []
@@ -74,8 +81,10 @@ def test_focus_is_the_typed_number_else_the_first_selected_point():
 
 def test_map_figure_holds_test_numbers_in_customdata_and_names_classes():
     data = embed.MapData(
-        coordinates=np.arange(12, dtype=np.float32).reshape(6, 2), labels=np.array([0, 1, 0, 1, 2, 2]),
-        indices=np.arange(6) + 100, classes=["cat", "dog", "ship"],
+        coordinates=np.arange(12, dtype=np.float32).reshape(6, 2),
+        labels=np.array([0, 1, 0, 1, 2, 2]),
+        indices=np.arange(6) + 100,
+        classes=["cat", "dog", "ship"],
     )
     figure = inspection.map_figure(data)
     assert [trace.name for trace in figure.data] == ["cat", "dog", "ship"]

@@ -29,15 +29,20 @@ def make_run(runs_dir: Path, name: str = "tiny", last_step: int | None = 6) -> P
     run_dir = create_run(runs_dir, config, name)
     for seed, step in ((0, 0), (1, 4)):
         torch.manual_seed(seed)
-        save_checkpoint(run_dir / f"step-{step:08d}.pt", snapshot_state(resnet18_cifar(config.width), config, step, step / 4, 20.0))
+        save_checkpoint(
+            run_dir / f"step-{step:08d}.pt", snapshot_state(resnet18_cifar(config.width), config, step, step / 4, 20.0)
+        )
     if last_step is not None:
         torch.manual_seed(2)
         save_checkpoint(run_dir / "last.pt", snapshot_state(resnet18_cifar(config.width), config, last_step, last_step / 4, None))
-    append_metrics(run_dir, [
-        {"kind": "eval", "step": 0, "epoch": 0.0, "knn": 20.0},
-        {"kind": "step", "step": 4, "epoch": 1.0, "loss": 3.0},
-        {"kind": "eval", "step": 4, "epoch": 1.0, "knn": 25.0},
-    ])
+    append_metrics(
+        run_dir,
+        [
+            {"kind": "eval", "step": 0, "epoch": 0.0, "knn": 20.0},
+            {"kind": "step", "step": 4, "epoch": 1.0, "loss": 3.0},
+            {"kind": "eval", "step": 4, "epoch": 1.0, "knn": 25.0},
+        ],
+    )
     write_status(run_dir, FINISHED, "Finished.")
     return run_dir
 
@@ -111,7 +116,9 @@ def test_prepare_computes_everything_once_with_progress(run_dir, data, fake_umap
     checkpoint = run_dir / "step-00000004.pt"
     assert embed.missing_work(run_dir, checkpoint, embed.FULL, data, 20, 0.1) == list(embed.Artefact)
     reports = []
-    embed.prepare_checkpoint(run_dir, checkpoint, lambda message=None, fraction=None: reports.append((message, fraction)), data, k=20, temperature=0.1)
+    embed.prepare_checkpoint(
+        run_dir, checkpoint, lambda message=None, fraction=None: reports.append((message, fraction)), data, k=20, temperature=0.1
+    )
     fractions = [f for _, f in reports if f is not None]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert any("training-set embeddings" in m for m, _ in reports) and any("UMAP" in m for m, _ in reports)
@@ -150,7 +157,9 @@ def test_results_of_a_replaced_last_pt_are_stale(run_dir, data):
 def test_embeddings_of_another_data_set_size_count_as_missing(run_dir, data):
     checkpoint = run_dir / "step-00000004.pt"
     embed.prepare_checkpoint(run_dir, checkpoint, None, data, level=embed.BANK)
-    assert embed.missing_work(run_dir, checkpoint, embed.BANK, small_data(train_per_class=21)) == [embed.Artefact.TRAIN_EMBEDDINGS]
+    assert embed.missing_work(run_dir, checkpoint, embed.BANK, small_data(train_per_class=21)) == [
+        embed.Artefact.TRAIN_EMBEDDINGS
+    ]
 
 
 def test_damaged_saved_results_count_as_missing(run_dir, data, fake_umap):
@@ -243,7 +252,9 @@ def test_knn_of_well_separated_embeddings_is_perfect(tmp_path):
     for split, n in (("train", 40), ("test", 12)):
         labels = np.arange(n) % 4
         features = centres[labels] + 0.05 * rng.standard_normal((n, 16)).astype(np.float32)
-        embed.save_embeddings(run, checkpoint, split, features / np.linalg.norm(features, axis=1, keepdims=True), labels, list("abcd"))
+        embed.save_embeddings(
+            run, checkpoint, split, features / np.linalg.norm(features, axis=1, keepdims=True), labels, list("abcd")
+        )
     result = embed.checkpoint_knn(run, checkpoint, k=5, temperature=0.1)
     assert result.accuracy == pytest.approx(100.0) and result.per_class == pytest.approx([100.0] * 4)
     assert (run / "embeddings" / "step-00000001-knn.json").is_file()
@@ -264,9 +275,15 @@ def test_bad_k_and_wrong_feature_size_are_refused(tmp_path):
         retrieval.neighbours(run, checkpoint, np.ones(5, np.float32), 3)
 
 
-@pytest.mark.parametrize("labels, query, expected", [
-    ([1, 1, 1, 1], 1, 1.0), ([1, 2, 1, 3], 1, 0.5), ([2, 3], 1, 0.0), ([4], 4, 1.0),
-])
+@pytest.mark.parametrize(
+    "labels, query, expected",
+    [
+        ([1, 1, 1, 1], 1, 1.0),
+        ([1, 2, 1, 3], 1, 0.5),
+        ([2, 3], 1, 0.0),
+        ([4], 4, 1.0),
+    ],
+)
 def test_precision_at_k(labels, query, expected):
     assert retrieval.precision_at_k(labels, query) == expected
 
@@ -326,13 +343,17 @@ def test_upload_of_an_ordinary_photo_becomes_a_32x32_rgb_tensor():
     assert tuple(images.query_from_upload(encode(noise_rgb(300), "PNG"), image_size=24).shape) == (3, 24, 24)
 
 
-@pytest.mark.parametrize("payload, message", [
-    (b"", "empty"),
-    (b"name,age\nAda,36\n", "not an image"),
-    (b"%PDF-1.4 not really", "not an image"),
-    (encode(noise_rgb(), "PNG")[:900], "truncated"),
-    (encode(noise_rgb(), "JPEG", quality=95)[:1200], "truncated"),
-], ids=["zero-bytes", "csv", "pdf", "truncated-png", "truncated-jpeg"])
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        (b"", "empty"),
+        (b"name,age\nAda,36\n", "not an image"),
+        (b"%PDF-1.4 not really", "not an image"),
+        (encode(noise_rgb(), "PNG")[:900], "truncated"),
+        (encode(noise_rgb(), "JPEG", quality=95)[:1200], "truncated"),
+    ],
+    ids=["zero-bytes", "csv", "pdf", "truncated-png", "truncated-jpeg"],
+)
 def test_bad_uploads_get_a_plain_message(payload, message):
     with pytest.raises(ValueError, match=message):
         images.query_from_upload(payload)

@@ -56,8 +56,13 @@ def loss_figure(metrics: pd.DataFrame, smoothing: float = 0.0) -> go.Figure:
     if smoothing > 0:
         figure.add_scatter(x=rows["epoch"], y=rows["loss"], mode="lines", name="raw", line=dict(color="#adb5bd", width=1))
     figure.add_scatter(
-        x=rows["epoch"], y=_smoothed(rows["loss"], smoothing), mode="lines" if len(rows) >= 20 else "lines+markers", name="loss",
-        line=dict(color=PALETTE[0], width=2), customdata=rows["step"], hovertemplate="%{y:.4f} (step %{customdata})",
+        x=rows["epoch"],
+        y=_smoothed(rows["loss"], smoothing),
+        mode="lines" if len(rows) >= 20 else "lines+markers",
+        name="loss",
+        line=dict(color=PALETTE[0], width=2),
+        customdata=rows["step"],
+        hovertemplate="%{y:.4f} (step %{customdata})",
     )
     return figure
 
@@ -67,31 +72,59 @@ def knn_figure(metrics: pd.DataFrame, baseline: float | None = None, pixel: floa
     rows = _column(eval_rows(metrics), "knn")
     figure = _base_figure("kNN accuracy", "kNN accuracy (%)", subtitle="higher = better features")
     figure.add_scatter(
-        x=rows["epoch"], y=rows["knn"], mode="lines+markers", name="kNN accuracy",
-        line=dict(color=PALETTE[2], width=2), customdata=rows["step"], hovertemplate="%{y:.1f}% (step %{customdata})",
+        x=rows["epoch"],
+        y=rows["knn"],
+        mode="lines+markers",
+        name="kNN accuracy",
+        line=dict(color=PALETTE[2], width=2),
+        customdata=rows["step"],
+        hovertemplate="%{y:.1f}% (step %{customdata})",
     )
     if baseline is not None:
-        figure.add_hline(y=baseline, line=dict(color="#868e96", dash="dash"),
-                         annotation_text=f"random init {baseline:.1f}%", annotation_position="bottom right")
+        figure.add_hline(
+            y=baseline,
+            line=dict(color="#868e96", dash="dash"),
+            annotation_text=f"random init {baseline:.1f}%",
+            annotation_position="bottom right",
+        )
     if pixel is not None:
-        figure.add_hline(y=pixel, line=dict(color="#e8590c", dash="dot"),
-                         annotation_text=f"raw pixels {pixel:.1f}%", annotation_position="top right")
+        figure.add_hline(
+            y=pixel,
+            line=dict(color="#e8590c", dash="dot"),
+            annotation_text=f"raw pixels {pixel:.1f}%",
+            annotation_position="top right",
+        )
     return figure
 
 
-def collapse_figure(metrics: pd.DataFrame, projector_dim: int, smoothing: float = 0.0, fraction: float = DEFAULT_FRACTION) -> go.Figure:
+def collapse_figure(
+    metrics: pd.DataFrame, projector_dim: int, smoothing: float = 0.0, fraction: float = DEFAULT_FRACTION
+) -> go.Figure:
     """The collapse meter: projection spread with the healthy level 1/√d and the collapse threshold."""
     rows = _column(step_rows(metrics), "z_std")
     healthy = healthy_std(projector_dim)
     figure = _base_figure("Collapse meter", "spread (z_std)", subtitle="projection spread; falling to 0 = collapse")
     figure.add_scatter(
-        x=rows["epoch"], y=_smoothed(rows["z_std"], smoothing), mode="lines" if len(rows) >= 20 else "lines+markers", name="spread",
-        line=dict(color=PALETTE[3], width=2), customdata=rows["step"], hovertemplate="%{y:.4f} (step %{customdata})",
+        x=rows["epoch"],
+        y=_smoothed(rows["z_std"], smoothing),
+        mode="lines" if len(rows) >= 20 else "lines+markers",
+        name="spread",
+        line=dict(color=PALETTE[3], width=2),
+        customdata=rows["step"],
+        hovertemplate="%{y:.4f} (step %{customdata})",
     )
-    figure.add_hline(y=healthy, line=dict(color="#2b8a3e", dash="dash"),
-                     annotation_text=f"healthy 1/√{projector_dim} = {healthy:.3f}", annotation_position="top right")
-    figure.add_hline(y=fraction * healthy, line=dict(color="#c92a2a", dash="dot"),
-                     annotation_text=f"collapse line ({fraction:.0%} of healthy)", annotation_position="bottom right")
+    figure.add_hline(
+        y=healthy,
+        line=dict(color="#2b8a3e", dash="dash"),
+        annotation_text=f"healthy 1/√{projector_dim} = {healthy:.3f}",
+        annotation_position="top right",
+    )
+    figure.add_hline(
+        y=fraction * healthy,
+        line=dict(color="#c92a2a", dash="dot"),
+        annotation_text=f"collapse line ({fraction:.0%} of healthy)",
+        annotation_position="bottom right",
+    )
     step = collapse_point(rows, projector_dim, fraction)
     if step is not None:
         epoch = float(rows.loc[rows["step"] == step, "epoch"].iloc[0])
@@ -104,12 +137,21 @@ def rank_figure(metrics: pd.DataFrame) -> go.Figure:
     rows = _column(eval_rows(metrics), "effective_rank")
     figure = _base_figure("Effective rank", "effective rank", subtitle="directions the features use; higher = richer")
     figure.add_scatter(
-        x=rows["epoch"], y=rows["effective_rank"], mode="lines+markers", name="effective rank",
-        line=dict(color=PALETTE[4], width=2), customdata=rows["step"], hovertemplate="%{y:.1f} (step %{customdata})",
+        x=rows["epoch"],
+        y=rows["effective_rank"],
+        mode="lines+markers",
+        name="effective rank",
+        line=dict(color=PALETTE[4], width=2),
+        customdata=rows["step"],
+        hovertemplate="%{y:.1f} (step %{customdata})",
     )
     if "feature_dim" in rows and len(rows):
-        figure.add_hline(y=float(rows["feature_dim"].iloc[-1]), line=dict(color="#adb5bd", dash="dash"),
-                         annotation_text="feature size (the maximum)", annotation_position="bottom right")
+        figure.add_hline(
+            y=float(rows["feature_dim"].iloc[-1]),
+            line=dict(color="#adb5bd", dash="dash"),
+            annotation_text="feature size (the maximum)",
+            annotation_position="bottom right",
+        )
     figure.update_yaxes(rangemode="tozero")
     return figure
 
@@ -133,8 +175,13 @@ def overlay_figure(
         y = _smoothed(rows[column], smoothing) if kind == "step" else list(rows[column])
         few = kind != "step" or len(rows) < 20  # a line through one or two points would not show
         figure.add_scatter(
-            x=rows["epoch"], y=y, mode="lines+markers" if few else "lines", name=name,
-            line=dict(color=color, width=2), customdata=rows["step"], hovertemplate=f"{name}: %{{y:.4g}} (step %{{customdata}})<extra></extra>",
+            x=rows["epoch"],
+            y=y,
+            mode="lines+markers" if few else "lines",
+            name=name,
+            line=dict(color=color, width=2),
+            customdata=rows["step"],
+            hovertemplate=f"{name}: %{{y:.4g}} (step %{{customdata}})<extra></extra>",
         )
         step = (markers or {}).get(name)
         if step is not None and len(rows):
@@ -143,7 +190,10 @@ def overlay_figure(
                 index = hit.index[0]
                 position = list(rows.index).index(index)
                 figure.add_scatter(
-                    x=[float(hit["epoch"].iloc[0])], y=[y[position]], mode="markers", name=f"{name} collapsed",
+                    x=[float(hit["epoch"].iloc[0])],
+                    y=[y[position]],
+                    mode="markers",
+                    name=f"{name} collapsed",
                     marker=dict(symbol="x", size=14, color=color, line=dict(width=2)),
                     hovertemplate=f"{name} collapsed at step {step:,}<extra></extra>",
                 )

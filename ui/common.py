@@ -51,8 +51,12 @@ STATE_LOOK: dict[str, tuple[str, str, str]] = {
     runs.INTERRUPTED: ("Interrupted", "orange", ":material/power_off:"),
 }
 STATE_TEXT: dict[str, str] = {
-    runs.QUEUED: "waiting", runs.RUNNING: "training", runs.FINISHED: "finished",
-    runs.STOPPED: "stopped", runs.FAILED: "failed", runs.INTERRUPTED: "interrupted",
+    runs.QUEUED: "waiting",
+    runs.RUNNING: "training",
+    runs.FINISHED: "finished",
+    runs.STOPPED: "stopped",
+    runs.FAILED: "failed",
+    runs.INTERRUPTED: "interrupted",
 }
 
 
@@ -137,13 +141,21 @@ def data_source_input(key: str, default: str = "folder") -> str:
     if default == "folder" and not default_path:
         default = "synthetic"
     choice = st.radio(
-        "Data source", list(DATA_CHOICES), index=list(DATA_CHOICES).index(default),
-        format_func=DATA_CHOICES.get, key=f"{key}_source", help=HELP["data_source"], horizontal=True,
+        "Data source",
+        list(DATA_CHOICES),
+        index=list(DATA_CHOICES).index(default),
+        format_func=DATA_CHOICES.get,
+        key=f"{key}_source",
+        help=HELP["data_source"],
+        horizontal=True,
     )
     if choice != "folder":
         return choice
     path = st.text_input(
-        "Folder or archive path", value=default_path, key=f"{key}_path", help=HELP["data_path"],
+        "Folder or archive path",
+        value=default_path,
+        key=f"{key}_path",
+        help=HELP["data_path"],
         placeholder="/path/to/images (train/<class>/..., test/<class>/...) or images.tar.gz",
     )
     return path.strip()

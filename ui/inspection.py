@@ -16,10 +16,9 @@ from byol import data as datasets
 from byol import embed, retrieval, tasks
 from byol.checkpoint import CheckpointChoice, checkpoint_choices
 from byol.config import TrainConfig
-from byol.dataset import Dataset, DataError
+from byol.dataset import DataError, Dataset
 from byol.runs import RunError, RunSummary, default_runs_dir, list_runs, read_config, set_data_source
 from ui import common
-
 
 # --------------------------------------------------------------------------------------------------
 # Shared objects (one per server process)
@@ -89,7 +88,6 @@ def pick_run_and_checkpoint(page: str) -> tuple[RunSummary, CheckpointChoice]:
 # --------------------------------------------------------------------------------------------------
 
 
-
 def pick_run_checkpoint_and_data(page: str) -> tuple[RunSummary, CheckpointChoice, TrainConfig, Dataset]:
     """A run, one of its checkpoints, its config and its data set; stops the page plainly on a problem."""
     run, choice = pick_run_and_checkpoint(page)
@@ -137,7 +135,9 @@ def relocate_data(run: RunSummary, config: TrainConfig, page: str) -> None:
         "to download it (about 170 MB, needs internet)."
     )
     source = st.text_input(
-        "Where are the images?", key=f"{page}-relocate-{run.name}", placeholder="/path/to/cifar10 or cifar10",
+        "Where are the images?",
+        key=f"{page}-relocate-{run.name}",
+        placeholder="/path/to/cifar10 or cifar10",
         help="A folder with train/<class>/ and test/<class>/ image folders, a .tar.gz or .zip of one, or cifar10.",
     )
     if st.button("Use these images for this run", key=f"{page}-relocate-button-{run.name}", disabled=not source.strip()):
@@ -150,6 +150,7 @@ def relocate_data(run: RunSummary, config: TrainConfig, page: str) -> None:
             return
         set_data_source(run.path, moved.data)
         st.rerun()
+
 
 # How the pages name what a checkpoint still lacks.
 ARTEFACT_WORDS: dict[embed.Artefact, str] = {
@@ -199,7 +200,8 @@ def ensure_prepared(
         )
         cost = (
             f"That means running the network over {images:,} images: seconds on a GPU; on a CPU, seconds for a narrow network and up to several minutes for a full-width one on all of CIFAR-10. "
-            if images else "That takes a few seconds. "
+            if images
+            else "That takes a few seconds. "
         )
         st.info(
             f"{what} needs {_join([ARTEFACT_WORDS[m] for m in missing])} of **{Path(checkpoint).name}**, "
@@ -269,16 +271,23 @@ def map_figure(map_data: embed.MapData, height: int = 560) -> Any:
         rows = np.flatnonzero(map_data.labels == c)
         if not len(rows):
             continue
-        figure.add_trace(go.Scattergl(
-            x=map_data.coordinates[rows, 0], y=map_data.coordinates[rows, 1], mode="markers", name=name,
-            marker=dict(size=5, color=colours[c], opacity=0.8),
-            # A plain list, not a numpy array: plotly would send an array as a typed array, which comes
-            # back from a selection as {"0": 17} instead of [17].
-            customdata=[[int(i)] for i in map_data.indices[rows]],
-            hovertemplate=f"<b>{name}</b><br>test image #%{{customdata[0]}}<extra></extra>",
-        ))
+        figure.add_trace(
+            go.Scattergl(
+                x=map_data.coordinates[rows, 0],
+                y=map_data.coordinates[rows, 1],
+                mode="markers",
+                name=name,
+                marker=dict(size=5, color=colours[c], opacity=0.8),
+                # A plain list, not a numpy array: plotly would send an array as a typed array, which comes
+                # back from a selection as {"0": 17} instead of [17].
+                customdata=[[int(i)] for i in map_data.indices[rows]],
+                hovertemplate=f"<b>{name}</b><br>test image #%{{customdata[0]}}<extra></extra>",
+            )
+        )
     figure.update_layout(
-        height=height, margin=dict(l=10, r=10, t=30, b=10), legend=dict(title="class", itemsizing="constant"),
+        height=height,
+        margin=dict(l=10, r=10, t=30, b=10),
+        legend=dict(title="class", itemsizing="constant"),
     )
     # No dragmode/clickmode here: Streamlit sets them for on_select (pan + click-to-select). A lasso or
     # box dragmode would switch click-to-select off.
@@ -323,11 +332,17 @@ def accuracy_figure(knn: embed.KnnResult, height: int = 360) -> Any:
     pairs = sorted(zip(knn.classes, knn.per_class), key=lambda p: (p[1] != p[1], p[1]))  # NaN last
     colours = class_colours(len(knn.classes))
     colour_of = dict(zip(knn.classes, colours))
-    figure = go.Figure(go.Bar(
-        x=[v for _, v in pairs], y=[c for c, _ in pairs], orientation="h",
-        marker_color=[colour_of[c] for c, _ in pairs],
-        hovertemplate="%{y}: %{x:.1f}%<extra></extra>", text=[f"{v:.0f}%" for _, v in pairs], textposition="auto",
-    ))
+    figure = go.Figure(
+        go.Bar(
+            x=[v for _, v in pairs],
+            y=[c for c, _ in pairs],
+            orientation="h",
+            marker_color=[colour_of[c] for c, _ in pairs],
+            hovertemplate="%{y}: %{x:.1f}%<extra></extra>",
+            text=[f"{v:.0f}%" for _, v in pairs],
+            textposition="auto",
+        )
+    )
     figure.update_layout(height=height, margin=dict(l=10, r=10, t=30, b=10), xaxis=dict(range=[0, 100], title="kNN accuracy (%)"))
     return figure
 

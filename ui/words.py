@@ -55,8 +55,7 @@ GLOSSARY: dict[str, str] = {
         "used only for this measurement, never for training."
     ),
     "Random-init baseline": (
-        "The kNN accuracy of the untrained network, measured at step 0. Training is only worth it "
-        "above this line."
+        "The kNN accuracy of the untrained network, measured at step 0. Training is only worth it above this line."
     ),
     "Raw-pixel baseline": "The kNN accuracy when comparing the raw pixels directly: the floor a learned description should beat.",
     "Epoch / step": "An epoch is one pass over all training images; a step is one batch of them.",
@@ -124,9 +123,7 @@ TERMS: dict[str, str] = {
         "**Cosine similarity** says how alike two embeddings are: 1 means the same direction (very alike), "
         "0 unrelated, below 0 opposite."
     ),
-    "neighbours": (
-        "**Nearest neighbours**: the training images whose embeddings are most similar to the query's."
-    ),
+    "neighbours": ("**Nearest neighbours**: the training images whose embeddings are most similar to the query's."),
     "precision": (
         "**precision@k**: the share of the k neighbours that have the same class as the query. "
         "Chance level is about one in the number of classes."
