@@ -5,7 +5,7 @@ a train and a test split. Training keeps the whole set in memory and augments it
 ops (see DESIGN.md), so there is no per-image loader here, only "decode once, then slice tensors".
 
 Sources, as the user types them:
-- "cifar10":   torchvision's download (fails on machines without internet; the error says what to do);
+- "cifar10":   torchvision's download (cifar10.py; fails without internet, and the error says what to do);
 - a path:      a folder laid out as train/<class>/<images> and test/<class>/<images>, or a .tar.gz,
                .tgz, .tar or .zip archive of one (possibly inside one top-level folder). Archives are
                read in place and nothing is ever written beside the source, which may be read-only;
@@ -32,25 +32,14 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from byol import cifar10
+from byol.cifar10 import CLASS_NAMES_CIFAR10  # noqa: F401  (kept importable from here)
 from byol.config import TrainConfig
 from byol.dataset import DataError, Dataset
-from byol.images import IMAGE_EXTENSIONS, cache_key, decode_image, read_cache, resize_batch, write_cache
+from byol.images import IMAGE_EXTENSIONS, cache_key, decode_image, read_cache, write_cache
 from byol.synthetic import synthetic_dataset
 
 log = logging.getLogger(__name__)
-
-CLASS_NAMES_CIFAR10: list[str] = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-]
 
 ARCHIVE_EXTENSIONS: tuple[str, ...] = (".tar.gz", ".tgz", ".tar", ".zip")
 
@@ -67,32 +56,6 @@ def default_cache_dir() -> Path:
     if env:
         return Path(env).expanduser()
     return Path(__file__).resolve().parent.parent / ".cache"
-
-
-def local_cifar10_copies() -> list[Path]:
-    """The documented places of a local CIFAR-10 copy (an ImageFolder tree or an archive of one).
-
-    $BYOL_CIFAR10_COPY when set, else `data/cifar10-jpg.tar.gz` in the project (git-ignored) and
-    `../shared/data/cifar10-jpg.tar.gz` beside it, where this team's machines keep the real copy.
-    """
-    named = os.environ.get("BYOL_CIFAR10_COPY")
-    if named is not None:
-        return [Path(named).expanduser()] if named else []
-    project = Path(__file__).resolve().parent.parent
-    return [project / "data" / "cifar10-jpg.tar.gz", project.parent / "shared" / "data" / "cifar10-jpg.tar.gz"]
-
-
-def with_local_cifar10(config: TrainConfig) -> TrainConfig | None:
-    """`config` pointed at a local CIFAR-10 copy, for a run that names "cifar10"; None when it names
-    something else or no copy lies at a documented place.
-
-    A shipped demo run names "cifar10", which torchvision cannot download without internet; with
-    the copy at hand the pages open on the demo without asking where its images are.
-    """
-    if config.data.strip().lower() not in ("cifar10", "cifar-10"):
-        return None
-    copy = next((path for path in local_cifar10_copies() if path.exists()), None)
-    return config.replace(data=str(copy), data_root="") if copy else None
 
 
 def describe_source(source: str) -> str:
@@ -148,7 +111,7 @@ def load_dataset(source: str, root: str | None = None, cache_dir: Path | None = 
     if kind == "synthetic":
         return synthetic_dataset(image_size=image_size)
     if kind == "cifar10":
-        return _load_cifar10(root, cache_dir, image_size)
+        return cifar10.load(root, cache_dir, image_size)
     return _load_folder_or_archive(Path(source).expanduser(), cache_dir / "data", image_size)
 
 
@@ -165,42 +128,6 @@ def _source_kind(source: str) -> str:
     if key == "synthetic":
         return "synthetic"
     return "path"
-
-
-# --------------------------------------------------------------------------------------------------
-# CIFAR-10 through torchvision
-# --------------------------------------------------------------------------------------------------
-
-
-def _load_cifar10(root: str | None, cache_dir: Path, image_size: int) -> Dataset:
-    from torchvision import datasets  # imported here: it is slow to import and only this source needs it
-
-    folder = Path(root).expanduser() if root else cache_dir / "data" / "cifar10"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        train = datasets.CIFAR10(str(folder), train=True, download=True)
-        test = datasets.CIFAR10(str(folder), train=False, download=True)
-    except Exception as exc:  # URLError, OSError, RuntimeError (checksum)...: all mean "not available"
-        raise DataError(
-            f"CIFAR-10 could not be downloaded (no internet?): {type(exc).__name__}: {exc}. "
-            "To use a local copy, give as the data source a folder with train/<class>/ and "
-            "test/<class>/ images, or a .tar.gz or .zip archive of one "
-            "(for example ../shared/data/cifar10-jpg.tar.gz)."
-        ) from exc
-
-    def to_tensor(data: np.ndarray) -> torch.Tensor:
-        images = torch.from_numpy(np.ascontiguousarray(data)).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
-        return images if image_size == 32 else resize_batch(images, image_size)
-
-    return Dataset(
-        name="cifar10",
-        classes=list(CLASS_NAMES_CIFAR10),
-        train_images=to_tensor(train.data),
-        train_labels=torch.as_tensor(train.targets, dtype=torch.int64),
-        test_images=to_tensor(test.data),
-        test_labels=torch.as_tensor(test.targets, dtype=torch.int64),
-        fingerprint=f"cifar10-{image_size}",
-    )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ import json
 import pytest
 from PIL import Image
 
+from byol import cifar10, retrieval, runs
 from byol import data as datasets
-from byol import retrieval, runs
 from helpers import run_cli, write_image_folder
 from test_page_embeddings import run_until
 from test_retrieval import small_data
@@ -168,7 +168,7 @@ def test_a_run_naming_cifar10_opens_on_a_local_copy_without_asking(finished_run,
     def no_download(*args, **kwargs):
         raise datasets.DataError("CIFAR-10 could not be downloaded (no internet?).")
 
-    monkeypatch.setattr(datasets, "_load_cifar10", no_download)
+    monkeypatch.setattr(cifar10, "load", no_download)
     copy = write_image_folder(tmp_path / "cifar-copy", train_per_class=6, test_per_class=3)
     monkeypatch.setenv("BYOL_CIFAR10_COPY", str(copy))
     runs.update_config(finished_run, runs.read_config(finished_run).replace(data="cifar10"))

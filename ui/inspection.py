@@ -12,8 +12,8 @@ from typing import Any, Callable, Sequence
 
 import streamlit as st
 
+from byol import cifar10, embed, retrieval, tasks
 from byol import data as datasets
-from byol import embed, retrieval, tasks
 from byol.checkpoint import CheckpointChoice, checkpoint_choices
 from byol.config import TrainConfig
 from byol.dataset import DataError, Dataset
@@ -110,8 +110,8 @@ def pick_run_checkpoint_and_data(page: str) -> tuple[RunSummary, CheckpointChoic
 
 def found_local_copy(run: RunSummary, config: TrainConfig) -> tuple[TrainConfig, Dataset] | None:
     """A run naming "cifar10" that cannot be downloaded here, loaded from a local copy at a documented
-    place (data.local_cifar10_copies) and pointed at it for good; None when there is none or it fails."""
-    local = datasets.with_local_cifar10(config)
+    place (cifar10.local_copies) and pointed at it for good; None when there is none or it fails."""
+    local = cifar10.with_local_copy(config)
     if local is None:
         return None
     try:
