@@ -31,7 +31,7 @@ def test_a_finished_run_becomes_a_demo_with_its_own_figures(finished_run, runs_d
 
 
 def test_snapshots_are_spread_and_cut_to_the_size_limit(tmp_path):
-    assert make_demo.spread(list(range(11)), 5) == [0, 3, 5, 8, 10]
+    assert make_demo.spread(list(range(11)), 5) == [0, 2, 5, 8, 10]  # evenly spread, ends included
     files = []
     for i in range(5):
         files.append(tmp_path / f"step-{i:08d}.pt")
