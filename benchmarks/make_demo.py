@@ -58,8 +58,8 @@ def demo_record(run_dir: Path, machine: str, trained_on: str) -> dict:
         f"(k={last.get('k', config.knn_k)}, {last.get('bank_size', '?'):,} training images as the bank, "
         f"{last.get('query_size', '?'):,} test images as queries) against {random_init:.1f}% for the untrained network"
         + (f" and {pixels:.1f}% for raw pixels." if pixels is not None else ".")
-        + " Its images come from your own CIFAR-10: the Embeddings and Retrieval pages ask where it is and compute "
-        "the embeddings on first use."
+        + " Its images come from your own CIFAR-10: the Embeddings and Retrieval pages use a local copy at a "
+        "documented place (or ask where one is) and compute the embeddings on first use."
     )
     return {
         "label": label,
