@@ -8,7 +8,8 @@
 #                                         # into local/ (both git-ignored)
 #   GPU_DRY_RUN=1 bash benchmarks/gpu.sh all   # HERE: every mode at tiny sizes on the CPU (a few minutes)
 #
-# THERE, from the repo root, carrying .whl and local (device run: carry=[".whl", "local"]):
+# THERE, from the repo root, carrying the wheels and the archive (device run: carry=[".whl",
+# "local/cifar10-jpg.tar.gz"]; not all of local/, whose scratch runs can pass the 64 MiB carry limit):
 #
 #   bash benchmarks/gpu.sh speed     # ~3 min: the step, the CUDA tests, the gpu preset's kNN curve
 #   bash benchmarks/gpu.sh quality   # ~6-8 min: complete 10-epoch schedules of 8 recipes and lightly's, 5 at once
@@ -38,7 +39,7 @@ if [[ "$MODE" == "prepare" ]]; then
     byol-pytorch==0.9.1 lightly==1.6.0 beartype
   cp "${CIFAR_ARCHIVE:-../shared/data/$ARCHIVE_NAME}" "local/$ARCHIVE_NAME"
   du -sh .whl local
-  echo "Prepared. On the GPU machine run: bash benchmarks/gpu.sh all   (carry .whl and local)"
+  echo "Prepared. On the GPU machine run: bash benchmarks/gpu.sh all   (carry .whl and local/$ARCHIVE_NAME)"
   exit 0
 fi
 
