@@ -237,15 +237,9 @@ def _prepare_resume(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
     problem = runs.resume_problem(run_dir, status["state"])
     if problem:
         raise CommandError(problem)
-    config = runs.read_config(run_dir)
+    config = validate(runs.extended_config(run_dir, status["state"], args.epochs))
     if args.epochs is not None:
-        done = runs.summarize_run(run_dir).epochs_done
-        if args.epochs < done:
-            raise CommandError(f"--epochs must be at least the {done:g} epochs this run has already done.")
-        config = validate(config.replace(epochs=args.epochs))
         runs.update_config(run_dir, config)
-    elif status["state"] == runs.FINISHED:
-        raise CommandError(f"The run {run_dir.name} has finished; pass --epochs N to extend it to N epochs.")
     return config, run_dir
 
 

@@ -162,18 +162,7 @@ class JobRunner:
             problem = runs.resume_problem(run_dir, state)
             if problem:
                 raise runs.RunError(problem)
-            config = runs.read_config(run_dir)
-            if epochs is not None and epochs != config.epochs:
-                done = runs.summarize_run(run_dir).epochs_done
-                if epochs < done:
-                    raise runs.RunError(
-                        f"The new number of epochs must be at least the {done:g} epochs this run has already done; got {epochs}."
-                    )
-                config = config.replace(epochs=int(epochs))
-            elif state == runs.FINISHED:
-                raise runs.RunError(
-                    f"The run {run_dir.name} has finished all its {config.epochs} epochs; choose more epochs to extend it."
-                )
+            config = runs.extended_config(run_dir, state, epochs)
             device = check_launchable(config)
             runs.update_config(run_dir, config)
             runs.write_status(run_dir, runs.QUEUED, "Waiting to resume.")

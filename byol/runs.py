@@ -355,6 +355,23 @@ def resume_problem(run_dir: Path, state: str | None = None) -> str | None:
     return None
 
 
+def extended_config(run_dir: Path, state: str | None, epochs: int | None) -> TrainConfig:
+    """The run's config for resuming, with `epochs` as its new total when given; RunError when it is not a
+    valid total (fewer epochs than done) or when a finished run is resumed without more epochs."""
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    if epochs is not None and epochs != config.epochs:
+        done = summarize_run(run_dir).epochs_done
+        if epochs < done:
+            raise RunError(
+                f"The new number of epochs must be at least the {done:g} epochs this run has already done; got {epochs}."
+            )
+        return config.replace(epochs=int(epochs))
+    if state == FINISHED:
+        raise RunError(f"The run {run_dir.name} has finished all its {config.epochs} epochs; choose more epochs to extend it.")
+    return config
+
+
 def disk_bytes(run_dir: Path) -> int:
     return sum(p.stat().st_size for p in Path(run_dir).rglob("*") if p.is_file())
 

@@ -15,27 +15,34 @@ from byol.config import TrainConfig, preset
 REPO = Path(__file__).resolve().parent.parent
 
 
+# The network and evaluation sizes that make a run train in seconds: a width-4 ResNet, small heads,
+# 256 training images, kNN on a 256-image bank and 100 queries, no warm-up.
+TINY_SETTINGS = dict(
+    width=4,
+    projector_hidden=32,
+    projector_dim=16,
+    predictor_hidden=32,
+    subset=256,
+    eval_bank_size=256,
+    eval_query_size=100,
+    knn_k=20,
+    warmup_epochs=0,
+)
+
+
 def tiny_config(**overrides) -> TrainConfig:
     """A config that trains a few steps on synthetic data in seconds (width-4 ResNet, small heads)."""
-    values = dict(
-        data="synthetic",
-        epochs=2,
-        width=4,
-        projector_hidden=32,
-        projector_dim=16,
-        predictor_hidden=32,
-        batch_size=64,
-        subset=256,
-        eval_bank_size=256,
-        eval_query_size=100,
-        knn_k=20,
-        eval_every=1.0,
-        warmup_epochs=0.0,
-        log_every=1,
-        precision="fp32",
-    )
+    values = dict(TINY_SETTINGS, data="synthetic", epochs=2, batch_size=64, eval_every=1.0, log_every=1, precision="fp32")
     values.update(overrides)
     return preset("cpu", **values)
+
+
+def tiny_cli_settings(**extra: object) -> list[str]:
+    """TINY_SETTINGS (and `extra` config fields) as command-line options: ["--set", "width=4", ...]."""
+    options: list[str] = []
+    for field, value in {**TINY_SETTINGS, **extra}.items():
+        options += ["--set", f"{field}={value}"]
+    return options
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -37,28 +37,11 @@ from byol.jobs import JobRunner
 from byol.lock import DeviceLock
 from byol.model import BYOLNetworks
 from byol.optim import build_optimizer
-from helpers import tiny_config, tree_snapshot
+from helpers import tiny_cli_settings, tiny_config, tree_snapshot
 from test_retrieval import encode, huge_png, noise_rgb
 
 TINY = [
-    "--set",
-    "width=4",
-    "--set",
-    "projector_hidden=32",
-    "--set",
-    "projector_dim=16",
-    "--set",
-    "predictor_hidden=32",
-    "--set",
-    "subset=256",
-    "--set",
-    "eval_bank_size=256",
-    "--set",
-    "eval_query_size=100",
-    "--set",
-    "knn_k=20",
-    "--set",
-    "warmup_epochs=0",
+    *tiny_cli_settings(),
     "--batch-size",
     "64",
     "--epochs",

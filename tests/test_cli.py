@@ -6,27 +6,10 @@ import pytest
 
 from byol import runs
 from byol.checkpoint import default_checkpoint
-from helpers import run_cli
+from helpers import run_cli, tiny_cli_settings
 
 TINY = [
-    "--set",
-    "width=4",
-    "--set",
-    "projector_hidden=32",
-    "--set",
-    "projector_dim=16",
-    "--set",
-    "predictor_hidden=32",
-    "--set",
-    "subset=256",
-    "--set",
-    "eval_bank_size=256",
-    "--set",
-    "eval_query_size=100",
-    "--set",
-    "knn_k=20",
-    "--set",
-    "warmup_epochs=0",
+    *tiny_cli_settings(),
     "--batch-size",
     "64",
 ]

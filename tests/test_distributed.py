@@ -32,7 +32,7 @@ from byol.knn import eval_indices, extract_features, knn_accuracy
 from byol.schedules import learning_rate
 from byol.train import train
 from distributed_worker import batch_norm_inputs
-from helpers import REPO, tiny_config
+from helpers import REPO, tiny_cli_settings, tiny_config
 
 WORKER = REPO / "tests" / "distributed_worker.py"
 # The tiny config of tests/helpers.py as options, with 32 images per process (64 per step with 2 processes).
@@ -45,24 +45,7 @@ TINY = [
     "cpu",
     "--batch-size",
     "32",
-    "--set",
-    "width=4",
-    "--set",
-    "projector_hidden=32",
-    "--set",
-    "projector_dim=16",
-    "--set",
-    "predictor_hidden=32",
-    "--set",
-    "subset=256",
-    "--set",
-    "eval_bank_size=256",
-    "--set",
-    "eval_query_size=100",
-    "--set",
-    "knn_k=20",
-    "--set",
-    "warmup_epochs=0",
+    *tiny_cli_settings(),
     "--set",
     "log_every=1",
     "--set",

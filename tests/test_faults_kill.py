@@ -41,7 +41,7 @@ import pytest
 import fault_figures
 from byol import runs
 from byol.checkpoint import load_checkpoint
-from helpers import REPO, cli_child, write_image_folder
+from helpers import REPO, cli_child, tiny_cli_settings, write_image_folder
 
 STEPS_PER_EPOCH = 8  # 256 images / batch 32
 EPOCHS = 7
@@ -66,24 +66,7 @@ TRAIN_ARGS = [
     "fp32",
     "--eval-every",
     "0.5",
-    "--set",
-    "width=4",
-    "--set",
-    "projector_hidden=32",
-    "--set",
-    "projector_dim=16",
-    "--set",
-    "predictor_hidden=32",
-    "--set",
-    "subset=256",
-    "--set",
-    "eval_bank_size=256",
-    "--set",
-    "eval_query_size=100",
-    "--set",
-    "knn_k=20",
-    "--set",
-    "warmup_epochs=0",
+    *tiny_cli_settings(),
     "--set",
     "log_every=1",
     "--set",
