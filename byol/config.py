@@ -59,7 +59,7 @@ class TrainConfig:
     channels_last: bool = True
     compile: bool = False  # torch.compile the networks (GPU only pays off on long runs)
     # CUDA-only speed-ups: fused optimiser kernels, cuDNN autotuning, TF32 matrix products in the
-    # heads. Off until measured on a GPU (no GPU has run them yet); ignored on a CPU.
+    # heads, a step log that reads the loss one window late (byol/step_log.py). Off until measured on a GPU (no GPU has run them yet); ignored on a CPU.
     cuda_fast: bool = False
     # --- bookkeeping ------------------------------------------------------------------------
     preset: str = ""  # name of the preset this config started from, for display only

@@ -1,7 +1,7 @@
 """The networks and the objective: CIFAR ResNet-18, MLP heads, the online/target pair, BYOL's loss.
 
 Small parts that compose (lightly's habit): `resnet18_cifar`, `mlp_head`, `byol_loss`,
-`target_pairs`, `update_target` and `normalized_std` are plain functions; `BYOLNetworks` only holds the five
+`target_pairs`, `update_target` and `projection_spread` are plain functions; `BYOLNetworks` only holds the five
 modules together so they can be moved, saved and loaded as one.
 """
 
@@ -158,7 +158,8 @@ def update_target(pairs: TargetPairs, tau: float) -> None:
         torch._foreach_copy_(pairs.target_int, pairs.online_int)
 
 
-def normalized_std(projections: torch.Tensor) -> float:
-    """Mean per-dimension std of L2-normalised projections: ~1/sqrt(d) when healthy, ~0 when collapsed."""
-    z = F.normalize(projections.float(), dim=-1)
-    return float(z.std(dim=0).mean())
+def projection_spread(projections: torch.Tensor) -> torch.Tensor:
+    """Mean per-dimension std of L2-normalised projections, as a 0-d tensor on their device: ~1/sqrt(d)
+    when healthy, ~0 when collapsed."""
+    z = F.normalize(projections.detach().float(), dim=-1)
+    return z.std(dim=0).mean()

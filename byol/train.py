@@ -60,9 +60,10 @@ from .errors import plain_message
 from .files import remove_stale_temporaries, write_atomic
 from .knn import autocast_context, effective_rank, eval_indices, extract_features, knn_accuracy, pixel_knn_accuracy
 from .lock import DeviceLock
-from .model import BYOLNetworks, TargetPairs, normalized_std, target_pairs, update_target
+from .model import BYOLNetworks, TargetPairs, projection_spread, target_pairs, update_target
 from .optim import build_optimizer, set_learning_rate
 from .schedules import learning_rate, target_tau
+from .step_log import StepLog
 
 EventCallback = Callable[[dict[str, Any]], None]
 INTERRUPTED_MESSAGE = "Training was interrupted (the process was asked to exit). Resume to continue."
@@ -305,12 +306,29 @@ def _train(
         remove_stale_temporaries(run_dir)
         runs.truncate_metrics(run_dir, step if saved is not None else -1)
 
+    def write_step_row(row: dict[str, Any]) -> None:
+        if not math.isfinite(row["loss"]):
+            raise TrainingDiverged(
+                f"The loss became {row['loss']} at step {row['step']:,}, so training was stopped. "
+                "Lower the learning rate (or use fp32 precision) and start a new run."
+            )
+        if world.is_main:  # flushed, not synced: an fsync here would stall the training thread
+            runs.append_metrics(run_dir, [row], durable=False)
+        eta = (total_steps + offset - row["step"]) * global_batch / max(row["images_per_s"], 1e-9)
+        status.progress.update(step=row["step"], epoch=row["epoch"], images_per_s=row["images_per_s"], eta_seconds=round(eta))
+        emit({**row, "total_steps": total_steps + offset})
+
+    # Deferred on CUDA with cuda_fast only: never yet measured on a GPU (see byol/step_log.py).
+    step_log = StepLog(write_step_row, defer=device.type == "cuda" and config.cuda_fast)
+
     def save_last(step_in_epoch: int) -> None:
+        step_log.flush()  # the checkpoint's metric rows are all written before it
         if world.is_main:  # the networks are identical in every process
             state = full_state(networks, optimizer, config, step, epoch, step_in_epoch, augment_rng, world.world_size)
             save_checkpoint(last_path, state)
 
     def evaluate() -> dict[str, Any]:
+        step_log.flush()  # step rows before the evaluation's row
         if not world.is_main:  # the main process measures; the others wait for it at the next step
             return {}
         started = time.perf_counter()
@@ -363,32 +381,21 @@ def _train(
             at_epoch_end = i == steps_per_epoch - 1
             stopping = world.any(stop.is_set())  # a stop asked of any process stops all at this step
 
-            # Reading the loss synchronises with the device, so it happens only when logging.
             if step % config.log_every == 0 or at_epoch_end or stopping:
-                loss_value = float(world.mean(loss.detach()))  # the loss over the global batch
-                if not math.isfinite(loss_value):
-                    raise TrainingDiverged(
-                        f"The loss became {loss_value} at step {step:,}, so training was stopped. "
-                        "Lower the learning rate (or use fp32 precision) and start a new run."
-                    )
                 elapsed = time.monotonic() - window_start
                 speed = window_steps * global_batch / max(elapsed, 1e-9)
                 row = {
                     "kind": "step",
                     "step": step,
                     "epoch": round((step - offset) / steps_per_epoch, 4),
-                    "loss": loss_value,
+                    "loss": None,  # the loss over the global batch, filled in by the step log
                     "lr": lr,
                     "tau": tau,
-                    "z_std": normalized_std(projections),
+                    "z_std": None,  # the projections' spread, filled in by the step log
                     "images_per_s": round(speed, 1),
                     "time": time.time(),
                 }
-                if world.is_main:  # flushed, not synced: an fsync here would stall the training thread
-                    runs.append_metrics(run_dir, [row], durable=False)
-                eta = (total_steps + offset - step) * global_batch / max(speed, 1e-9)
-                status.progress.update(step=step, epoch=row["epoch"], images_per_s=row["images_per_s"], eta_seconds=round(eta))
-                emit({**row, "total_steps": total_steps + offset})
+                step_log.add(row, world.mean(loss.detach()), projection_spread(projections))
                 window_start, window_steps = time.monotonic(), 0
 
             # A stop asked while logging (by an event callback) takes effect at this step too; `stopping`
@@ -405,6 +412,7 @@ def _train(
                 return runs.STOPPED, f"Stopped at step {step:,} of {total_steps + offset:,}; resume to continue."
         epoch += 1
         start_in_epoch = 0
+    step_log.flush()
     return runs.FINISHED, f"Finished {config.epochs} epoch{'s' if config.epochs != 1 else ''} ({total_steps + offset:,} steps)."
 
 

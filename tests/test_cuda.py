@@ -63,3 +63,20 @@ def test_cuda_speed_ups_give_the_same_losses_as_the_plain_path(optimizer_name):
     plain_losses = [float(plain()) for _ in range(4)]
     fast_losses = [float(fast()) for _ in range(4)]
     assert fast_losses == pytest.approx(plain_losses, rel=2e-2)  # bf16 autocast tolerance over 4 steps
+
+
+def test_a_deferred_step_log_reads_the_gpu_without_waiting():
+    from byol.step_log import StepLog
+
+    written = []
+    log = StepLog(written.append, defer=True)
+    values = [torch.tensor(float(i), device="cuda") for i in range(3)]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        log.add({"step": 1, "loss": None, "z_std": None}, values[0], values[1])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    log.add({"step": 2, "loss": None, "z_std": None}, values[1], values[2])  # completes step 1
+    log.flush()
+    assert [(r["step"], r["loss"], r["z_std"]) for r in written] == [(1, 0.0, 1.0), (2, 1.0, 2.0)]

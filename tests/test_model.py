@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchvision
 
-from byol.model import BYOLNetworks, byol_loss, mlp_head, normalized_std, resnet18_cifar, target_pairs, update_target
+from byol.model import BYOLNetworks, byol_loss, mlp_head, projection_spread, resnet18_cifar, target_pairs, update_target
 
 
 def small_networks(head_bn=True):
@@ -121,11 +121,11 @@ def test_pairs_listed_once_follow_the_online_network_through_training_steps():
     assert nets.target_backbone.bn1.num_batches_tracked.item() == 3
 
 
-def test_normalized_std_detects_collapse():
+def test_projection_spread_detects_collapse():
     healthy = torch.randn(512, 64)
     collapsed = torch.ones(512, 64) + 1e-4 * torch.randn(512, 64)
-    assert normalized_std(healthy) == pytest.approx(1 / 64**0.5, rel=0.1)
-    assert normalized_std(collapsed) < 0.01
+    assert float(projection_spread(healthy)) == pytest.approx(1 / 64**0.5, rel=0.1)
+    assert float(projection_spread(collapsed)) < 0.01
 
 
 # bf16 autocast changes speed, not the objective. Stated tolerance: 0.05 on a loss of about 3.6
