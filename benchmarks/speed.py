@@ -6,7 +6,7 @@
 
 What it measures (same backbone: ResNet-18 with the CIFAR stem at `--width`, same batch size):
 - **Training step**, augmentation included, in images/s:
-  - this engine (`byol.train.training_step`: batched views on the device, channels-last, fused EMA),
+  - this engine (`byol.step.training_step`: batched views on the device, channels-last, fused EMA),
     in fp32 and in the best precision the hardware offers (bf16 autocast where it exists);
   - lucidrains' byol-pytorch 0.9.1, used as its README shows (`BYOL(net, image_size,
     hidden_layer="avgpool")`, Adam, `learner.update_moving_average()`), fed float batches;
@@ -67,8 +67,8 @@ from byol.knn import autocast_context, knn_predict  # noqa: E402
 from byol.model import BYOLNetworks, resnet18_cifar, target_pairs, update_target  # noqa: E402
 from byol.optim import build_optimizer  # noqa: E402
 from byol.retrieval import nearest_neighbours  # noqa: E402
+from byol.step import training_step  # noqa: E402
 from byol.synthetic import synthetic_dataset  # noqa: E402
-from byol.train import training_step  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 RESULTS_DIR = ROOT / "benchmarks" / "results"

@@ -41,7 +41,7 @@ from .files import read_json, write_json_atomic
 from .images import IMAGE_EXTENSIONS
 from .model import BYOLNetworks
 from .optim import build_optimizer
-from .train import training_step
+from .step import training_step
 
 EVAL_COST_PER_IMAGE = 1 / 3  # an evaluation image costs this fraction of a training image (see above)
 WARMUP_STEPS, TIMED_STEPS = 2, 3

@@ -11,7 +11,7 @@ import torch
 from byol.config import preset
 from byol.model import BYOLNetworks, target_pairs
 from byol.optim import build_optimizer
-from byol.train import training_step
+from byol.step import training_step
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -1,0 +1,42 @@
+"""One BYOL training step: two augmented views of a batch, the loss, an optimiser step, the EMA update.
+
+The training loop (train.py), the time estimate (estimate.py) and the speed benchmark all take this
+same step, so what the benchmark measures is what a run does.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .augment import byol_views_batch
+from .knn import autocast_context
+from .model import BYOLNetworks, TargetPairs, target_pairs, update_target
+
+
+def training_step(
+    networks: BYOLNetworks,
+    optimizer: torch.optim.Optimizer,
+    batch: torch.Tensor,
+    tau: float,
+    augment_rng: torch.Generator,
+    bf16: bool,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    pairs: TargetPairs | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One BYOL step on a uint8 batch: two views, the loss, an optimiser step, the target's EMA update.
+
+    `pairs` are the target/online tensors listed once by the caller (listed here when not given).
+    Returns the loss and the online projections, still on the device (reading them synchronises).
+    """
+    both = byol_views_batch(batch, generator=augment_rng).contiguous(memory_format=memory_format)
+    view1, view2 = both.chunk(2)
+    with autocast_context(batch.device, bf16):
+        loss, projections = (loss_fn or networks.forward_loss)(view1, view2)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    update_target(pairs or target_pairs(networks.online_modules(), networks.target_modules()), tau)
+    return loss, projections
