@@ -202,6 +202,26 @@ def default_checkpoint(run_dir: Path) -> Path:
     return choices[-1].path
 
 
+def pick_checkpoint(run_dir: Path, which: str | None = None) -> Path:
+    """The checkpoint the command line means by `--checkpoint`: a step number, a file, or (None) the default.
+
+    A step picks among `checkpoint_choices`, so the command line offers what the dashboard's picker offers.
+    """
+    if which is None:
+        return default_checkpoint(run_dir)
+    choices = checkpoint_choices(run_dir)
+    text = str(which).strip()
+    if text.isdigit():
+        for choice in choices:
+            if choice.step == int(text):
+                return choice.path
+        steps = ", ".join(f"{c.step}" for c in choices if c.step is not None) or "none yet"
+        raise CheckpointError(f"The run {Path(run_dir).name} has no checkpoint at step {int(text)}; its steps: {steps}.")
+    if Path(text).is_file():
+        return Path(text)
+    raise CheckpointError(f"--checkpoint takes a step number or a checkpoint file; {text!r} is neither.")
+
+
 def random_init_checkpoint(run_dir: Path) -> Path | None:
     """The run's untrained network (the step-0 snapshot), or None when the run has none."""
     path = Path(run_dir) / RANDOM_INIT_NAME

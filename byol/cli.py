@@ -1,4 +1,4 @@
-"""Command line: `python -m byol train | resume | embed | list` (or `byol ...` after `pip install .`).
+"""Command line: `python -m byol train | resume | embed | probe | export | list` (or `byol ...` after `pip install .`).
 
 Progress goes to stderr (a tqdm bar with ETA); the run directory is printed to stdout as the last
 line of `train` and `resume`, so scripts can capture it. Every expected problem (bad option, bad
@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import distributed, runs
 from .config import PRESETS, ConfigError, TrainConfig, preset, validate
@@ -66,10 +66,22 @@ def build_parser(prog: str = "python -m byol") -> argparse.ArgumentParser:
         "embed", help="compute the embeddings the dashboard shows for a run's checkpoint (saved in <run>/embeddings/)"
     )
     embed.add_argument("run_dir", type=Path)
-    embed.add_argument(
-        "--checkpoint", type=Path, help="a specific checkpoint file (default: the newest, as the dashboard picks it)"
-    )
     embed.add_argument("--umap", action="store_true", help="also compute the 2-D UMAP map of the test split and the kNN accuracy")
+
+    probe = sub.add_parser(
+        "probe", help="linear probe: a logistic regression on a checkpoint's frozen features (saved in <run>/embeddings/)"
+    )
+    probe.add_argument("run_dir", type=Path)
+
+    export = sub.add_parser("export", help="write a checkpoint's backbone as a plain float32 state dict")
+    export.add_argument("run_dir", type=Path)
+    export.add_argument("--out", type=Path, required=True, help="the file to write, e.g. backbone.pt")
+    for command in (embed, probe, export):
+        command.add_argument(
+            "--checkpoint",
+            metavar="STEP",
+            help="a step number or a checkpoint file (default: the newest, as the dashboard picks it)",
+        )
 
     listing = sub.add_parser("list", help="one line per run")
     listing.add_argument("--runs-dir", type=Path, default=None)
@@ -243,12 +255,16 @@ def _prepare_resume(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
     return config, run_dir
 
 
-def cmd_embed(args: argparse.Namespace) -> int:
-    from . import embed
-    from .checkpoint import default_checkpoint
+def _run_and_checkpoint(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The run folder and the checkpoint that `--checkpoint` names (the newest by default)."""
+    from .checkpoint import pick_checkpoint
 
     run_dir = _existing_run(args.run_dir)
-    checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint(run_dir)
+    return run_dir, pick_checkpoint(run_dir, args.checkpoint)
+
+
+def _say_once() -> Callable[..., None]:
+    """A progress report for the terminal: each new message once, on stderr."""
     said = []
 
     def report(message: str | None = None, fraction: float | None = None) -> None:
@@ -256,10 +272,41 @@ def cmd_embed(args: argparse.Namespace) -> int:
             said.append(message)
             print(message, file=sys.stderr)
 
+    return report
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from . import embed
+
+    run_dir, checkpoint = _run_and_checkpoint(args)
     # The dashboard's own prepare path, so the pages find what this command computed.
-    embed.prepare_checkpoint(run_dir, checkpoint, report, level=embed.FULL if args.umap else embed.EMBEDDINGS)
+    embed.prepare_checkpoint(run_dir, checkpoint, _say_once(), level=embed.FULL if args.umap else embed.EMBEDDINGS)
     for path in embed.artefact_paths(run_dir, checkpoint):
         print(path)
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from . import probe
+
+    run_dir, checkpoint = _run_and_checkpoint(args)
+    result = probe.run_probe(run_dir, checkpoint, _say_once())
+    print(
+        f"{checkpoint.name}: logistic regression on {result.train_size:,} training-set embeddings, "
+        f"{result.test_size:,} test images, C={result.c:g}, {result.iterations} iterations",
+        file=sys.stderr,
+    )
+    print(f"linear probe: {result.accuracy:.1f}%")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_backbone
+
+    run_dir, checkpoint = _run_and_checkpoint(args)
+    written = export_backbone(run_dir, checkpoint, args.out)
+    print(f"{checkpoint.name} (step {written['step']}, width {written['width']}): backbone in float32", file=sys.stderr)
+    print(written["path"])
     return 0
 
 
@@ -275,7 +322,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "resume": cmd_resume, "embed": cmd_embed, "list": cmd_list}
+COMMANDS = {
+    "train": cmd_train,
+    "resume": cmd_resume,
+    "embed": cmd_embed,
+    "probe": cmd_probe,
+    "export": cmd_export,
+    "list": cmd_list,
+}
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m byol") -> int:

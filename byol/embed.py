@@ -7,7 +7,9 @@ dashboard (run in a `tasks.TaskRunner`), so whatever one computes the other find
   data-set indices and class names. The training split is the search bank; the test split gives
   the queries and the map;
 - the test split's 2-D map, `step-00001200-test-umap.npy` (UMAP; a PCA projection for tiny test sets);
-- the kNN accuracy per (k, temperature), `step-00001200-knn.json`.
+- the kNN accuracy per (k, temperature), `step-00001200-knn.json`;
+- the linear probe's accuracy, `step-00001200-probe.json`, computed on request (byol/probe.py), not by
+  `prepare_checkpoint`, which only deletes it when it recomputes the embeddings it was measured on.
 
 `missing_work` says which of them a checkpoint still lacks, as `Artefact` flags (the pages word
 them); the readers (`load_split`, `load_map`, `checkpoint_knn`) raise `NotPrepared` when something
@@ -84,6 +86,11 @@ def umap_path(run_dir: Path, checkpoint: Path, split: str) -> Path:
 
 def knn_path(run_dir: Path, checkpoint: Path) -> Path:
     return Path(run_dir) / EMBEDDINGS_FOLDER / f"{Path(checkpoint).stem}-knn.json"
+
+
+def probe_path(run_dir: Path, checkpoint: Path) -> Path:
+    """The linear probe's result (byol/probe.py), measured on this checkpoint's embeddings."""
+    return Path(run_dir) / EMBEDDINGS_FOLDER / f"{Path(checkpoint).stem}-probe.json"
 
 
 def artefact_paths(run_dir: Path, checkpoint: Path) -> list[Path]:
@@ -335,7 +342,8 @@ def prepare_checkpoint(
             features = np.concatenate(chunks) if chunks else np.zeros((0, backbone.out_dim), np.float32)
             save_embeddings(run_dir, checkpoint, split, features, labels.numpy(), data.classes)
         del backbone
-        knn_path(run_dir, checkpoint).unlink(missing_ok=True)  # measured on the old embeddings
+        for measured in (knn_path(run_dir, checkpoint), probe_path(run_dir, checkpoint)):
+            measured.unlink(missing_ok=True)  # measured on the old embeddings
     if need_map:
         stale = umap_path(run_dir, checkpoint, "test")
         stale.unlink(missing_ok=True)  # a stale map (last.pt replaced) would otherwise be reused

@@ -1,4 +1,4 @@
-"""The command line contract: train, resume, embed, list; one plain line and non-zero exit on bad input."""
+"""The command line contract: train, resume, embed, probe, export, list; one plain line and non-zero exit on bad input."""
 
 import json
 
@@ -72,6 +72,9 @@ def test_embed_writes_bank_and_queries_of_the_checkpoint_the_dashboard_shows(tra
         (["train", "--data", "synthetic", "--batch-size", "100000", "--epochs", "1"], "Batch size (batch_size)"),
         (["resume", "/no/such/run"], "is not a run folder"),
         (["embed", "/no/such/run"], "is not a run folder"),
+        (["probe", "/no/such/run"], "is not a run folder"),
+        (["export", "/no/such/run", "--out", "/tmp/backbone.pt"], "is not a run folder"),
+        (["export", "/no/such/run"], "the following arguments are required: --out"),
         (["train", "--preset", "nope"], "invalid choice"),
     ],
 )
