@@ -7,6 +7,7 @@ from byol import embed, retrieval
 from byol.checkpoint import CheckpointError
 from ui import inspection, words
 from ui.common import page_setup
+from ui.probe import linear_probe_metric
 
 page_setup("Embeddings", ":material/scatter_plot:")
 st.title("Embeddings: what the network learned, as a map")
@@ -36,7 +37,7 @@ except (embed.NotPrepared, CheckpointError, ValueError) as error:
     st.stop()
 
 # --- render --------------------------------------------------------------------------------------
-first, second, third = st.columns(3)
+first, probe_column, second, third = st.columns(4)
 first.metric(
     "kNN accuracy",
     f"{knn.accuracy:.1f}%",
@@ -44,6 +45,7 @@ first.metric(
     f"all {knn.query_size:,} test images are graded, with k = {knn.k}. The Train page measures on a smaller "
     "sample while training, so its number can differ a little.",
 )
+linear_probe_metric(probe_column, run.path, choice.path, data)
 second.metric("Chance level", f"{100 / max(len(knn.classes), 1):.0f}%", help="What guessing a class at random would score.")
 third.metric(
     "Checkpoint",

@@ -9,7 +9,10 @@ import pytest
 from byol import data as datasets
 from byol import embed, probe, retrieval
 from byol.cli import main
-from test_retrieval import make_run, small_data
+from test_page_embeddings import compute_map, run_until
+from test_retrieval import install_fake_umap, make_run, small_data
+
+PAGE = "pages/3_Embeddings.py"
 
 
 def split(features: np.ndarray, labels: np.ndarray, classes: int = 4) -> embed.Embeddings:
@@ -96,3 +99,19 @@ def test_cli_probe_prints_its_figure_last_and_refuses_a_step_the_run_lacks(tiny_
     assert main(["probe", str(run_dir), "--checkpoint", "3"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: The run {run_dir.name} has no checkpoint at step 3; its steps: 0, 4, 6."]
+
+
+# --- the page ------------------------------------------------------------------------------------
+def test_page_measures_the_probe_in_the_background_and_shows_it_beside_knn(finished_run, app_test, monkeypatch):
+    data = small_data()
+    monkeypatch.setattr(datasets, "load_for", lambda config: data)
+    install_fake_umap(monkeypatch)
+    retrieval.clear_caches()
+    at = compute_map(app_test(PAGE))
+    assert not any(metric.label == "Linear probe accuracy" for metric in at.metric)
+
+    at.button(key="probe-measure").click()
+    at = run_until(at, lambda at: any(metric.label == "Linear probe accuracy" for metric in at.metric))
+    labels = [metric.label for metric in at.metric]
+    assert labels.index("Linear probe accuracy") == labels.index("kNN accuracy") + 1
+    assert embed.probe_path(finished_run, finished_run / "step-00000008.pt").is_file()
