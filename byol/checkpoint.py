@@ -10,8 +10,9 @@ Two kinds live in a run directory:
 Loading never unpickles code: `torch.load(..., weights_only=True)` accepts tensors and plain
 containers only, and every failure becomes a `CheckpointError` with a sentence for the user.
 
-Which checkpoints of a run can be looked at (`checkpoint_choices`) and which one is looked at by
-default (`default_checkpoint`, shared by the dashboard and the command line) are decided here too.
+Which checkpoints of a run can be looked at (`checkpoint_choices`), which one is looked at by
+default (`default_checkpoint`, shared by the dashboard and the command line) and which one a
+command's `--checkpoint STEP` names (`pick_checkpoint`) are decided here too.
 """
 
 from __future__ import annotations
