@@ -9,6 +9,7 @@ AppTest cannot run the picture grid's script, so a click is what the grid's call
 import base64
 import io
 import json
+import threading
 
 import pytest
 from PIL import Image
@@ -109,6 +110,23 @@ def test_a_failed_computation_shows_its_error_and_waits_for_try_again(finished_r
     retry.click()
     run_until(at, lambda at: len(shown(at)) > 0)
     assert not at.error
+
+
+def test_while_another_computation_runs_the_page_asks_instead_of_queueing(finished_run, app_test, quick):
+    # Flicking through checkpoints must not queue minutes of work each: only an idle runner starts by itself.
+    from ui import inspection
+
+    release = threading.Event()
+    inspection.get_task_runner().submit("other-work", lambda report: release.wait(60))
+    try:
+        at = app_test(PAGE).run()
+        assert not at.exception
+        assert at.button(key="compute-ret").label == "Compute now"
+        assert any("Another computation is under way" in c.value for c in at.caption)
+    finally:
+        release.set()
+    at.button(key="compute-ret").click()
+    run_until(at, lambda at: len(shown(at)) > 0)
 
 
 def test_clicking_a_test_image_shows_k_neighbours_with_precision(finished_run, app_test, quick):

@@ -231,6 +231,8 @@ def ensure_prepared(
             f"{what} needs {_join([ARTEFACT_WORDS[m] for m in missing])} of **{Path(checkpoint).name}**, "
             "which have not been computed yet. " + cost + "The result is saved, so this happens once."
         )
+        if start and failed.state == tasks.IDLE:
+            st.caption("Another computation is under way, so this one waits to be asked; it would start when that one ends.")
         if st.button(
             "Compute now" if failed.state != tasks.FAILED else "Try again",
             key=f"compute-{key or task_key(level, checkpoint)}",
