@@ -37,7 +37,7 @@ EPOCHS, BATCH, SUBSET = 3, 64, 2048
 TOTAL_STEPS = EPOCHS * (SUBSET // BATCH)
 TIMEOUT_MS = 120_000  # for anything the slow, busy machine must compute before it shows
 STEP_PATTERN = r"step (\d[\d,]*) of (\d[\d,]*)"
-CAPTION_PATTERN = re.compile(r"^neighbour (\d+): \S.* \((-?\d\.\d\d)\)$")
+LAPTOP, TALL = {"width": 1280, "height": 800}, {"width": 1400, "height": 2000}
 
 # The number of points drawn in a chart (its first trace) and the progress bar's step, read in the page.
 POINTS_JS = """(key) => {
@@ -74,6 +74,47 @@ def _step(text: str) -> int:
     return int(match.group(1).replace(",", "")) if match else -1
 
 
+def _expect_neighbours(page, prefix: str, k: int) -> None:
+    """k captions "<prefix> N: class (0.93)" numbered 1..k, each under a picture that has arrived."""
+    from playwright.sync_api import expect
+
+    pattern = re.compile(rf"^{prefix} (\d+): \S.* \((-?\d\.\d\d)\)$")
+    captions = page.locator("[data-testid='stImageCaption']").filter(has_text=re.compile(rf"^{prefix} \d+: "))
+    expect(captions).to_have_count(k)
+    texts = [t.strip() for t in captions.all_inner_texts()]
+    numbers = []
+    for text in texts:
+        match = pattern.match(text)
+        assert match, f"unexpected {prefix} caption {text!r}"
+        numbers.append(int(match.group(1)))
+        assert -1.0 <= float(match.group(2)) <= 1.0, text
+    assert numbers == list(range(1, k + 1)), texts
+    page.wait_for_function(
+        """([prefix, k]) => {
+            const captions = [...document.querySelectorAll('[data-testid="stImageCaption"]')]
+                .filter((c) => c.innerText.trim().startsWith(prefix + ' '));
+            return captions.length === k && captions.every((c) => {
+                const img = c.parentElement.querySelector('img');
+                return img && img.complete && img.naturalWidth > 0;
+            });
+        }""",
+        arg=[prefix, k],
+    )
+
+
+def _first_picture_box(page, prefix: str) -> dict:
+    """Where the picture captioned "<prefix> 1: ..." is on the screen: top and bottom, and the screen's height."""
+    return page.evaluate(
+        """(prefix) => {
+            const caption = [...document.querySelectorAll('[data-testid="stImageCaption"]')]
+                .find((c) => c.innerText.trim().startsWith(prefix + ' 1: '));
+            const box = caption.parentElement.querySelector('img').getBoundingClientRect();
+            return { top: box.top, bottom: box.bottom, viewport: window.innerHeight };
+        }""",
+        prefix,
+    )
+
+
 def test_train_watch_and_retrieve(server, shots):
     from playwright.sync_api import expect, sync_playwright
 
@@ -81,7 +122,7 @@ def test_train_watch_and_retrieve(server, shots):
         browser = launch_chromium(p)
         try:
             # Tall: Streamlit scrolls inside the page, so a full-page screenshot shows only the viewport.
-            page = browser.new_page(viewport={"width": 1400, "height": 2000})
+            page = browser.new_page(viewport=TALL)
             page.set_default_timeout(TIMEOUT_MS)
             expect.set_options(timeout=TIMEOUT_MS)
             try:
@@ -189,50 +230,56 @@ def _scenario(page, url: str, runs_dir: Path, shots: Path) -> None:
     wait_idle(page)
     screenshot(page, shots, "05-train-finished")
 
-    # --- Retrieval: follow the run's link, prepare the search, click a test picture --------------------
+    # --- Retrieval: follow the run's link; the first visit prepares the search by itself ----------------
+    # A laptop screen: the results must show up where the person is looking, without scrolling.
+    page.set_viewport_size(LAPTOP)
     page.get_by_role("link", name=re.compile("Find similar images")).click()
     expect(page.get_by_role("heading", name=re.compile("Retrieval"))).to_be_visible()
     expect(page.locator(".st-key-ret-run").get_by_role("combobox")).to_have_value(RUN_NAME)
-    compute = keyed_button(page, "compute-ret")
-    query_buttons = page.locator("[class*='st-key-query-']").get_by_role("button", name="Search")
-    query_buttons.first.or_(compute).wait_for()
-    if compute.count():  # the page asks to embed the training images first
-        wait_idle(page)
-        screenshot(page, shots, "06-retrieval-compute")
-        compute.click()
-    query_buttons.first.wait_for(timeout=TIMEOUT_MS)
+    pictures = page.locator("button[data-index]")  # the picture grid: each test image is its own button
+    pictures.first.wait_for(timeout=TIMEOUT_MS)
+    assert keyed_button(page, "compute-ret").count() == 0  # nothing asked to be clicked first
     wait_idle(page)
-    k = int(page.locator(".st-key-ret-k [data-testid='stSliderThumbValue']").inner_text())  # as the user sees it
-    assert k == 10, f"the page's default k changed to {k}; update this test's expectation"
     screenshot(page, shots, "07-retrieval-gallery")
 
-    # The first picture's Search button; its key (query-<test image number>) says which picture it is.
-    classes = page.locator("[class*='st-key-query-']").first.get_attribute("class").split()
-    index = int(next(c for c in classes if c.startswith("st-key-query-")).removeprefix("st-key-query-"))
-    keyed_button(page, f"query-{index}").click()
-    expect(page.get_by_role("heading", name=re.compile(rf"most like test image #{index}\b"))).to_be_visible()
-
-    captions = page.locator("[data-testid='stImageCaption']").filter(has_text=re.compile(r"^neighbour \d+: "))
-    expect(captions).to_have_count(k)
-    texts = [t.strip() for t in captions.all_inner_texts()]
-    numbers = []
-    for text in texts:
-        match = CAPTION_PATTERN.match(text)
-        assert match, f"unexpected neighbour caption {text!r}"
-        numbers.append(int(match.group(1)))
-        assert -1.0 <= float(match.group(2)) <= 1.0, text
-    assert numbers == list(range(1, k + 1)), texts
-    # The k pictures themselves arrived (each caption's image has pixels).
-    page.wait_for_function(
-        """(k) => {
-            const captions = [...document.querySelectorAll('[data-testid="stImageCaption"]')]
-                .filter((c) => /^neighbour \\d+: /.test(c.innerText.trim()));
-            return captions.length === k && captions.every((c) => {
-                const img = c.parentElement.querySelector('img');
-                return img && img.complete && img.naturalWidth > 0;
-            });
-        }""",
-        arg=k,
-    )
+    # Click the first picture itself; its data-index is the test image's number.
+    picture = pictures.first
+    index = int(picture.get_attribute("data-index"))
+    alt = picture.get_by_role("img").get_attribute("alt")
+    assert re.fullmatch(rf"test image #{index} \(\S.*\)", alt), alt
+    picture.scroll_into_view_if_needed()
+    clicked_at = picture.bounding_box()
+    picture.click()
+    results = page.get_by_role("dialog")
+    expect(results.get_by_role("heading", name=re.compile(rf"most like test image #{index}\b"))).to_be_visible()
+    k = int(results.locator(".st-key-ret-k [data-testid='stSliderThumbValue']").inner_text())  # as the user sees it
+    assert k == 10, f"the page's default k changed to {k}; update this test's expectation"
+    _expect_neighbours(page, "neighbour", k)
+    first = _first_picture_box(page, "neighbour")
+    # The first neighbour lies wholly inside the laptop screen right after the click, no scrolling.
+    assert 0 <= first["top"] and first["bottom"] <= first["viewport"], (first, clicked_at)
+    print(f"click at y={clicked_at['y']:.0f}, first neighbour at y={first['top']:.0f} of {first['viewport']} px")
     wait_idle(page)
     screenshot(page, shots, "08-retrieval-neighbours")
+
+    # --- the comparison: random init computes by itself (progress, no button) beside raw pixels -----------
+    page.evaluate(
+        """() => {
+            window.sawProgress = false;
+            const seen = () => { if (document.querySelector('[role=dialog] [data-testid="stProgress"]')) window.sawProgress = true; };
+            new MutationObserver(seen).observe(document.body, { childList: true, subtree: true });
+        }"""
+    )
+    results.locator(".st-key-ret-compare").get_by_text("Compare with random init").click()
+    _expect_neighbours(page, "random init", k)
+    _expect_neighbours(page, "pixels", k)
+    _expect_neighbours(page, "neighbour", k)
+    assert page.evaluate("window.sawProgress"), "the random-init search bank showed no progress while it was computed"
+    assert keyed_button(page, "compute-ret-random").count() == 0
+    wait_idle(page)
+    screenshot(page, shots, "09-retrieval-compare")
+
+    page.keyboard.press("Escape")  # closes the results; the gallery is there as it was
+    expect(page.get_by_role("dialog")).to_have_count(0)
+    expect(page.locator(f"button[data-index='{index}']")).to_be_visible()
+    page.set_viewport_size(TALL)

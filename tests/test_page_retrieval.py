@@ -1,19 +1,40 @@
-"""The Retrieval page (AppTest): empty state, search bank computing, clicking a query, k neighbours,
-the random-init / raw-pixel comparison, uploads good and bad, and a damaged checkpoint."""
+"""The Retrieval page (AppTest): empty state, the search bank computing by itself (and a failure that
+waits for "Try again"), a picked query's k neighbours in the results window, the random-init /
+raw-pixel comparison computing what it needs, uploads good and bad, and a damaged checkpoint.
 
+AppTest cannot run the picture grid's script, so a click is what the grid's callback does: the page's
+`ret-query` set to the picture's number. What the grid shows is read from the data the page sends it.
+"""
+
+import base64
 import io
 import json
+import threading
 
 import pytest
 from PIL import Image
 
-from byol import cifar10, retrieval, runs
+from byol import cifar10, embed, retrieval, runs
 from byol import data as datasets
+from byol.errors import UserError
 from helpers import run_cli, write_image_folder
 from test_page_embeddings import run_until
 from test_retrieval import small_data
+from ui import picture_grid
 
 PAGE = "pages/4_Retrieval.py"
+
+
+@pytest.fixture(autouse=True)
+def no_computation_left_running():
+    """The page starts computing by itself; each test ends only once that is over (torch still running
+    in a thread when Python exits aborts the whole test process)."""
+    yield
+    from ui import inspection
+
+    runner = inspection.get_task_runner()
+    for status in runner.active():
+        runner.wait(status.key, timeout=120)
 
 
 @pytest.fixture
@@ -28,17 +49,28 @@ def captions(at, prefix: str) -> list[str]:
     return [c for image in at.image for c in image.captions if c.startswith(prefix)]
 
 
-def query_buttons(at) -> list:
-    return [b for b in at.button if (b.key or "").startswith("query-")]
+def gallery(at) -> list[dict]:
+    """The pictures the page's grid shows (number, alt text, caption), as the page sends them."""
+    grids = [e for e in at.get("bidi_component") if e.proto.component_name == picture_grid.NAME]
+    return json.loads(grids[0].proto.json)["pictures"] if grids else []
+
+
+def shown(at) -> list[int]:
+    return [picture["index"] for picture in gallery(at)]
+
+
+def click_picture(at, index: int):
+    """What clicking picture `index` does: the grid's callback makes it the query."""
+    at.session_state["ret-query"] = index
+    return at.run()
 
 
 def ready_page(app_test):
-    """The page for the finished run with its search bank computed through the page's own button."""
+    """The page for the finished run, after its first visit has computed the search bank by itself."""
     at = app_test(PAGE).run()
     assert not at.exception
-    assert any("have not been computed yet" in info.value for info in at.info)
-    at.button(key="compute-ret").click()
-    return run_until(at, lambda at: len(query_buttons(at)) > 0)
+    assert not [b for b in at.button if (b.key or "").startswith("compute-")]  # nothing to click first
+    return run_until(at, lambda at: len(shown(at)) > 0)
 
 
 def png_bytes(colour=(200, 30, 30), size=(40, 30)) -> bytes:
@@ -58,49 +90,108 @@ def test_after_the_embed_command_the_page_shows_its_gallery_without_asking(finis
     assert embedded.returncode == 0, embedded.stderr
     at = app_test(PAGE).run()
     assert not at.exception
-    assert not any("have not been computed yet" in info.value for info in at.info)
-    assert query_buttons(at)
+    assert not at.get("progress") and not any("computing them now" in c.value for c in at.caption)
+    assert shown(at)
+
+
+def test_the_first_visit_computes_the_search_bank_by_itself_with_progress(finished_run, app_test, quick):
+    at = app_test(PAGE).run()
+    assert not at.exception
+    assert any("training-set embeddings" in c.value and "computing them now" in c.value for c in at.caption)
+    assert not shown(at)  # the gallery waits for the bank
+    run_until(at, lambda at: len(shown(at)) == 3 * len(quick.classes))  # three per class
+    assert not at.error
+
+
+def test_a_failed_computation_shows_its_error_and_waits_for_try_again(finished_run, app_test, quick, monkeypatch):
+    real, calls = embed.prepare_checkpoint, []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise UserError("The disk is full: the embeddings could not be saved.")
+
+    monkeypatch.setattr(embed, "prepare_checkpoint", broken)
+    at = app_test(PAGE).run()
+    run_until(at, lambda at: any("disk is full" in e.value for e in at.error))
+    for _ in range(3):  # it does not start again by itself
+        at.run()
+    assert len(calls) == 1 and not at.exception
+    retry = at.button(key="compute-ret")
+    assert retry.label == "Try again"
+    monkeypatch.setattr(embed, "prepare_checkpoint", real)
+    retry.click()
+    run_until(at, lambda at: len(shown(at)) > 0)
+    assert not at.error
+
+
+def test_while_another_computation_runs_the_page_asks_instead_of_queueing(finished_run, app_test, quick):
+    # Flicking through checkpoints must not queue minutes of work each: only an idle runner starts by itself.
+    from ui import inspection
+
+    release = threading.Event()
+    inspection.get_task_runner().submit("other-work", lambda report: release.wait(60))
+    try:
+        at = app_test(PAGE).run()
+        assert not at.exception
+        assert at.button(key="compute-ret").label == "Compute now"
+        assert any("Another computation is under way" in c.value for c in at.caption)
+    finally:
+        release.set()
+    at.button(key="compute-ret").click()
+    run_until(at, lambda at: len(shown(at)) > 0)
 
 
 def test_clicking_a_test_image_shows_k_neighbours_with_precision(finished_run, app_test, quick):
     at = ready_page(app_test)
-    buttons = query_buttons(at)
-    assert len(buttons) == 3 * len(quick.classes)  # three per class
-    assert any("Click **Search**" in info.value for info in at.info)
+    pictures = gallery(at)
+    index = pictures[4]["index"]
+    label = quick.classes[int(quick.test_labels[index])]
+    assert pictures[4]["alt"] == f"test image #{index} ({label})" and pictures[4]["caption"] == f"#{index} {label}"
+    assert not captions(at, "neighbour ")  # nothing chosen yet: no results
 
-    at.slider(key="ret-k").set_value(6)
-    index = int(buttons[4].key.split("-")[1])
-    buttons[4].click()
-    at.run()
+    click_picture(at, index)
     assert not at.exception and not at.error
+    assert len(captions(at, "neighbour ")) == 10  # the default k
+    at.slider(key="ret-k").set_value(6).run()
     found = captions(at, "neighbour ")
     assert len(found) == 6 and found[0].startswith("neighbour 1: ")
-    label = quick.classes[int(quick.test_labels[index])]
     assert captions(at, "query: ") == [f"query: test image #{index} ({label})"]
     assert any(metric.label == "precision@6" for metric in at.metric)
 
 
+def test_the_results_settings_are_kept_for_the_next_query(finished_run, app_test, quick):
+    at = ready_page(app_test)
+    first, second = shown(at)[:2]
+    click_picture(at, first)
+    at.slider(key="ret-k").set_value(3).run()
+    at.session_state["ret-query"] = None  # the results window closed: its slider is not drawn
+    at.run()
+    assert not captions(at, "neighbour ")
+    click_picture(at, second)
+    assert at.slider(key="ret-k").value == 3 and len(captions(at, "neighbour ")) == 3
+
+
 def test_class_filter_and_reshuffle_change_the_gallery(finished_run, app_test, quick):
     at = ready_page(app_test)
-    first = [b.key for b in query_buttons(at)]
+    first = shown(at)
     at.button(key="ret-reshuffle").click()
     at.run()
-    assert [b.key for b in query_buttons(at)] != first
+    assert shown(at) != first
     at.selectbox(key="ret-class").set_value("square")
     at.run()
-    shown = [int(b.key.split("-")[1]) for b in query_buttons(at)]
-    assert shown and all(quick.classes[int(quick.test_labels[i])] == "square" for i in shown)
+    assert shown(at) and all(quick.classes[int(quick.test_labels[i])] == "square" for i in shown(at))
 
 
-def test_comparison_shows_random_init_and_raw_pixel_neighbours_side_by_side(finished_run, app_test, quick):
+def test_comparison_computes_random_init_by_itself_beside_raw_pixels(finished_run, app_test, quick):
     at = ready_page(app_test)
+    click_picture(at, shown(at)[0])
     at.slider(key="ret-k").set_value(4)
-    query_buttons(at)[0].click()
     at.toggle(key="ret-compare").set_value(True)
     at.run()
     assert not at.exception
     assert len(captions(at, "neighbour ")) == 4 and len(captions(at, "pixels ")) == 4
-    at.button(key="compute-ret-random").click()  # the untrained network's search bank
+    assert any("step-00000000.pt" in c.value and "computing them now" in c.value for c in at.caption)
+    assert not [b for b in at.button if (b.key or "").startswith("compute-")]  # no button to press
     run_until(at, lambda at: len(captions(at, "random init ")) == 4)
     assert len(captions(at, "neighbour ")) == 4 and not at.error
 
@@ -125,20 +216,38 @@ def test_clicking_a_gallery_picture_replaces_an_upload(finished_run, app_test, q
     at = ready_page(app_test)
     at.file_uploader[0].set_value(("red.png", png_bytes(), "image/png"))
     at.run()
-    button = query_buttons(at)[2]
-    button.click()
-    at.run()
-    assert captions(at, "query: ")[0].startswith(f"query: test image #{button.key.split('-')[1]} ")
+    index = shown(at)[2]
+    click_picture(at, index)
+    assert captions(at, "query: ")[0].startswith(f"query: test image #{index} ")
 
 
 def test_damaged_checkpoint_shows_a_plain_error(finished_run, app_test, quick):
     at = ready_page(app_test)
     (finished_run / "step-00000008.pt").write_bytes(b"PK\x03\x04 damaged zip")
     retrieval.clear_caches()
-    query_buttons(at)[0].click()
-    at.run()
+    click_picture(at, shown(at)[0])
     assert not at.exception
     assert len(at.error) == 1 and "damaged" in at.error[0].value
+
+
+def test_the_grid_describes_each_picture_and_reads_only_picture_numbers_from_a_click(quick):
+    pictures = picture_grid.tiles(quick.test_images, [3, 0], quick.test_labels, quick.classes)
+    name = quick.classes[int(quick.test_labels[3])]
+    assert [p["index"] for p in pictures] == [3, 0]
+    assert pictures[0]["alt"] == f"test image #3 ({name})" and pictures[0]["caption"] == f"#3 {name}"
+    assert pictures[0]["src"].startswith("data:image/png;base64,")
+    png = Image.open(io.BytesIO(base64.b64decode(pictures[0]["src"].split(",", 1)[1])))
+    assert png.size == tuple(quick.test_images.shape[-1:-3:-1])  # sent at its own size; the browser upscales
+    assert [picture_grid.clicked_index(v) for v in (7, 7.0, "12", None, "x", 2.5, True, [1])] == [
+        7,
+        7,
+        12,
+        None,
+        None,
+        None,
+        None,
+        None,
+    ]
 
 
 def test_a_run_whose_images_are_missing_can_be_pointed_at_a_copy(finished_run, app_test):

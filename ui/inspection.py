@@ -176,11 +176,16 @@ def ensure_prepared(
     what: str = "This page",
     key: str = "",
     stop: bool = True,
+    start: bool = False,
 ) -> bool:
-    """True when the checkpoint's artefacts in `level` are ready; otherwise offer to compute them.
+    """True when the checkpoint's artefacts in `level` are ready; otherwise compute them, or offer to.
 
-    While they are computed in the background a progress bar refreshes itself every second, and the
-    whole page reruns when they are ready. With `stop` the rest of the page waits (st.stop()).
+    With `start` the computation begins by itself the first time (the person came for its result);
+    it does not when another computation is under way (flicking through checkpoints would queue
+    minutes of work), nor after a failure (the error shows with a "Try again" button, so a failing
+    task never restarts itself in a loop). Without `start` a "Compute now" button asks first.
+    While the work runs in the background a progress bar refreshes itself every second, and the
+    whole page reruns when it is ready. With `stop` the rest of the page waits (st.stop()).
     """
     missing = embed.missing_work(run_dir, checkpoint, level, data, k, temperature)
     if not missing:
@@ -189,8 +194,27 @@ def ensure_prepared(
     # A full preparation also makes the search bank, so a smaller level waits on it too.
     keys = [task_key(level, checkpoint)] + ([task_key(embed.FULL, checkpoint)] if level != embed.FULL else [])
     active = next((runner.status(k_) for k_ in keys if runner.status(k_).active), None)
+
+    def ready() -> bool:
+        return not embed.missing_work(run_dir, checkpoint, level, data, k, temperature)
+
+    def submit() -> None:
+        runner.submit(
+            keys[0],
+            lambda report: embed.prepare_checkpoint(run_dir, checkpoint, report, data, level, k, temperature),
+            label=f"{task_key(level, checkpoint).split(':')[0]} {Path(checkpoint).name}",
+            again=True,
+        )
+
+    if active is None and start and runner.status(keys[0]).state == tasks.IDLE and not runner.active():
+        submit()
+        active = runner.status(keys[0])
     if active is not None:
-        _progress(runner, active.key, lambda: not embed.missing_work(run_dir, checkpoint, level, data, k, temperature))
+        st.caption(
+            f"{what} needs {_join([ARTEFACT_WORDS[m] for m in missing])} of **{Path(checkpoint).name}**: "
+            "computing them now, once (the result is saved)."
+        )
+        _progress(runner, active.key, ready)
     else:
         failed = runner.status(keys[0])
         if failed.state == tasks.FAILED:
@@ -207,18 +231,15 @@ def ensure_prepared(
             f"{what} needs {_join([ARTEFACT_WORDS[m] for m in missing])} of **{Path(checkpoint).name}**, "
             "which have not been computed yet. " + cost + "The result is saved, so this happens once."
         )
+        if start and failed.state == tasks.IDLE:
+            st.caption("Another computation is under way, so this one waits to be asked; it would start when that one ends.")
         if st.button(
             "Compute now" if failed.state != tasks.FAILED else "Try again",
             key=f"compute-{key or task_key(level, checkpoint)}",
             type="primary",
             help="Runs in the background: you can keep using the dashboard, and other tabs share the result.",
         ):
-            runner.submit(
-                keys[0],
-                lambda report: embed.prepare_checkpoint(run_dir, checkpoint, report, data, level, k, temperature),
-                label=f"{task_key(level, checkpoint).split(':')[0]} {Path(checkpoint).name}",
-                again=True,
-            )
+            submit()
             st.rerun()
     if stop:
         st.stop()
