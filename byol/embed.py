@@ -7,7 +7,7 @@ dashboard (run in a `tasks.TaskRunner`), so whatever one computes the other find
   data-set indices and class names. The training split is the search bank; the test split gives
   the queries and the map;
 - the test split's 2-D map, `step-00001200-test-umap.npy` (UMAP; a PCA projection for tiny test sets);
-- the kNN accuracy per (k, temperature), `step-00001200-knn.json`.
+- the kNN accuracy and each test image's voted class per (k, temperature), `step-00001200-knn.json`.
 
 `missing_work` says which of them a checkpoint still lacks, as `Artefact` flags (the pages word
 them); the readers (`load_split`, `load_map`, `checkpoint_knn`) raise `NotPrepared` when something
@@ -31,6 +31,7 @@ import torch
 
 from . import data as datasets
 from .checkpoint import load_backbone
+from .config import TrainConfig
 from .dataset import Dataset
 from .device import resolve_device
 from .errors import UserError
@@ -266,7 +267,7 @@ def missing_work(
         Artefact.TRAIN_EMBEDDINGS: lambda: _embeddings_ok(run_dir, checkpoint, "train", data),
         Artefact.TEST_EMBEDDINGS: lambda: _embeddings_ok(run_dir, checkpoint, "test", data),
         Artefact.MAP: lambda: _map_ok(run_dir, checkpoint, data),
-        Artefact.KNN: lambda: _knn_key(k, temperature) in _saved_knn(run_dir, checkpoint),
+        Artefact.KNN: lambda: "predicted" in _saved_knn(run_dir, checkpoint).get(_knn_key(k, temperature), {}),
     }
     return [part for part in Artefact if part in level and not ready[part]()]
 
@@ -295,12 +296,8 @@ def prepare_checkpoint(
     k = int(k if k is not None else config.knn_k)
     temperature = float(temperature if temperature is not None else config.knn_temperature)
     if data is None:
-        try:
-            source = read_config(run_dir)  # where the images are on this computer may have changed since
-        except RunError:
-            source = config
-        report(f"Loading the data set ({source.data})...", 0.0)
-        data = datasets.load_for(source)
+        report("Loading the data set...", 0.0)
+        data = run_data(run_dir, config)
 
     # The map is drawn from the test embeddings, and kNN needs both splits.
     splits = ["train"] * (Artefact.TRAIN_EMBEDDINGS in level or Artefact.KNN in level) + ["test"] * bool(
@@ -350,6 +347,20 @@ def prepare_checkpoint(
         report("Measuring the kNN accuracy on the test set...", 1.0 - knn_share)
         checkpoint_knn(run_dir, checkpoint, k, temperature, recompute=True)
     report("Done.", 1.0)
+
+
+def run_data(run_dir: Path, fallback: TrainConfig | None = None) -> Dataset:
+    """The run's data set, from where its images are on this computer now (its local settings).
+
+    `fallback` (a checkpoint's own config) is used when the run's config cannot be read.
+    """
+    try:
+        source = read_config(run_dir)  # where the images are on this computer may have changed since
+    except RunError:
+        if fallback is None:
+            raise
+        source = fallback
+    return datasets.load_for(source)
 
 
 def _save_map(run_dir: Path, checkpoint: Path) -> None:
@@ -419,7 +430,7 @@ def checkpoint_knn(run_dir: Path, checkpoint: Path, k: int = 200, temperature: f
     path = knn_path(run_dir, checkpoint)
     key = _knn_key(k, temperature)
     cached = _saved_knn(run_dir, checkpoint)
-    if key in cached and not recompute:
+    if "predicted" in cached.get(key, {}) and not recompute:
         row = cached[key]
         return KnnResult(
             float(row["accuracy"]),
@@ -455,7 +466,16 @@ def checkpoint_knn(run_dir: Path, checkpoint: Path, k: int = 200, temperature: f
         "temperature": float(temperature),
         "bank_size": len(bank.labels),
         "query_size": len(queries.labels),
+        # Each test image's voted class, in test-split order: the map colours the images it gets wrong.
+        "predicted": [int(p) for p in predicted],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, cached)
     return result
+
+
+def saved_knn_votes(run_dir: Path, checkpoint: Path, k: int = 200, temperature: float = 0.1) -> np.ndarray | None:
+    """Each test image's kNN-voted class (int64, test-split order) as `checkpoint_knn` saved it; None when not computed."""
+    row = _saved_knn(run_dir, checkpoint).get(_knn_key(k, temperature), {})
+    predicted = row.get("predicted") if isinstance(row, dict) else None
+    return np.asarray(predicted, dtype=np.int64) if isinstance(predicted, list) else None
