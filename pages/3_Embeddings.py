@@ -7,6 +7,7 @@ from byol import embed, retrieval
 from byol.checkpoint import CheckpointError
 from ui import inspection, words
 from ui.common import page_setup
+from ui.film import film_section
 
 page_setup("Embeddings", ":material/scatter_plot:")
 st.title("Embeddings: what the network learned, as a map")
@@ -55,6 +56,8 @@ if choice.random_init:
         "This is the untrained network (random init). Even so, similar-looking images often land near each "
         "other; compare with a later checkpoint to see what training added."
     )
+
+film_section(run, data, config.knn_k, config.knn_temperature)
 
 
 def _clear_typed_number() -> None:
