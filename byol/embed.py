@@ -363,6 +363,17 @@ def run_data(run_dir: Path, fallback: TrainConfig | None = None) -> Dataset:
     return datasets.load_for(source)
 
 
+def pca_2d(features: np.ndarray) -> np.ndarray:
+    """The two main directions of variation (PCA) of `features`, float64 [N, 2]: the map of a tiny test set."""
+    coordinates = np.zeros((len(features), 2), dtype=np.float64)
+    if len(features) > 1:
+        centred = features - features.mean(axis=0, keepdims=True)
+        _u, _s, vt = np.linalg.svd(centred, full_matrices=False)
+        projected = centred @ vt[:2].T
+        coordinates[:, : projected.shape[1]] = projected
+    return coordinates
+
+
 def _save_map(run_dir: Path, checkpoint: Path) -> None:
     """The test split's 2-D map: UMAP, or the two main directions of variation (PCA) for a tiny test set."""
     features = load_split(run_dir, checkpoint, "test").features
@@ -372,12 +383,7 @@ def _save_map(run_dir: Path, checkpoint: Path) -> None:
         reducer = umap.UMAP(n_components=2, n_neighbors=15, min_dist=0.1, metric="cosine", random_state=0)
         coordinates = reducer.fit_transform(features).astype(np.float32)
     else:
-        coordinates = np.zeros((len(features), 2), dtype=np.float32)
-        if len(features) > 1:
-            centred = features - features.mean(axis=0, keepdims=True)
-            _u, _s, vt = np.linalg.svd(centred, full_matrices=False)
-            projected = centred @ vt[:2].T
-            coordinates[:, : projected.shape[1]] = projected
+        coordinates = pca_2d(features).astype(np.float32)
     path = umap_path(run_dir, checkpoint, "test")
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()

@@ -98,16 +98,6 @@ def balanced_sample(labels: np.ndarray, size: int, seed: int = SAMPLE_SEED) -> n
     return np.sort(np.concatenate(chosen))
 
 
-def _pca_2d(features: np.ndarray) -> np.ndarray:
-    coordinates = np.zeros((len(features), 2), dtype=np.float64)
-    if len(features) > 1:
-        centred = features - features.mean(axis=0, keepdims=True)
-        _u, _s, vt = np.linalg.svd(centred, full_matrices=False)
-        projected = centred @ vt[:2].T
-        coordinates[:, : projected.shape[1]] = projected
-    return coordinates
-
-
 def _rotate_onto(moving: np.ndarray, fixed: np.ndarray) -> np.ndarray:
     """`moving` rotated (or reflected) to lie as close to `fixed` as a rigid turn allows (Procrustes)."""
     u, _s, vt = np.linalg.svd(moving.T @ fixed)
@@ -124,9 +114,9 @@ def aligned_layout(features: list[np.ndarray], seed: int = 0) -> tuple[np.ndarra
         return np.zeros((0, 0, 2), np.float32), "PCA"
     count = len(features[0])
     if count < embed.MIN_UMAP_POINTS:
-        maps = [_pca_2d(features[0])]
+        maps = [embed.pca_2d(features[0])]
         for later in features[1:]:
-            maps.append(_rotate_onto(_pca_2d(later), maps[-1]))
+            maps.append(_rotate_onto(embed.pca_2d(later), maps[-1]))
         return np.stack(maps).astype(np.float32), "PCA"
     import umap  # slow import (numba): only when a film is actually drawn
 

@@ -224,7 +224,7 @@ def _player(run: RunSummary, data: Dataset, film: map_film.Film, votes: list, ti
         with picture_col:
             _picture(film, data, picked, frame_votes)
         if len(picked) > 1:
-            _grid(data, picked)
+            inspection.selection_grid(data, picked, GRID_LIMIT)
 
     player()
 
@@ -244,18 +244,3 @@ def _picture(film: map_film.Film, data: Dataset, picked: Sequence[int], votes: n
     st.image(retrieval.thumbnail(image, THUMBNAIL_SCALE), caption=caption, width=THUMBNAIL_SCALE * int(image.shape[-1]))
     if len(picked) > 1:
         st.caption(f"The first of {len(picked):,} selected images; all of them are below the map.")
-
-
-def _grid(data: Dataset, picked: Sequence[int]) -> None:
-    shown = list(picked)
-    if len(shown) > GRID_LIMIT:  # an even spread over the selection, which comes ordered by class
-        st.markdown(f"**Selected images ({len(shown):,}; {GRID_LIMIT} of them shown, spread over the selection)**")
-        shown = [shown[int(i)] for i in np.linspace(0, len(shown) - 1, GRID_LIMIT)]
-    else:
-        st.markdown(f"**Selected images ({len(shown):,})**")
-    inspection.image_grid(
-        [data.test_images[i] for i in shown],
-        [f"#{i} {data.classes[int(data.test_labels[i])]}" for i in shown],
-        columns=10,
-        scale=3,
-    )
