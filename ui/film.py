@@ -204,7 +204,7 @@ def _player(run: RunSummary, data: Dataset, film: map_film.Film, votes: list, ti
         frame_votes = votes[frame] if colour == BY_VOTE else None
         picked = st.session_state.get(picked_key, [])
 
-        map_col, picture_col = st.columns([3, 1])
+        map_col, picture_col = st.columns([5, 2])  # the picture column fits 256 px on a laptop screen
         with map_col:
             chart_key = f"film-map-{run.name}-{frame}-{colour}"
             st.plotly_chart(
