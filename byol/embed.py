@@ -7,7 +7,7 @@ dashboard (run in a `tasks.TaskRunner`), so whatever one computes the other find
   data-set indices and class names. The training split is the search bank; the test split gives
   the queries and the map;
 - the test split's 2-D map, `step-00001200-test-umap.npy` (UMAP; a PCA projection for tiny test sets);
-- the kNN accuracy per (k, temperature), `step-00001200-knn.json`;
+- the kNN accuracy and each test image's voted class per (k, temperature), `step-00001200-knn.json`;
 - the linear probe's accuracy, `step-00001200-probe.json`, computed on request (byol/probe.py), not by
   `prepare_checkpoint`, which only deletes it when it recomputes the embeddings it was measured on.
 
@@ -33,6 +33,7 @@ import torch
 
 from . import data as datasets
 from .checkpoint import load_backbone
+from .config import TrainConfig
 from .dataset import Dataset
 from .device import resolve_device
 from .errors import UserError
@@ -191,7 +192,7 @@ def clear_cache() -> None:
 # --- what is there, what is missing --------------------------------------------------------------------
 
 
-def _fresh(path: Path, checkpoint: Path) -> bool:
+def is_fresh(path: Path, checkpoint: Path) -> bool:
     """Whether a result file exists and belongs to the checkpoint's current contents.
 
     Only last.pt is ever replaced (training saves over it), so only results of last.pt can go stale.
@@ -213,7 +214,7 @@ def _fresh(path: Path, checkpoint: Path) -> bool:
 def load_split(run_dir: Path, checkpoint: Path, split: str) -> Embeddings:
     """Saved embeddings of one split (cached in memory); NotPrepared when they are missing or stale."""
     path = embedding_path(run_dir, checkpoint, split)
-    if not _fresh(path, checkpoint):
+    if not is_fresh(path, checkpoint):
         raise NotPrepared(
             f"The {split_words(split)} embeddings of {Path(checkpoint).name} have not been computed yet; compute them first."
         )
@@ -237,7 +238,7 @@ def _embeddings_ok(run_dir: Path, checkpoint: Path, split: str, data: Dataset | 
 
 def _map_ok(run_dir: Path, checkpoint: Path, data: Dataset | None) -> bool:
     path = umap_path(run_dir, checkpoint, "test")
-    if not _fresh(path, checkpoint):
+    if not is_fresh(path, checkpoint):
         return False
     if data is None:
         return True
@@ -253,7 +254,7 @@ def _knn_key(k: int, temperature: float) -> str:
 
 def _saved_knn(run_dir: Path, checkpoint: Path) -> dict:
     path = knn_path(run_dir, checkpoint)
-    cached = read_json(path, {}) if _fresh(path, checkpoint) else {}
+    cached = read_json(path, {}) if is_fresh(path, checkpoint) else {}
     return cached if isinstance(cached, dict) else {}
 
 
@@ -273,7 +274,7 @@ def missing_work(
         Artefact.TRAIN_EMBEDDINGS: lambda: _embeddings_ok(run_dir, checkpoint, "train", data),
         Artefact.TEST_EMBEDDINGS: lambda: _embeddings_ok(run_dir, checkpoint, "test", data),
         Artefact.MAP: lambda: _map_ok(run_dir, checkpoint, data),
-        Artefact.KNN: lambda: _knn_key(k, temperature) in _saved_knn(run_dir, checkpoint),
+        Artefact.KNN: lambda: "predicted" in _saved_knn(run_dir, checkpoint).get(_knn_key(k, temperature), {}),
     }
     return [part for part in Artefact if part in level and not ready[part]()]
 
@@ -302,12 +303,8 @@ def prepare_checkpoint(
     k = int(k if k is not None else config.knn_k)
     temperature = float(temperature if temperature is not None else config.knn_temperature)
     if data is None:
-        try:
-            source = read_config(run_dir)  # where the images are on this computer may have changed since
-        except RunError:
-            source = config
-        report(f"Loading the data set ({source.data})...", 0.0)
-        data = datasets.load_for(source)
+        report("Loading the data set...", 0.0)
+        data = run_data(run_dir, config)
 
     # The map is drawn from the test embeddings, and kNN needs both splits.
     splits = ["train"] * (Artefact.TRAIN_EMBEDDINGS in level or Artefact.KNN in level) + ["test"] * bool(
@@ -360,6 +357,31 @@ def prepare_checkpoint(
     report("Done.", 1.0)
 
 
+def run_data(run_dir: Path, fallback: TrainConfig | None = None) -> Dataset:
+    """The run's data set, from where its images are on this computer now (its local settings).
+
+    `fallback` (a checkpoint's own config) is used when the run's config cannot be read.
+    """
+    try:
+        source = read_config(run_dir)  # where the images are on this computer may have changed since
+    except RunError:
+        if fallback is None:
+            raise
+        source = fallback
+    return datasets.load_for(source)
+
+
+def pca_2d(features: np.ndarray) -> np.ndarray:
+    """The two main directions of variation (PCA) of `features`, float64 [N, 2]: the map of a tiny test set."""
+    coordinates = np.zeros((len(features), 2), dtype=np.float64)
+    if len(features) > 1:
+        centred = features - features.mean(axis=0, keepdims=True)
+        _u, _s, vt = np.linalg.svd(centred, full_matrices=False)
+        projected = centred @ vt[:2].T
+        coordinates[:, : projected.shape[1]] = projected
+    return coordinates
+
+
 def _save_map(run_dir: Path, checkpoint: Path) -> None:
     """The test split's 2-D map: UMAP, or the two main directions of variation (PCA) for a tiny test set."""
     features = load_split(run_dir, checkpoint, "test").features
@@ -369,12 +391,7 @@ def _save_map(run_dir: Path, checkpoint: Path) -> None:
         reducer = umap.UMAP(n_components=2, n_neighbors=15, min_dist=0.1, metric="cosine", random_state=0)
         coordinates = reducer.fit_transform(features).astype(np.float32)
     else:
-        coordinates = np.zeros((len(features), 2), dtype=np.float32)
-        if len(features) > 1:
-            centred = features - features.mean(axis=0, keepdims=True)
-            _u, _s, vt = np.linalg.svd(centred, full_matrices=False)
-            projected = centred @ vt[:2].T
-            coordinates[:, : projected.shape[1]] = projected
+        coordinates = pca_2d(features).astype(np.float32)
     path = umap_path(run_dir, checkpoint, "test")
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
@@ -397,7 +414,7 @@ def load_map(run_dir: Path, checkpoint: Path) -> MapData:
     """The test split's 2-D map with its labels; NotPrepared when not computed yet."""
     path = umap_path(run_dir, checkpoint, "test")
     test = load_split(run_dir, checkpoint, "test")
-    if not _fresh(path, checkpoint):
+    if not is_fresh(path, checkpoint):
         raise NotPrepared(f"The map of {Path(checkpoint).name} has not been computed yet; compute it first.")
     try:
         coordinates = np.load(path, allow_pickle=False)
@@ -427,7 +444,7 @@ def checkpoint_knn(run_dir: Path, checkpoint: Path, k: int = 200, temperature: f
     path = knn_path(run_dir, checkpoint)
     key = _knn_key(k, temperature)
     cached = _saved_knn(run_dir, checkpoint)
-    if key in cached and not recompute:
+    if "predicted" in cached.get(key, {}) and not recompute:
         row = cached[key]
         return KnnResult(
             float(row["accuracy"]),
@@ -463,7 +480,16 @@ def checkpoint_knn(run_dir: Path, checkpoint: Path, k: int = 200, temperature: f
         "temperature": float(temperature),
         "bank_size": len(bank.labels),
         "query_size": len(queries.labels),
+        # Each test image's voted class, in test-split order: the map colours the images it gets wrong.
+        "predicted": [int(p) for p in predicted],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, cached)
     return result
+
+
+def saved_knn_votes(run_dir: Path, checkpoint: Path, k: int = 200, temperature: float = 0.1) -> np.ndarray | None:
+    """Each test image's kNN-voted class (int64, test-split order) as `checkpoint_knn` saved it; None when not computed."""
+    row = _saved_knn(run_dir, checkpoint).get(_knn_key(k, temperature), {})
+    predicted = row.get("predicted") if isinstance(row, dict) else None
+    return np.asarray(predicted, dtype=np.int64) if isinstance(predicted, list) else None

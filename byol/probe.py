@@ -90,7 +90,7 @@ def fit_probe(train: embed.Embeddings, test: embed.Embeddings, c: float = PROBE_
 def saved_probe(run_dir: Path, checkpoint: Path) -> ProbeResult | None:
     """The checkpoint's saved probe result, or None when it is missing, stale or unreadable."""
     path = embed.probe_path(run_dir, checkpoint)
-    if not embed._fresh(path, checkpoint):  # the store's one freshness rule (only last.pt's results go stale)
+    if not embed.is_fresh(path, checkpoint):  # the store's one freshness rule (only last.pt's results go stale)
         return None
     row = read_json(path, None)
     try:

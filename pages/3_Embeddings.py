@@ -1,12 +1,12 @@
 """Embeddings: the test images as a 2-D map (UMAP) coloured by class; pick points to see them and their neighbours."""
 
-import numpy as np
 import streamlit as st
 
 from byol import embed, retrieval
 from byol.checkpoint import CheckpointError
 from ui import inspection, words
 from ui.common import page_setup
+from ui.film import film_section
 from ui.probe import linear_probe_metric
 
 page_setup("Embeddings", ":material/scatter_plot:")
@@ -58,6 +58,8 @@ if choice.random_init:
         "other; compare with a later checkpoint to see what training added."
     )
 
+film_section(run, data, config.knn_k, config.knn_temperature)
+
 
 def _clear_typed_number() -> None:
     # A new selection on the map wins over a number typed earlier: the latest action is what is shown.
@@ -103,17 +105,7 @@ if focus is None:
 
 shown = ([focus] if focus not in selected else []) + selected
 if len(shown) > 1:
-    if len(shown) > GRID_LIMIT:  # an even spread over the selection, which comes ordered by class
-        st.subheader(f"Selected images ({len(shown):,}; {GRID_LIMIT} of them shown, spread over the selection)")
-        shown = [shown[int(i)] for i in np.linspace(0, len(shown) - 1, GRID_LIMIT)]
-    else:
-        st.subheader(f"Selected images ({len(shown):,})")
-    inspection.image_grid(
-        [data.test_images[i] for i in shown],
-        [f"#{i} {data.classes[int(data.test_labels[i])]}" for i in shown],
-        columns=10,
-        scale=3,
-    )
+    inspection.selection_grid(data, shown, GRID_LIMIT)
 
 st.subheader(f"Test image #{focus} and its {NEIGHBOURS_SHOWN} nearest training images")
 st.caption(words.TERMS["neighbours"] + " " + words.TERMS["cosine"])

@@ -1,5 +1,6 @@
 """The dashboard end to end, in a real browser: launch a tiny run from the Train page, watch its curves
-grow live, then search similar images for a clicked test picture on the Retrieval page.
+grow live, then search similar images for a clicked test picture on the Retrieval page, and last
+watch the run's map form on the Embeddings page (step the film, click a dot, see its picture).
 
 Drives headless Debian Chromium with Playwright against `streamlit run app.py` (see tests/browser.py).
 Skips when Playwright or Chromium is missing, unless BYOL_REQUIRE_BROWSER=1 (CI), where it fails.
@@ -283,3 +284,71 @@ def _scenario(page, url: str, runs_dir: Path, shots: Path) -> None:
     expect(page.get_by_role("dialog")).to_have_count(0)
     expect(page.locator(f"button[data-index='{index}']")).to_be_visible()
     page.set_viewport_size(TALL)
+
+    _visit_embeddings_film(page, url, shots)
+
+
+# The film's chart (its key carries the frame): the frame's title and the first point's place.
+FILM_JS = """() => {
+    const plot = document.querySelector('[class*="st-key-film-map-"] .js-plotly-plot');
+    if (!plot || !plot._fullLayout || !plot._fullData || !plot._fullData.length) return null;
+    const trace = plot._fullData[0];
+    return {title: plot._fullLayout.title.text.replace(/<[^>]*>/g, ''), x: trace.x[0], y: trace.y[0], points: trace.x.length};
+}"""
+
+
+def _visit_embeddings_film(page, url: str, shots: Path) -> None:
+    """Embeddings for the same run: compute the map and the film, step the film, click a dot, see its picture."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{url}/Embeddings")
+    expect(page.get_by_role("heading", name=re.compile("^Embeddings"))).to_be_visible()
+    expect(page.locator(".st-key-emb-run").get_by_role("combobox")).to_have_value(RUN_NAME)
+    compute = keyed_button(page, "compute-emb")
+    compute_film = keyed_button(page, "compute-film")
+    compute.or_(compute_film).first.wait_for()
+    if compute.count():  # the shown checkpoint's map and kNN first
+        wait_idle(page)
+        compute.click()
+    compute_film.wait_for(timeout=300_000)  # numba compiles UMAP on first use
+    wait_idle(page)
+    screenshot(page, shots, "10-embeddings-film-compute")
+    compute_film.click()
+    slider = page.locator(f".st-key-film-frame-{RUN_NAME} input[type='range']")
+    slider.wait_for(timeout=300_000)
+    wait_idle(page)
+    last = page.wait_for_function(FILM_JS).json_value()
+    assert last["title"].startswith(f"step {TOTAL_STEPS:,}"), last  # the trained network's map comes first
+    screenshot(page, shots, "11-embeddings-film-last")
+
+    # Step the film back one snapshot with the slider: another title, the same image elsewhere.
+    slider.focus()
+    page.keyboard.press("ArrowLeft")
+    earlier = page.wait_for_function(
+        f"() => {{ const f = ({FILM_JS})(); return f && f.title !== {json.dumps(last['title'])} ? f : null; }}"
+    ).json_value()
+    assert earlier["points"] == last["points"] and (earlier["x"], earlier["y"]) != (last["x"], last["y"]), (earlier, last)
+    wait_idle(page)
+    screenshot(page, shots, "12-embeddings-film-earlier")
+
+    # Click a dot: its picture appears beside the map, 8 times its 32 pixels.
+    point = page.locator("[class*='st-key-film-map-'] .js-plotly-plot .scatterlayer path.point").first
+    box = point.bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    caption = page.locator("[data-testid='stImageCaption']").filter(has_text=re.compile(r"^test image #\d+ \("))
+    expect(caption).to_have_count(1)
+    picture = page.wait_for_function(
+        """() => {
+            const caption = [...document.querySelectorAll('[data-testid="stImageCaption"]')]
+                .find((c) => /^test image #\\d+ \\(/.test(c.innerText.trim()));
+            const img = caption && caption.parentElement.querySelector('img');
+            if (!img || !img.complete || img.naturalWidth === 0) return null;
+            const r = img.getBoundingClientRect();
+            return {width: img.naturalWidth, left: r.left, top: r.top};
+        }"""
+    ).json_value()
+    plot = page.locator("[class*='st-key-film-map-'] .js-plotly-plot").bounding_box()
+    assert picture["width"] == 256, picture
+    assert picture["left"] >= plot["x"] + plot["width"] - 1 and picture["top"] < plot["y"] + plot["height"], (picture, plot)
+    wait_idle(page)
+    screenshot(page, shots, "13-embeddings-film-picture")

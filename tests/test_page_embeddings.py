@@ -139,3 +139,86 @@ def test_damaged_checkpoint_shows_a_plain_error(finished_run, app_test, quick):
     assert "damaged" in at.error[0].value
     assert at.button(key="compute-emb").label == "Try again"
     assert not at.exception
+
+
+# --- the training film ---------------------------------------------------------------------------
+class _FakeAlignedUMAP:
+    """A cheap stand-in for umap.AlignedUMAP: each snapshot's first two feature columns."""
+
+    def __init__(self, **kwargs):
+        pass
+
+    def fit_transform(self, features, relations=None):
+        return [np.asarray(f, dtype=np.float32)[:, :2] for f in features]
+
+
+@pytest.fixture
+def quick_film(quick, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys.modules["umap"], "AlignedUMAP", _FakeAlignedUMAP, raising=False)
+    return quick
+
+
+def _film_spec(at) -> dict:
+    """The film's plotly figure as sent to the browser (its title names the snapshot: "step 8 ...")."""
+    import json
+
+    specs = [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+    films = [spec for spec in specs if str(spec["layout"].get("title", {}).get("text", "")).startswith("step ")]
+    assert len(films) == 1, "expected one film on the page"
+    return films[0]
+
+
+def has_film(at) -> bool:
+    return len(at.get("plotly_chart")) == 3  # the film, the map and the per-class accuracy bars
+
+
+def test_film_is_computed_then_its_slider_and_colours_redraw_the_map(finished_run, app_test, quick_film):
+    at = app_test(PAGE).run()
+    compute_map(at)  # the checkpoint shown (the newest) gets its map and kNN votes first
+    assert at.button(key="compute-film").label == "Compute the film"
+    at.button(key="compute-film").click()
+    run_until(at, has_film)
+    assert (finished_run / "embeddings" / "film-test.npz").is_file()
+
+    slider = at.select_slider(key=f"film-frame-{finished_run.name}")
+    assert slider.options == ["step 0", "step 4", "step 8"] and slider.value == "step 8"  # the trained map first
+    last = _film_spec(at)
+    assert last["layout"]["title"]["text"].startswith("step 8")
+    assert [trace["name"] for trace in last["data"]] == quick_film.classes
+
+    slider.set_value("step 0")
+    at.run()
+    assert not at.exception
+    first = _film_spec(at)
+    assert first["layout"]["title"]["text"].startswith("step 0")
+    assert first["data"][0]["x"] != last["data"][0]["x"]  # another network, another map
+
+    # kNN votes: known for the checkpoint computed above, not (yet) for the untrained one.
+    at.radio(key=f"film-colour-{finished_run.name}").set_value("kNN vote right or wrong")
+    at.run()
+    assert [trace["name"] for trace in _film_spec(at)["data"]] == ["kNN vote not computed for this snapshot"]
+    assert any("kNN votes have not been computed" in caption.value for caption in at.caption)
+    at.select_slider(key=f"film-frame-{finished_run.name}").set_value("step 8")
+    at.run()
+    assert {trace["name"] for trace in _film_spec(at)["data"]} <= {"kNN vote right", "kNN vote wrong"}
+    assert any("Click a dot on the map to see its picture" in info.value for info in at.info)
+
+
+def test_film_plays_to_the_last_snapshot_and_stops(finished_run, app_test, quick_film):
+    at = app_test(PAGE).run()
+    compute_map(at)
+    at.button(key="compute-film").click()
+    run_until(at, has_film)
+    at.select_slider(key=f"film-frame-{finished_run.name}").set_value("step 0")
+    at.run()
+    at.button(key=f"film-play-{finished_run.name}").click()
+    at.run()
+    assert at.button(key=f"film-play-{finished_run.name}").label == "Pause"
+    seen = [at.select_slider(key=f"film-frame-{finished_run.name}").value]
+    for _ in range(4):  # AppTest does not fire the timer: each run stands for one tick
+        at.run()
+        seen.append(at.select_slider(key=f"film-frame-{finished_run.name}").value)
+    assert seen[-1] == "step 8" and "step 4" in seen
+    assert at.button(key=f"film-play-{finished_run.name}").label == "Play"

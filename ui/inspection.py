@@ -214,7 +214,7 @@ def ensure_prepared(
             f"{what} needs {_join([ARTEFACT_WORDS[m] for m in missing])} of **{Path(checkpoint).name}**: "
             "computing them now, once (the result is saved)."
         )
-        _progress(runner, active.key, ready)
+        progress_panel(runner, active.key, ready)
     else:
         failed = runner.status(keys[0])
         if failed.state == tasks.FAILED:
@@ -246,7 +246,10 @@ def ensure_prepared(
     return False
 
 
-def _progress(runner: tasks.TaskRunner, key: str, ready: Callable[[], bool]) -> None:
+def progress_panel(runner: tasks.TaskRunner, key: str, ready: Callable[[], bool]) -> None:
+    """A progress bar for the runner's task `key` that refreshes itself every second; the whole page
+    reruns when the task is done and `ready()` finds its result (or when it failed, to offer a retry)."""
+
     @st.fragment(run_every=1.0)
     def panel() -> None:
         status = runner.status(key)
@@ -384,3 +387,21 @@ def image_grid(images: Sequence[Any], captions: Sequence[str], columns: int, sca
 def neighbour_captions(found: Sequence[retrieval.Neighbour], classes: Sequence[str], prefix: str = "neighbour") -> list[str]:
     """Stable, findable captions: "neighbour 1: cat (0.93)" (browser tests look for them)."""
     return [f"{prefix} {i}: {classes[n.label]} ({n.similarity:.2f})" for i, n in enumerate(found, start=1)]
+
+
+def selection_grid(data: Dataset, shown: Sequence[int], limit: int = 40) -> None:
+    """Selected test images under a heading with their count, 10 a row; an even spread of `limit` when there are more."""
+    import numpy as np
+
+    shown = list(shown)
+    if len(shown) > limit:  # an even spread over the selection, which comes ordered by class
+        st.subheader(f"Selected images ({len(shown):,}; {limit} of them shown, spread over the selection)")
+        shown = [shown[int(i)] for i in np.linspace(0, len(shown) - 1, limit)]
+    else:
+        st.subheader(f"Selected images ({len(shown):,})")
+    image_grid(
+        [data.test_images[i] for i in shown],
+        [f"#{i} {data.classes[int(data.test_labels[i])]}" for i in shown],
+        columns=10,
+        scale=3,
+    )

@@ -33,7 +33,7 @@ def linear_probe_metric(column: Any, run_dir: Path, checkpoint: Path, data: Data
         key = f"probe:{Path(checkpoint).resolve()}"
         status = runner.status(key)
         if status.active:
-            inspection._progress(runner, key, lambda: probe.saved_probe(run_dir, checkpoint) is not None)
+            inspection.progress_panel(runner, key, lambda: probe.saved_probe(run_dir, checkpoint) is not None)
             return
         st.caption("Linear probe accuracy", help=HELP)
         if status.state == tasks.FAILED:
