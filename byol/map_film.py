@@ -64,17 +64,18 @@ def film_path(run_dir: Path) -> Path:
 
 
 def snapshot_signature(run_dir: Path) -> list[str]:
-    """What the film depends on: each snapshot's name, size and modification time, in training order.
+    """What the film depends on: each snapshot's name and size, in training order.
 
-    Equality only (never older/newer), so a copied run whose times changed at worst redraws once.
+    Not modification times: snapshots are written once (embed.is_fresh's rule), and copies of a run (a
+    git checkout of the demo, an rsync, a copied folder) change their times but not their contents.
     """
     signature = []
     for snapshot in list_snapshots(run_dir):
         try:
-            stat = snapshot.path.stat()
+            size = snapshot.path.stat().st_size
         except OSError:
             continue
-        signature.append(f"{snapshot.path.name}:{stat.st_size}:{stat.st_mtime_ns}")
+        signature.append(f"{snapshot.path.name}:{size}")
     return signature
 
 

@@ -4,6 +4,8 @@ One test runs the real umap-learn on a small synthetic film (numba compiles it: 
 the others use hand-made embeddings and test sets small enough for the PCA layout.
 """
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -100,6 +102,10 @@ def test_film_is_saved_reused_and_goes_stale_when_a_snapshot_changes(tmp_path, m
     monkeypatch.setattr(map_film, "aligned_layout", lambda *a: pytest.fail("laid out again"))
     assert map_film.film_ready(run)
     np.testing.assert_array_equal(map_film.load_film(run).coordinates, film.coordinates)
+
+    copied = tmp_path / "copied"  # a copy of the run (new modification times) keeps its film
+    shutil.copytree(run, copied, copy_function=shutil.copyfile)
+    assert map_film.film_ready(copied)
 
     (run / "step-00000004.pt").write_bytes(b"another network")  # a snapshot rewritten
     with pytest.raises(embed.NotPrepared, match="snapshots changed"):
