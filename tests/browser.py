@@ -14,6 +14,7 @@ Nothing here downloads a browser: Playwright only drives the Chromium that Debia
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -22,7 +23,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -160,6 +161,30 @@ class StreamlitServer:
 
 def launch_chromium(playwright: Any) -> Any:
     return playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+
+
+@contextlib.contextmanager
+def browser_page(server: StreamlitServer, viewport: dict[str, int], timeout_ms: int, failure_shot: Path) -> Iterator[Any]:
+    """A headless Chromium page whose waits (and `expect`'s) last `timeout_ms`. When the body fails, a
+    screenshot goes to `failure_shot` and the server log's tail is printed before the error goes on."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        try:
+            page = browser.new_page(viewport=viewport)
+            page.set_default_timeout(timeout_ms)
+            expect.set_options(timeout=timeout_ms)
+            try:
+                yield page
+            except BaseException:
+                try:
+                    page.screenshot(path=str(failure_shot), full_page=True)
+                finally:
+                    print(f"--- streamlit log (tail) ---\n{server.log_tail()}")
+                raise
+        finally:
+            browser.close()
 
 
 # --- Streamlit in a browser ----------------------------------------------------------------------

@@ -113,7 +113,23 @@ def clean_streamlit_and_runners():
     jobs = sys.modules.get("byol.jobs")
     if jobs is not None:
         jobs.shutdown_all(timeout=10)
+    _finish_page_computations()
     _clear_streamlit_caches()
+
+
+def _finish_page_computations() -> None:
+    """Wait for what pages started in the inspection pages' task runner (some start by themselves).
+
+    Clearing Streamlit's caches drops the runner but not its thread: a computation left running would
+    go on competing for the CPU with the next tests (timing-sensitive ones then fail), and torch still
+    running in a thread when Python exits aborts the test process.
+    """
+    inspection = sys.modules.get("ui.inspection")
+    if inspection is None:
+        return
+    runner = inspection.get_task_runner()
+    for status in runner.active():
+        runner.wait(status.key, timeout=120)
 
 
 def _clear_streamlit_caches() -> None:

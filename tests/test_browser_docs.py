@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from browser import ROOT, StreamlitServer, launch_chromium, require_browser, wait_idle
+from browser import ROOT, StreamlitServer, browser_page, require_browser, wait_idle
 from byol import cifar10
 
 DEMO = ROOT / "checkpoints" / "demo-cifar10-cpu-25ep"
@@ -57,23 +57,9 @@ def out_dir(tmp_path) -> Path:
 
 
 def test_readme_screenshots_of_the_demo_run(demo_server, out_dir):
-    from playwright.sync_api import expect, sync_playwright
-
-    with sync_playwright() as p:
-        browser = launch_chromium(p)
-        try:
-            page = browser.new_page(viewport=LAPTOP)
-            page.set_default_timeout(SLOW_MS)
-            expect.set_options(timeout=SLOW_MS)
-            try:
-                _retrieval(page, demo_server.url, out_dir)
-                _map(page, demo_server.url, out_dir)
-            except BaseException:
-                page.screenshot(path=str(out_dir / "failure.png"))
-                print(f"--- streamlit log (tail) ---\n{demo_server.log_tail()}")
-                raise
-        finally:
-            browser.close()
+    with browser_page(demo_server, LAPTOP, SLOW_MS, out_dir / "failure.png") as page:
+        _retrieval(page, demo_server.url, out_dir)
+        _map(page, demo_server.url, out_dir)
 
 
 def _retrieval(page, url: str, out_dir: Path) -> None:

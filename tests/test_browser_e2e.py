@@ -23,8 +23,8 @@ import pytest
 
 from browser import (
     StreamlitServer,
+    browser_page,
     keyed_button,
-    launch_chromium,
     progress_text,
     require_browser,
     screenshot,
@@ -117,25 +117,9 @@ def _first_picture_box(page, prefix: str) -> dict:
 
 
 def test_train_watch_and_retrieve(server, shots):
-    from playwright.sync_api import expect, sync_playwright
-
-    with sync_playwright() as p:
-        browser = launch_chromium(p)
-        try:
-            # Tall: Streamlit scrolls inside the page, so a full-page screenshot shows only the viewport.
-            page = browser.new_page(viewport=TALL)
-            page.set_default_timeout(TIMEOUT_MS)
-            expect.set_options(timeout=TIMEOUT_MS)
-            try:
-                _scenario(page, server.url, server.runs_dir, shots)
-            except BaseException:
-                try:
-                    screenshot(page, shots, "99-failure")
-                finally:
-                    print(f"--- streamlit log (tail) ---\n{server.log_tail()}")
-                raise
-        finally:
-            browser.close()
+    # Tall: Streamlit scrolls inside the page, so a full-page screenshot shows only the viewport.
+    with browser_page(server, TALL, TIMEOUT_MS, shots / "99-failure.png") as page:
+        _scenario(page, server.url, server.runs_dir, shots)
 
 
 def _scenario(page, url: str, runs_dir: Path, shots: Path) -> None:

@@ -25,18 +25,6 @@ from ui import picture_grid
 PAGE = "pages/4_Retrieval.py"
 
 
-@pytest.fixture(autouse=True)
-def no_computation_left_running():
-    """The page starts computing by itself; each test ends only once that is over (torch still running
-    in a thread when Python exits aborts the whole test process)."""
-    yield
-    from ui import inspection
-
-    runner = inspection.get_task_runner()
-    for status in runner.active():
-        runner.wait(status.key, timeout=120)
-
-
 @pytest.fixture
 def quick(monkeypatch):
     data = small_data()
