@@ -165,9 +165,15 @@ def _offer_to_compute(run: RunSummary, data: Dataset, problem: str) -> None:
         "computed yet take a few seconds to a minute or two each on a CPU) and then one aligned layout of all of "
         "them (a minute or a few). The result is saved, so this happens once."
     )
-    if st.button("Compute the film", key="compute-film", type="primary", help="Runs in the background; other tabs share it."):
-        runner.submit(key, lambda report: map_film.prepare_film(run.path, report, data), label=f"film {run.name}", again=True)
-        st.rerun()
+    inspection.task_button(
+        runner,
+        key,
+        lambda report: map_film.prepare_film(run.path, report, data),
+        f"film {run.name}",
+        "Compute the film",
+        key="compute-film",
+        help="Runs in the background; other tabs share it.",
+    )
 
 
 def _player(run: RunSummary, data: Dataset, film: map_film.Film, votes: list, titles: list[str]) -> None:

@@ -198,16 +198,12 @@ def ensure_prepared(
     def ready() -> bool:
         return not embed.missing_work(run_dir, checkpoint, level, data, k, temperature)
 
-    def submit() -> None:
-        runner.submit(
-            keys[0],
-            lambda report: embed.prepare_checkpoint(run_dir, checkpoint, report, data, level, k, temperature),
-            label=f"{task_key(level, checkpoint).split(':')[0]} {Path(checkpoint).name}",
-            again=True,
-        )
+    def work(report: tasks.Report) -> None:
+        embed.prepare_checkpoint(run_dir, checkpoint, report, data, level, k, temperature)
 
+    label = f"{task_key(level, checkpoint).split(':')[0]} {Path(checkpoint).name}"
     if active is None and start and runner.status(keys[0]).state == tasks.IDLE and not runner.active():
-        submit()
+        runner.submit(keys[0], work, label=label, again=True)
         active = runner.status(keys[0])
     if active is not None:
         st.caption(
@@ -233,17 +229,36 @@ def ensure_prepared(
         )
         if start and failed.state == tasks.IDLE:
             st.caption("Another computation is under way, so this one waits to be asked; it would start when that one ends.")
-        if st.button(
-            "Compute now" if failed.state != tasks.FAILED else "Try again",
+        task_button(
+            runner,
+            keys[0],
+            work,
+            label,
+            "Compute now",
             key=f"compute-{key or task_key(level, checkpoint)}",
-            type="primary",
             help="Runs in the background: you can keep using the dashboard, and other tabs share the result.",
-        ):
-            submit()
-            st.rerun()
+        )
     if stop:
         st.stop()
     return False
+
+
+def task_button(
+    runner: tasks.TaskRunner,
+    task: str,
+    work: Callable[[tasks.Report], Any],
+    label: str,
+    text: str,
+    key: str,
+    help: str,
+    kind: str = "primary",
+) -> None:
+    """A button that starts `work` as the runner's task `task` and reruns the page (where progress_panel
+    then shows it); it reads "Try again" once that task has failed (the caller shows the error)."""
+    failed = runner.status(task).state == tasks.FAILED
+    if st.button("Try again" if failed else text, key=key, type=kind, help=help):
+        runner.submit(task, work, label=label, again=True)
+        st.rerun()
 
 
 def progress_panel(runner: tasks.TaskRunner, key: str, ready: Callable[[], bool]) -> None:

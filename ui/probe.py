@@ -38,16 +38,14 @@ def linear_probe_metric(column: Any, run_dir: Path, checkpoint: Path, data: Data
         st.caption("Linear probe accuracy", help=HELP)
         if status.state == tasks.FAILED:
             st.error(status.message)
-        if st.button(
-            "Measure" if status.state != tasks.FAILED else "Try again",
+        inspection.task_button(
+            runner,
+            key,
+            lambda report: probe.run_probe(run_dir, checkpoint, report, data),
+            f"linear probe {Path(checkpoint).name}",
+            "Measure",
             key="probe-measure",
             help="Fits a logistic regression on the saved embeddings in the background (seconds to a few minutes); "
             "the result is saved, so this happens once per checkpoint.",
-        ):
-            runner.submit(
-                key,
-                lambda report: probe.run_probe(run_dir, checkpoint, report, data),
-                label=f"linear probe {Path(checkpoint).name}",
-                again=True,
-            )
-            st.rerun()
+            kind="secondary",
+        )
