@@ -328,7 +328,8 @@ def list_snapshots(run_dir: Path) -> list[Snapshot]:
         row = evals.get(step, {})
         epoch = row.get("epoch")
         knn = row.get("knn")
-        label = f"step {step:,}" + (f" (epoch {epoch:g})" if epoch is not None else "")
+        # Evaluations land on step boundaries, so the epoch is fractional (10.0103): one decimal reads cleanly.
+        label = f"step {step:,}" + (f" (epoch {round(epoch, 1):g})" if epoch is not None else "")
         if knn is not None:
             label += f", kNN {knn:.1f}%"
         snapshots.append(Snapshot(path, step, label))

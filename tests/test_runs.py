@@ -47,3 +47,12 @@ def test_resume_problem_refuses_a_finished_run_without_last_pt(tmp_path):
     assert runs.resume_problem(run_dir) is None
     runs.write_status(run_dir, runs.RUNNING, pid=os.getpid())
     assert "cannot be resumed twice" in runs.resume_problem(run_dir)
+
+
+def test_snapshots_are_labelled_with_their_step_epoch_and_knn(tmp_path):
+    run_dir = runs.create_run(tmp_path, tiny_config(), "r")
+    runs.append_metrics(run_dir, [{"kind": "eval", "step": 488, "epoch": 10.0103, "knn": 47.83}])
+    for step in (0, 488):
+        (run_dir / f"step-{step:08d}.pt").write_bytes(b"")
+    labels = [s.label for s in runs.list_snapshots(run_dir)]
+    assert labels == ["step 0", "step 488 (epoch 10), kNN 47.8%"]

@@ -25,7 +25,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from byol import jobs, runs
+from byol import cifar10, jobs, runs
 from byol.config import PRESETS, TrainConfig
 from byol.errors import UserError
 from ui.words import GLOSSARY, HELP
@@ -121,11 +121,8 @@ def link(page: str, label: str | None = None, query_params: dict[str, str] | Non
 
 
 def default_data_path() -> str:
-    """The local CIFAR-10 copy next to the project (../shared/data/cifar10-jpg.tar.gz) if present, else ''."""
-    for candidate in (ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz", ROOT / "data" / "cifar10-jpg.tar.gz"):
-        if candidate.is_file():
-            return str(candidate.resolve())
-    return ""
+    """The first local CIFAR-10 copy at a documented place (`cifar10.local_copies`), else ''."""
+    return next((str(path.resolve()) for path in cifar10.local_copies() if path.exists()), "")
 
 
 DATA_CHOICES = {
