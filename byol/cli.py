@@ -67,6 +67,11 @@ def build_parser(prog: str = "python -m byol") -> argparse.ArgumentParser:
     )
     embed.add_argument("run_dir", type=Path)
     embed.add_argument("--umap", action="store_true", help="also compute the 2-D UMAP map of the test split and the kNN accuracy")
+    embed.add_argument(
+        "--film",
+        action="store_true",
+        help="also lay out the film of the map forming: one aligned map per snapshot (what the Embeddings page plays)",
+    )
 
     probe = sub.add_parser(
         "probe", help="linear probe: a logistic regression on a checkpoint's frozen features (saved in <run>/embeddings/)"
@@ -283,6 +288,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
     embed.prepare_checkpoint(run_dir, checkpoint, _say_once(), level=embed.FULL if args.umap else embed.EMBEDDINGS)
     for path in embed.artefact_paths(run_dir, checkpoint):
         print(path)
+    if args.film:
+        from . import map_film
+
+        map_film.prepare_film(run_dir, _say_once())
+        print(map_film.film_path(run_dir))
     return 0
 
 

@@ -61,6 +61,19 @@ def test_embed_writes_bank_and_queries_of_the_checkpoint_the_dashboard_shows(tra
     assert names == [f"{newest}-test.npz", f"{newest}-train.npz"]
 
 
+def test_embed_film_lays_out_one_map_per_snapshot_for_the_embeddings_page(trained):
+    from byol import map_film
+
+    _, result = trained
+    run_dir = result.stdout.strip().splitlines()[-1]
+    embedded = run_cli("embed", run_dir, "--film")
+    assert embedded.returncode == 0, embedded.stderr
+    assert embedded.stdout.split()[-1] == str(map_film.film_path(run_dir))
+    film = map_film.load_film(run_dir)  # raises when missing or made from other snapshots
+    assert film.snapshots == [s.path.name for s in runs.list_snapshots(run_dir)]
+    assert film.coordinates.shape == (len(film.snapshots), len(film.indices), 2)
+
+
 @pytest.mark.parametrize(
     "args, words",
     [
