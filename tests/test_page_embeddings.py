@@ -206,7 +206,10 @@ def test_film_is_computed_then_its_slider_and_colours_redraw_the_map(finished_ru
     assert any("Click a dot on the map to see its picture" in info.value for info in at.info)
 
 
-def test_film_plays_to_the_last_snapshot_and_stops(finished_run, app_test, quick_film):
+def test_film_plays_to_the_last_snapshot_and_stops(finished_run, app_test, quick_film, monkeypatch):
+    from ui import film
+
+    monkeypatch.setattr(film, "FRAME_SECONDS", 2.0)
     at = app_test(PAGE).run()
     compute_map(at)
     at.button(key="compute-film").click()
@@ -217,7 +220,11 @@ def test_film_plays_to_the_last_snapshot_and_stops(finished_run, app_test, quick
     at.run()
     assert at.button(key=f"film-play-{finished_run.name}").label == "Pause"
     seen = [at.select_slider(key=f"film-frame-{finished_run.name}").value]
-    for _ in range(4):  # AppTest does not fire the timer: each run stands for one tick
+    assert seen == ["step 0"]  # the first frame shows for a whole tick
+    at.run()  # a rerun sooner than a tick (a click elsewhere on the page) does not advance the film
+    assert at.select_slider(key=f"film-frame-{finished_run.name}").value == "step 0"
+    for _ in range(4):  # AppTest does not fire the timer: a run after a tick's wait stands for one tick
+        time.sleep(film.FRAME_SECONDS)
         at.run()
         seen.append(at.select_slider(key=f"film-frame-{finished_run.name}").value)
     assert seen[-1] == "step 8" and "step 4" in seen

@@ -13,6 +13,7 @@ draws the whole section, computing the film in the server's task runner when it 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -180,14 +181,20 @@ def _player(run: RunSummary, data: Dataset, film: map_film.Film, votes: list, ti
     # The slider's options are its labels (unique: one snapshot per step), so its state reads as text.
     options = [f"step {step:,}" for step in film.steps]
     last = len(options) - 1
-    frame_key, playing_key, picked_key = (f"film-{part}-{run.name}" for part in ("frame", "playing", "picked"))
+    frame_key, playing_key, picked_key, advanced_key = (
+        f"film-{part}-{run.name}" for part in ("frame", "playing", "picked", "advanced")
+    )
     # The trained network's map first; Play then starts from the untrained one.
     if st.session_state.setdefault(frame_key, options[-1]) not in options:  # the film was redrawn since
         st.session_state[frame_key] = options[-1]
 
     @st.fragment(run_every=FRAME_SECONDS if st.session_state.get(playing_key) else None)
     def player() -> None:
-        if st.session_state.get(playing_key):
+        # Every rerun runs this body, not only the timer's (a click elsewhere reruns the whole page), so a
+        # frame is shown for at least most of FRAME_SECONDS before the next one.
+        now = time.monotonic()
+        if st.session_state.get(playing_key) and now - st.session_state.get(advanced_key, 0.0) >= 0.9 * FRAME_SECONDS:
+            st.session_state[advanced_key] = now
             frame = options.index(st.session_state[frame_key])
             if frame >= last:
                 st.session_state[playing_key] = False
@@ -200,6 +207,7 @@ def _player(run: RunSummary, data: Dataset, film: map_film.Film, votes: list, ti
             if not playing and st.session_state[frame_key] == options[-1]:
                 st.session_state[frame_key] = options[0]  # play again from the start
             st.session_state[playing_key] = not playing
+            st.session_state[advanced_key] = time.monotonic()  # the current frame shows for a whole tick first
             st.rerun(scope="app")  # starts or stops the timer
         if last:
             frame = options.index(slider_col.select_slider("Point in training", options=options, key=frame_key))
