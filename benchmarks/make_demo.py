@@ -1,6 +1,6 @@
 """Turn a finished run into a shipped demo run: snapshots only, a size limit, and demo.json.
 
-    python benchmarks/make_demo.py RUN_DIR --out checkpoints/demo-NAME --machine "one NVIDIA H200"
+    python benchmarks/make_demo.py RUN_DIR --out checkpoints/demo-NAME --machine "one NVIDIA H200" --data cifar10
 
 The demo keeps what the dashboard reads (config.json, status.json, metrics.jsonl), the half-precision
 backbone snapshots of about `--snapshots` evaluation points spread over training (always the first,
@@ -73,16 +73,27 @@ def demo_record(run_dir: Path, machine: str, trained_on: str) -> dict:
     }
 
 
-def make_demo(run_dir: Path, out: Path, machine: str, trained_on: str, snapshots: int, max_mb: float) -> list[Path]:
-    """Write the demo folder `out` from `run_dir`; returns the snapshot files it kept."""
+def make_demo(
+    run_dir: Path, out: Path, machine: str, trained_on: str, snapshots: int, max_mb: float, data: str | None = None
+) -> list[Path]:
+    """Write the demo folder `out` from `run_dir`; returns the snapshot files it kept.
+
+    `data` replaces the config's data source: a run trained from a local copy names a path on the
+    training machine, meaningless elsewhere, while a demo naming "cifar10" opens on any local copy at
+    a documented place (`byol.cifar10.local_copies`).
+    """
     record = demo_record(run_dir, machine, trained_on)
     all_snapshots = sorted(run_dir.glob(runs.SNAPSHOT_GLOB))
     kept = fit_size(spread(all_snapshots, snapshots), int(max_mb * 2**20))
     if out.exists():
         raise SystemExit(f"{out} exists already: remove it first (a demo is written whole, never merged).")
     out.mkdir(parents=True)
-    for name in ("config.json", "status.json", "metrics.jsonl"):
+    for name in ("status.json", "metrics.jsonl"):
         shutil.copy2(run_dir / name, out / name)
+    config = runs.read_json(run_dir / "config.json")  # as saved: this computer's local settings stay out
+    if data is not None:
+        config.update(data=data, data_root="")
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     for snapshot in kept:
         shutil.copy2(snapshot, out / snapshot.name)
     (out / "demo.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -97,8 +108,11 @@ def main() -> None:
     parser.add_argument("--trained-on", default="cifar10-jpg.tar.gz (JPEG q75 copy of CIFAR-10)")
     parser.add_argument("--snapshots", type=int, default=5, help="evaluation points to keep, first and last included")
     parser.add_argument("--max-mb", type=float, default=80.0, help="size limit of the kept snapshots")
+    parser.add_argument(
+        "--data", help='the demo config\'s data source, e.g. "cifar10" for a run trained from a local CIFAR-10 copy'
+    )
     args = parser.parse_args()
-    kept = make_demo(args.run_dir, args.out, args.machine, args.trained_on, args.snapshots, args.max_mb)
+    kept = make_demo(args.run_dir, args.out, args.machine, args.trained_on, args.snapshots, args.max_mb, args.data)
     size = sum(f.stat().st_size for f in kept) / 2**20
     print(f"Wrote {args.out}: {len(kept)} snapshots ({', '.join(f.name for f in kept)}), {size:.1f} MB")
     print(json.loads((args.out / "demo.json").read_text())["label"])

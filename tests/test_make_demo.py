@@ -44,3 +44,11 @@ def test_an_unfinished_run_is_refused(finished_run, runs_dir):
     runs.write_status(finished_run, runs.STOPPED, "stopped")
     with pytest.raises(SystemExit, match="not a finished run"):
         make_demo.make_demo(finished_run, runs_dir / "demo-x", "m", "synthetic", 5, 80)
+
+
+def test_the_demo_can_name_cifar10_instead_of_the_training_machines_path(finished_run, runs_dir):
+    out = runs_dir / "demo-named"
+    make_demo.make_demo(finished_run, out, "m", "synthetic", 2, 80, data="cifar10")
+    trained, shipped = runs.read_config(finished_run), runs.read_config(out)
+    assert shipped.data == "cifar10" and shipped.data_root == ""
+    assert shipped.replace(data=trained.data, data_root=trained.data_root) == trained  # nothing else changed
