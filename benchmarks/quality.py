@@ -61,32 +61,24 @@ LIGHTLY = "lightly-1.6.0"
 
 # Each mode: the preset its base recipe starts from and the benchmark's own schedule and evaluation.
 # The base keeps the preset's warm-up as the same share of the (shorter) schedule.
+# width 16 (the cpu preset's network) on a fixed 10k of the training images, 5k bank / 1k queries.
+# 8 epochs (312 steps). Measured at 4 and at 8 epochs (benchmarks/README.md): the recipes end within a
+# few points of the random-init network, so read differences under ~3 points as noise here.
+_CPU_MODE: dict[str, Any] = dict(
+    preset="cpu",
+    epochs=8,
+    subset=10_000,
+    eval_every=1.0,
+    eval_bank_size=5000,
+    eval_query_size=1000,
+    lightly_workers=0,
+    lightly_hidden=1024,
+)
 MODES: dict[str, dict[str, Any]] = {
-    # width 16 (the cpu preset's network) on a fixed 10k of the training images, 5k bank / 1k queries.
-    # 8 epochs (312 steps). Measured at 4 and at 8 epochs (benchmarks/README.md): the recipes end within a
-    # few points of the random-init network, so read differences under ~3 points as noise here.
-    "cpu": dict(
-        preset="cpu",
-        epochs=8,
-        subset=10_000,
-        eval_every=1.0,
-        eval_bank_size=5000,
-        eval_query_size=1000,
-        lightly_workers=0,
-        lightly_hidden=1024,
-    ),
-    # the cpu preset exactly as a user runs it: width 16, all 50k images, its 8 epochs (about 15 minutes
-    # alone on 2 cores), 5k bank / 1k queries. What the preset's choices are measured with.
-    "cpu-full": dict(
-        preset="cpu",
-        epochs=8,
-        subset=0,
-        eval_every=1.0,
-        eval_bank_size=5000,
-        eval_query_size=1000,
-        lightly_workers=0,
-        lightly_hidden=1024,
-    ),
+    "cpu": _CPU_MODE,
+    # the cpu preset exactly as a user runs it: all 50k images, its 8 epochs (about 15 minutes alone on
+    # 2 cores). What the preset's choices are measured with.
+    "cpu-full": {**_CPU_MODE, "subset": 0},
     # the standard network on all 50k images, full bank (50k) and queries (10k)
     "gpu": dict(
         preset="gpu",
