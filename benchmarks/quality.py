@@ -107,6 +107,7 @@ VARIANTS: dict[str, list[str]] = {
         "batch64:batch_size=64",
         "batch128-lr8e-3:batch_size=128,lr=8e-3",
         "batch128-tau0.99:batch_size=128,tau_base=0.99",
+        "crop0.2:crop_min_scale=0.2",  # solo-learn's CIFAR crop is 0.08; 0.2 (SimSiam's) may suit short runs
     ],
     "gpu": [
         "gpu-preset:",  # LARS lr 1.0 per 256, wd 1e-5, warm-up a tenth of the schedule

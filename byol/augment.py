@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +51,12 @@ class ViewSettings:
 
 VIEW1 = ViewSettings(solarize_p=0.0)
 VIEW2 = ViewSettings(solarize_p=0.2)
+
+
+def byol_view_settings(crop_min_scale: float = VIEW1.crop_scale[0]) -> tuple[ViewSettings, ViewSettings]:
+    """BYOL's two views, with the random resized crop's smallest area share set (the config's `crop_min_scale`)."""
+    return (replace(VIEW1, crop_scale=(crop_min_scale, 1.0)), replace(VIEW2, crop_scale=(crop_min_scale, 1.0)))
+
 
 # The uniform draws each image needs, as columns of one random matrix.
 _CROP, _JITTER, _GRAY, _SOLARIZE = slice(0, 5), slice(5, 10), 10, 11
@@ -215,10 +221,15 @@ def augment(
     return _augment_rows(to_float(images), c, size or images.shape[-1], generator)
 
 
-def byol_views_batch(images: torch.Tensor, size: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+def byol_views_batch(
+    images: torch.Tensor,
+    size: int | None = None,
+    generator: torch.Generator | None = None,
+    views: tuple[ViewSettings, ViewSettings] = (VIEW1, VIEW2),
+) -> torch.Tensor:
     """Both views of a uint8 batch of N as one batch of 2N: rows [0, N) are view 1, [N, 2N) view 2."""
     n = images.shape[0]
-    c = _columns((VIEW1, VIEW2), n, torch.device(images.device))
+    c = _columns(tuple(views), n, torch.device(images.device))
     x = to_float(images)
     return _augment_rows(torch.cat([x, x]), c, size or images.shape[-1], generator)
 

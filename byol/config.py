@@ -34,6 +34,8 @@ class TrainConfig:
     projector_dim: int = 256
     predictor_hidden: int = 4096
     head_bn: bool = True  # batch norm in projector and predictor; off = the collapse experiment
+    # --- augmentation -----------------------------------------------------------------------
+    crop_min_scale: float = 0.08  # smallest area share of the random resized crop (BYOL, solo-learn: 0.08)
     # --- optimisation -----------------------------------------------------------------------
     optimizer: str = "lars"  # lars | sgd | adamw | adam
     lr: float = 1.0  # peak learning rate for a batch of 256; scaled linearly with batch size
@@ -157,6 +159,7 @@ _NUMERIC_RANGES: dict[str, tuple[float, float, type]] = {
     "epochs": (1, 10_000, int),
     "batch_size": (2, 65_536, int),
     "tau_base": (0.0, 1.0, float),
+    "crop_min_scale": (0.01, 1.0, float),
     "eval_every": (0.01, 10_000.0, float),
     "eval_bank_size": (0, 10_000_000, int),
     "eval_query_size": (0, 10_000_000, int),
@@ -181,6 +184,7 @@ _FIELD_WORDS: dict[str, str] = {
     "epochs": "Epochs",
     "batch_size": "Batch size",
     "tau_base": "Target EMA rate (tau)",
+    "crop_min_scale": "Smallest crop share",
     "eval_every": "Evaluation interval",
     "eval_bank_size": "kNN bank size",
     "eval_query_size": "kNN query count",

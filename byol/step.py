@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from .augment import byol_views_batch
+from .augment import VIEW1, VIEW2, ViewSettings, byol_views_batch
 from .knn import autocast_context
 from .model import BYOLNetworks, TargetPairs, target_pairs, update_target
 
@@ -25,13 +25,15 @@ def training_step(
     memory_format: torch.memory_format = torch.contiguous_format,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
     pairs: TargetPairs | None = None,
+    views: tuple[ViewSettings, ViewSettings] = (VIEW1, VIEW2),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One BYOL step on a uint8 batch: two views, the loss, an optimiser step, the target's EMA update.
 
-    `pairs` are the target/online tensors listed once by the caller (listed here when not given).
+    `pairs` are the target/online tensors listed once by the caller (listed here when not given);
+    `views` the two views' augmentation settings (`augment.byol_view_settings(config.crop_min_scale)`).
     Returns the loss and the online projections, still on the device (reading them synchronises).
     """
-    both = byol_views_batch(batch, generator=augment_rng).contiguous(memory_format=memory_format)
+    both = byol_views_batch(batch, generator=augment_rng, views=views).contiguous(memory_format=memory_format)
     view1, view2 = both.chunk(2)
     with autocast_context(batch.device, bf16):
         loss, projections = (loss_fn or networks.forward_loss)(view1, view2)

@@ -41,6 +41,7 @@ import torch
 
 from . import runs
 from .allocator import keep_freed_memory
+from .augment import byol_view_settings
 from .checkpoint import (
     CheckpointError,
     full_state,
@@ -274,6 +275,7 @@ def _train(
         torch.backends.cudnn.benchmark = True  # fixed input shapes: autotuned convolutions pay after a few steps
         torch.backends.cuda.matmul.allow_tf32 = True  # the heads' matrix products (convolutions use TF32 already)
     loss_fn = torch.compile(forward_loss) if config.compile else forward_loss
+    views = byol_view_settings(config.crop_min_scale)
     steps_per_epoch = len(train_idx) // config.batch_size  # the last partial batch is dropped
     global_batch = config.batch_size * world.world_size
     total_steps = steps_per_epoch * config.epochs
@@ -375,7 +377,9 @@ def _train(
             tau = target_tau(step - offset, total_steps, config.tau_base, config.tau_schedule)
             set_learning_rate(optimizer, lr)
 
-            loss, projections = training_step(networks, optimizer, batch, tau, augment_rng, bf16, memory_format, loss_fn, pairs)
+            loss, projections = training_step(
+                networks, optimizer, batch, tau, augment_rng, bf16, memory_format, loss_fn, pairs, views=views
+            )
             step += 1
             window_steps += 1
             at_epoch_end = i == steps_per_epoch - 1

@@ -9,7 +9,9 @@ from byol.augment import (
     VIEW2,
     ViewSettings,
     augment,
+    byol_view_settings,
     byol_views,
+    byol_views_batch,
     color_jitter,
     plain_view,
     random_grayscale,
@@ -57,6 +59,20 @@ def test_full_crop_without_flip_is_identity():
     x = torch.rand(4, 3, 32, 32)
     s = ViewSettings(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0)
     torch.testing.assert_close(random_resized_crop_flip(x, 32, s), x, atol=1e-5, rtol=0)
+
+
+def test_the_views_given_are_the_views_applied():
+    images = batch(8)
+    untouched = ViewSettings(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0)
+    both = byol_views_batch(images, views=(untouched, untouched))
+    torch.testing.assert_close(both, plain_view(images).repeat(2, 1, 1, 1), atol=1e-5, rtol=0)
+
+
+def test_crop_min_scale_sets_both_views_smallest_crop_and_nothing_else():
+    view1, view2 = byol_view_settings(0.2)
+    assert view1.crop_scale == view2.crop_scale == (0.2, 1.0)
+    assert byol_view_settings() == (VIEW1, VIEW2)  # the default is BYOL's own 0.08
+    assert view2.solarize_p == VIEW2.solarize_p and view1.jitter_p == VIEW1.jitter_p
 
 
 def test_flip_mirrors_the_image():

@@ -36,6 +36,7 @@ def test_lr_scales_with_batch_size():
         ("lr", "fast", "Learning rate (lr) must be a number from"),
         ("lr", 1e6, "Learning rate (lr) must be from 1e-07 to 100; got 1e+06."),
         ("tau_base", 1.5, "Target EMA rate (tau) (tau_base) must be from 0 to 1; got 1.5."),
+        ("crop_min_scale", 0.0, "Smallest crop share (crop_min_scale) must be from 0.01 to 1; got 0."),
         ("width", 0, "Backbone width (width)"),
         ("knn_k", 0, "kNN k (knn_k)"),
         ("optimizer", "rmsprop", "Optimizer (optimizer) must be one of lars, sgd, adamw, adam"),
