@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import re
+import time
 from pathlib import Path
 
 from .errors import UserError
@@ -76,11 +77,22 @@ def lock_holder(runs_dir: Path, device: str) -> dict | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            try:
-                return json.loads(path.read_text() or "{}") or {"run": "?", "pid": "?"}
-            except ValueError:
-                return {"run": "?", "pid": "?"}
+            return _read_holder(path)
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:
         os.close(fd)
+
+
+def _read_holder(path: Path, wait_seconds: float = 1.0) -> dict:
+    """The holder's {"run", "pid"}, waiting briefly for it: a holder writes its name just after it
+    takes the lock, so a refusal that lands in between would otherwise read an empty file."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            holder = json.loads(path.read_text() or "{}")
+        except (OSError, ValueError):
+            holder = {}
+        if holder or time.monotonic() >= deadline:
+            return holder or {"run": "?", "pid": "?"}
+        time.sleep(0.005)

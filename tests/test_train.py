@@ -1,5 +1,6 @@
 """The training loop: what a run leaves behind, stop, resume, failures, the device lock, a kill."""
 
+import fcntl
 import json
 import os
 import signal
@@ -192,6 +193,24 @@ def test_second_training_on_a_locked_device_is_refused(tmp_path):
     assert sorted(p.name for p in run_dir.iterdir()) == before
     assert runs.read_status(run_dir)["state"] == runs.QUEUED
     assert train(config, run_dir) == runs.FINISHED  # free again once the holder is gone
+
+
+def test_a_refusal_names_a_holder_that_has_locked_but_not_yet_written_its_name(tmp_path):
+    # The holder takes the flock first and writes its name a moment later; a refusal in between
+    # must still name it rather than read the empty file.
+    holder = DeviceLock(tmp_path, "cpu", "early-bird")
+    holder.path.parent.mkdir(parents=True)
+    fd = os.open(holder.path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    writer = threading.Timer(0.1, lambda: os.write(fd, b'{"run": "early-bird", "pid": 1}'))
+    writer.start()
+    try:
+        with pytest.raises(DeviceBusy, match="early-bird"):
+            DeviceLock(tmp_path, "cpu", "late").acquire()
+    finally:
+        writer.join()
+        os.close(fd)
+    assert lock_holder(tmp_path, "cpu") is None
 
 
 KILL_SCRIPT = """
