@@ -17,9 +17,10 @@
 #   bash benchmarks/gpu.sh all       # speed, then quality and demo side by side (~8 min; fits one call)
 #
 # speed:   benchmarks/speed.py --only steps, 100 timed steps, GPU utilisation sampled: this engine in
-#          fp32 and bf16, the compute floors, byol-pytorch (fp32 and bf16 autocast) and lightly's recipe
-#          at batch 256; then ours alone at batch 512 and 1024; then tests/test_cuda.py and the
-#          device-aware training tests; then the gpu preset on the real copy for GPU_MINUTES minutes.
+#          fp32 and bf16, eager, with cuda_fast, and with cuda_fast and the CUDA graph; the compute floors,
+#          byol-pytorch (fp32 and bf16 autocast) and lightly's recipe at batch 256; then ours alone at
+#          batch 512 and 1024; then tests/test_cuda.py and the device-aware training tests; then the gpu
+#          preset on the real copy for GPU_MINUTES minutes with cuda_fast and the graph (eager if that fails).
 # quality: benchmarks/quality.py --mode gpu (see its --list), with lightly's recipe as the reference row.
 # demo:    `python -m byol train` with DEMO_ARGS (default below: the best 10-epoch recipe measured so far,
 #          AdamW, width 32, for DEMO_EPOCHS epochs), made a demo by benchmarks/make_demo.py (snapshots
@@ -83,8 +84,15 @@ run_speed() {
   # 3. The gpu preset on the real copy for a fixed time; the run stops gracefully when it is spent.
   local minutes="${GPU_MINUTES:-1.5}" extra=()
   [[ -n "$DRY" ]] && minutes=0.2 extra=(--set width=4 --set subset=512 --set eval_bank_size=256 --set eval_query_size=100 --set knn_k=20 --set batch_size=64)
-  timeout 300 $PY benchmarks/time_budget_run.py --preset gpu --data "$DATA" --minutes "$minutes" --set eval_every=1 \
-    "${extra[@]}" --runs-dir /tmp/gpu-runs --name "gpu-preset-$$" 2>&1 | say
+  # With the CUDA switches on (fused optimiser, cuDNN autotuning, the step replayed from a CUDA graph);
+  # should that fail on its first GPU, the same run again with the eager step.
+  local fast=(--set cuda_fast=true --set cuda_graph=true)
+  if ! timeout 300 $PY benchmarks/time_budget_run.py --preset gpu --data "$DATA" --minutes "$minutes" --set eval_every=1 \
+    "${fast[@]}" "${extra[@]}" --runs-dir /tmp/gpu-runs --name "gpu-preset-fast-$$" 2>&1 | say; then
+    echo "the CUDA-graph run failed; the gpu preset again with the eager step" | say
+    timeout 300 $PY benchmarks/time_budget_run.py --preset gpu --data "$DATA" --minutes "$minutes" --set eval_every=1 \
+      "${extra[@]}" --runs-dir /tmp/gpu-runs --name "gpu-preset-$$" 2>&1 | say
+  fi
 }
 
 run_quality() {

@@ -59,10 +59,11 @@ sys.path.insert(0, str(ROOT))
 from lightly_byol import LightlyBYOL, PILImages, lightly_loader, lightly_step  # noqa: E402
 
 from byol.allocator import keep_freed_memory  # noqa: E402
-from byol.augment import byol_views_batch, plain_view  # noqa: E402
+from byol.augment import byol_view_settings, byol_views_batch, plain_view  # noqa: E402
 from byol.config import PRESETS  # noqa: E402
 from byol.data import load_dataset  # noqa: E402
-from byol.device import bf16_available, describe_device, resolve_device  # noqa: E402
+from byol.device import bf16_available, describe_device, resolve_device, use_cuda_backend_speedups  # noqa: E402
+from byol.graph_step import GraphedStep  # noqa: E402
 from byol.knn import autocast_context, knn_predict  # noqa: E402
 from byol.model import BYOLNetworks, resnet18_cifar, target_pairs, update_target  # noqa: E402
 from byol.optim import build_optimizer  # noqa: E402
@@ -204,14 +205,32 @@ def our_config(width: int, batch: int, precision: str, channels_last: bool):
     return PRESETS["gpu"].replace(width=width, batch_size=batch, precision=precision, channels_last=channels_last)
 
 
-def ours(images: torch.Tensor, device: torch.device, width: int, batch: int, bf16: bool, channels_last: bool):
-    config = our_config(width, batch, "bf16" if bf16 else "fp32", channels_last)
+def ours(
+    images: torch.Tensor,
+    device: torch.device,
+    width: int,
+    batch: int,
+    bf16: bool,
+    channels_last: bool,
+    cuda_fast: bool = False,
+    cuda_graph: bool = False,
+):
+    """This engine's step as train() runs it; `cuda_fast` and `cuda_graph` are the config's CUDA switches."""
+    config = our_config(width, batch, "bf16" if bf16 else "fp32", channels_last).replace(
+        cuda_fast=cuda_fast, cuda_graph=cuda_graph
+    )
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    if cuda_fast:
+        use_cuda_backend_speedups()  # global switches: the contenders that use them run last (step_contenders)
     networks = BYOLNetworks.from_config(config).to(device, memory_format=memory_format)
     optimizer = build_optimizer(config, networks.trainable_parameters(), device)
     pairs = target_pairs(networks.online_modules(), networks.target_modules())  # listed once, as train() does
     generator = torch.Generator(device=device).manual_seed(0)
     source = batches(images.to(device), batch)
+    if cuda_graph:
+        graphed = GraphedStep(networks, optimizer, generator, bf16, memory_format, pairs, byol_view_settings())
+        # The replay's loss tensor is overwritten by the next replay: hand out a copy, as the step log does.
+        return lambda: graphed(next(source), config.effective_lr, 0.99)[0].clone()
 
     def step() -> torch.Tensor:
         loss, _ = training_step(networks, optimizer, next(source), 0.99, generator, bf16, memory_format, None, pairs)
@@ -363,6 +382,26 @@ def step_contenders(images, device, args) -> list[tuple[str, Callable, str, bool
             )
     if device.type != "cpu":  # the allocator setting is about CPU memory only
         contenders = [c for c in contenders if "malloc" not in c[0]]
+    if device.type == "cuda":
+        # Last: cuda_fast turns on global cuDNN and TF32 switches that would speed the others up too.
+        for precision in ("fp32", "bf16") if best_bf16 else ("fp32",):
+            bf16 = precision == "bf16"
+            contenders.append(
+                (
+                    f"ours {precision}, cuda_fast",
+                    lambda bf16=bf16: ours(images, device, args.width, args.batch, bf16, True, cuda_fast=True),
+                    "fused optimiser, cuDNN autotuning, TF32 heads, channels-last",
+                    True,
+                )
+            )
+            contenders.append(
+                (
+                    f"ours {precision}, cuda_fast + CUDA graph",
+                    lambda bf16=bf16: ours(images, device, args.width, args.batch, bf16, True, cuda_fast=True, cuda_graph=True),
+                    "the whole step replayed from a CUDA graph",
+                    True,
+                )
+            )
     return contenders
 
 
@@ -425,6 +464,9 @@ def bench_steps(images, device, args) -> list[StepResult]:
                 result = run_contender(name, build, note, keep_memory, device, args)
             except ImportError as error:
                 print_skipped(name, str(error))
+                result = None
+            except Exception as error:  # one failing contender (a first run of the graph) must not cost the others
+                print(f"  {name:<34} failed: {type(error).__name__}: {str(error)[:400]}", flush=True)
                 result = None
         if result is not None:
             results.append(result)
@@ -659,7 +701,7 @@ def report(results: dict) -> str:
         ]
         peer = by_name.get("byol-pytorch 0.9.1 fp32")
         ratios = []
-        for ours_name in ("ours fp32", "ours bf16"):
+        for ours_name in ("ours fp32", "ours bf16", "ours fp32, cuda_fast + CUDA graph", "ours bf16, cuda_fast + CUDA graph"):
             if ours_name in by_name:
                 for other in steps:
                     if not other["name"].startswith("ours") and "our malloc" not in other["name"]:

@@ -63,6 +63,10 @@ class TrainConfig:
     # CUDA-only speed-ups: fused optimiser kernels, cuDNN autotuning, TF32 matrix products in the
     # heads, a step log that reads the loss one window late (byol/step_log.py). Off until measured on a GPU (no GPU has run them yet); ignored on a CPU.
     cuda_fast: bool = False
+    # Capture the whole step (augmentation, forward, backward, optimiser, EMA) in a CUDA graph and
+    # replay it: one launch instead of ~1,000 (byol/graph_step.py). CUDA and one process only; never
+    # yet run on a GPU, so off; ignored on a CPU and under torchrun.
+    cuda_graph: bool = False
     # --- bookkeeping ------------------------------------------------------------------------
     preset: str = ""  # name of the preset this config started from, for display only
     notes: str = ""
@@ -233,12 +237,18 @@ def config_errors(config: TrainConfig) -> list[str]:
         ("channels_last", "Channels-last memory layout"),
         ("compile", "Compiling the networks"),
         ("cuda_fast", "CUDA speed-ups"),
+        ("cuda_graph", "CUDA graph of the step"),
     ):
         if not isinstance(getattr(config, name), bool):
             errors.append(f"{words} ({name}) must be true or false; got {getattr(config, name)!r}.")
     device = config.device
     if not isinstance(device, str) or not (device in DEVICES or (device.startswith("cuda:") and device[5:].isdigit())):
         errors.append(f"Device (device) must be auto, cpu, cuda or cuda:N; got {device!r}.")
+    if config.cuda_graph is True and config.compile is True:
+        errors.append(
+            "CUDA graph of the step (cuda_graph) and compiling the networks (compile) cannot both be on: "
+            "choose one of the two ways to cut the GPU's launch overhead."
+        )
     if not errors and config.warmup_epochs > config.epochs:
         errors.append(
             f"Warm-up epochs (warmup_epochs) must be at most the number of epochs ({config.epochs}); "

@@ -64,6 +64,13 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return bf16_available(device)
 
 
+def use_cuda_backend_speedups() -> None:
+    """`cuda_fast`'s global switches: cuDNN autotuning (fixed input shapes, so the search pays after a
+    few steps) and TF32 for the heads' matrix products (convolutions use TF32 already)."""
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+
+
 def device_key(device: torch.device) -> str:
     """A name for the device lock: "cpu" or "cuda-0"."""
     return "cpu" if device.type == "cpu" else f"{device.type}-{device.index or 0}"

@@ -20,10 +20,14 @@ from .device import bf16_available
 from .files import read_json, write_json_atomic
 
 
-def autocast_context(device: torch.device, use_bf16: bool):
-    """bf16 autocast on the given device when asked for, else a no-op context."""
+def autocast_context(device: torch.device, use_bf16: bool, cache: bool = True):
+    """bf16 autocast on the given device when asked for, else a no-op context.
+
+    `cache=False` recasts the weights at each use instead of keeping the casts for the region, which
+    a CUDA graph capture requires.
+    """
     if use_bf16:
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache)
     return contextlib.nullcontext()
 
 

@@ -146,13 +146,18 @@ def target_pairs(online: list[nn.Module], target: list[nn.Module]) -> TargetPair
 
 
 @torch.no_grad()
-def update_target(pairs: TargetPairs, tau: float) -> None:
+def update_target(pairs: TargetPairs, tau: float | torch.Tensor) -> None:
     """target <- tau·target + (1 - tau)·online, for parameters and batch-norm running statistics.
 
     One fused `_foreach_lerp_` call for all floating tensors and one `_foreach_copy_` for the integer
-    batch counters, instead of a Python loop over ~130 tensors.
+    batch counters, instead of a Python loop over ~130 tensors. `tau` may be a 0-d device tensor (the
+    CUDA graph's, see graph_step.py): foreach lerp would read it on the host, so it is a multiply and
+    an add there.
     """
-    if pairs.target_float:
+    if pairs.target_float and isinstance(tau, torch.Tensor):
+        torch._foreach_mul_(pairs.target_float, tau)
+        torch._foreach_add_(pairs.target_float, torch._foreach_mul(pairs.online_float, 1.0 - tau))
+    elif pairs.target_float:
         torch._foreach_lerp_(pairs.target_float, pairs.online_float, 1.0 - tau)
     if pairs.target_int:
         torch._foreach_copy_(pairs.target_int, pairs.online_int)

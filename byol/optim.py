@@ -47,7 +47,11 @@ class LARS(torch.optim.Optimizer):
                     else:
                         s["momentum_buffer"] = u.clone()
                 buffers = [s["momentum_buffer"] for s in states]
-            torch._foreach_add_(params, buffers, alpha=-group["lr"])
+            lr = group["lr"]
+            if isinstance(lr, torch.Tensor):  # a device tensor (the CUDA graph's): read on the device, never on the host
+                torch._foreach_sub_(params, torch._foreach_mul(buffers, lr))
+            else:
+                torch._foreach_add_(params, buffers, alpha=-lr)
 
 
 def _trust_ratios(params: list[torch.Tensor], grads: list[torch.Tensor], wd: float, eta: float, eps: float) -> list[torch.Tensor]:
@@ -67,25 +71,31 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """The config's optimiser over `parameters`; 1-D tensors (biases, norms) skip decay and LARS scaling.
 
-    With `config.cuda_fast` on a CUDA device, torch's fused kernels step SGD, Adam and AdamW.
+    With `config.cuda_fast` or `config.cuda_graph` on a CUDA device, torch's fused kernels step SGD, Adam
+    and AdamW: they keep their step counts on the device and take the learning rate as a device
+    tensor, which a captured step needs. LARS does both in its plain form.
     """
     decayed = [p for p in parameters if p.ndim > 1]
     plain = [p for p in parameters if p.ndim <= 1]
     lr, wd = config.effective_lr, config.weight_decay
     groups = [{"params": decayed, "weight_decay": wd}, {"params": plain, "weight_decay": 0.0}]
-    fused = {"fused": True} if config.cuda_fast and device is not None and device.type == "cuda" else {}
+    on_cuda = device is not None and device.type == "cuda"
+    fused = {"fused": True} if on_cuda and (config.cuda_fast or config.cuda_graph) else {}
+    # Adam and AdamW refuse to be captured unless built `capturable` (SGD has no such flag).
+    adam_extra = {**fused, "capturable": True} if on_cuda and config.cuda_graph else fused
     if config.optimizer == "lars":
         groups[1]["lars"] = False
         return LARS(groups, lr=lr, momentum=config.momentum, weight_decay=wd)
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, **fused)
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, **fused)
+        return torch.optim.AdamW(groups, lr=lr, **adam_extra)
     if config.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=lr, **fused)
+        return torch.optim.Adam(groups, lr=lr, **adam_extra)
     raise ValueError(f"unknown optimizer {config.optimizer!r}")
 
 
-def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float | torch.Tensor) -> None:
+    """Every group's learning rate: a number, or a 0-d device tensor the captured step reads (graph_step.py)."""
     for group in optimizer.param_groups:
         group["lr"] = lr

@@ -10,7 +10,8 @@ What happens, in order:
 3. build the networks and optimiser, or restore them from last.pt and drop metric rows logged
    after it (so curves never hold duplicates);
 4. at step 0, measure kNN of the random-init network and of raw pixels: the two baselines;
-5. for each step: two augmented views, the BYOL loss, an optimiser step, the EMA target update;
+5. for each step: two augmented views, the BYOL loss, an optimiser step, the EMA target update
+   (with `cuda_graph` on one GPU, all of it replayed from a CUDA graph: graph_step.py);
    log every few steps, evaluate and snapshot every `eval_every` epochs, save last.pt at least
    every `checkpoint_minutes`;
 6. end as finished, stopped (stop flag), or failed (NaN loss or any exception, message kept);
@@ -54,10 +55,11 @@ from .checkpoint import (
 from .config import ConfigError, TrainConfig, check_against_data, validate
 from .data import default_cache_dir, load_dataset
 from .dataset import DataError, Dataset
-from .device import device_key, resolve_device, use_bf16
+from .device import device_key, resolve_device, use_bf16, use_cuda_backend_speedups
 from .distributed import ALONE, World
 from .errors import plain_message
 from .files import remove_stale_temporaries, write_atomic
+from .graph_step import GraphedStep
 from .knn import effective_rank, eval_indices, extract_features, knn_accuracy, pixel_knn_accuracy
 from .lock import DeviceLock
 from .model import BYOLNetworks, projection_spread, target_pairs
@@ -272,10 +274,19 @@ def _train(
     # Listed once the networks are final (device, memory format, synced batch norm): see TargetPairs.
     pairs = target_pairs(networks.online_modules(), networks.target_modules())
     if device.type == "cuda" and config.cuda_fast:
-        torch.backends.cudnn.benchmark = True  # fixed input shapes: autotuned convolutions pay after a few steps
-        torch.backends.cuda.matmul.allow_tf32 = True  # the heads' matrix products (convolutions use TF32 already)
+        use_cuda_backend_speedups()
     loss_fn = torch.compile(forward_loss) if config.compile else forward_loss
     views = byol_view_settings(config.crop_min_scale)
+    # The captured step takes the networks whole, so it is for one process (DDP wraps the forward).
+    graphed = device.type == "cuda" and config.cuda_graph and world.world_size == 1
+    if graphed:
+        run_step = GraphedStep(networks, optimizer, augment_rng, bf16, memory_format, pairs, views)
+    else:
+
+        def run_step(batch: torch.Tensor, lr: float, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+            set_learning_rate(optimizer, lr)
+            return training_step(networks, optimizer, batch, tau, augment_rng, bf16, memory_format, loss_fn, pairs, views=views)
+
     steps_per_epoch = len(train_idx) // config.batch_size  # the last partial batch is dropped
     global_batch = config.batch_size * world.world_size
     total_steps = steps_per_epoch * config.epochs
@@ -320,8 +331,8 @@ def _train(
         status.progress.update(step=row["step"], epoch=row["epoch"], images_per_s=row["images_per_s"], eta_seconds=round(eta))
         emit({**row, "total_steps": total_steps + offset})
 
-    # Deferred on CUDA with cuda_fast only: never yet measured on a GPU (see byol/step_log.py).
-    step_log = StepLog(write_step_row, defer=device.type == "cuda" and config.cuda_fast)
+    # Deferred on CUDA with cuda_fast or the graph only: never yet measured on a GPU (see byol/step_log.py).
+    step_log = StepLog(write_step_row, defer=device.type == "cuda" and (config.cuda_fast or graphed))
 
     def save_last(step_in_epoch: int) -> None:
         step_log.flush()  # the checkpoint's metric rows are all written before it
@@ -375,11 +386,7 @@ def _train(
             batch = train_images[order[i * config.batch_size : (i + 1) * config.batch_size]]
             lr = learning_rate(step - offset, total_steps, config.peak_lr(world.world_size), warmup_steps)
             tau = target_tau(step - offset, total_steps, config.tau_base, config.tau_schedule)
-            set_learning_rate(optimizer, lr)
-
-            loss, projections = training_step(
-                networks, optimizer, batch, tau, augment_rng, bf16, memory_format, loss_fn, pairs, views=views
-            )
+            loss, projections = run_step(batch, lr, tau)
             step += 1
             window_steps += 1
             at_epoch_end = i == steps_per_epoch - 1

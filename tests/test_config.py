@@ -44,6 +44,7 @@ def test_lr_scales_with_batch_size():
         ("device", "tpu", "Device (device) must be auto, cpu, cuda or cuda:N"),
         ("data", "", "Data source (data)"),
         ("head_bn", "yes", "Batch norm in the heads (head_bn) must be true or false"),
+        ("cuda_graph", 1, "CUDA graph of the step (cuda_graph) must be true or false"),
     ],
 )
 def test_bad_values_give_a_plain_sentence(field, value, words):
@@ -55,6 +56,15 @@ def test_bad_values_give_a_plain_sentence(field, value, words):
 
 def test_every_problem_is_listed_at_once():
     assert len(config_errors(preset("cpu", epochs=0, lr=-1, batch_size=1))) == 3
+
+
+def test_the_cuda_graph_and_compiling_are_not_both_asked_for():
+    assert config_errors(preset("gpu", cuda_graph=True)) == []
+    errors = config_errors(preset("gpu", cuda_graph=True, compile=True))
+    assert errors == [
+        "CUDA graph of the step (cuda_graph) and compiling the networks (compile) cannot both be on: "
+        "choose one of the two ways to cut the GPU's launch overhead."
+    ]
 
 
 def test_checks_that_need_the_data_size():

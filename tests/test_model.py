@@ -64,7 +64,9 @@ def test_target_gets_no_gradient():
     assert all(p.grad is not None for p in nets.predictor.parameters())
 
 
-def test_ema_matches_formula_for_parameters_and_buffers():
+@pytest.mark.parametrize("tau", [0.9, torch.tensor(0.9)], ids=["number", "device-tensor"])
+def test_ema_matches_formula_for_parameters_and_buffers(tau):
+    # tau comes as a number, or as the 0-d tensor a CUDA graph's step reads (graph_step.py).
     nets = small_networks()
     with torch.no_grad():
         for p in nets.backbone.parameters():
@@ -78,7 +80,7 @@ def test_ema_matches_formula_for_parameters_and_buffers():
         k: v.clone()
         for k, v in {**dict(nets.target_backbone.named_parameters()), **dict(nets.target_backbone.named_buffers())}.items()
     }
-    update_target(target_pairs(nets.online_modules(), nets.target_modules()), tau=0.9)
+    update_target(target_pairs(nets.online_modules(), nets.target_modules()), tau=tau)
     after = {**dict(nets.target_backbone.named_parameters()), **dict(nets.target_backbone.named_buffers())}
     for name, value in after.items():
         if value.dtype.is_floating_point:

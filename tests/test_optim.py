@@ -52,6 +52,25 @@ def test_vectorised_lars_matches_the_per_tensor_formula_over_several_steps(lars)
         torch.testing.assert_close(optimizer.state[p]["momentum_buffer"], buffer, rtol=1e-5, atol=1e-6)
 
 
+def test_lars_reads_a_learning_rate_tensor_as_it_reads_a_number():
+    # The CUDA graph's step gives the learning rate as a 0-d device tensor, filled before each replay.
+    by_number, by_tensor = random_params(3), random_params(3)
+    lr = torch.tensor(0.0)
+    number_optimizer = LARS([{"params": by_number, "lars": True}], lr=0.3, weight_decay=1e-3)
+    tensor_optimizer = LARS([{"params": by_tensor, "lars": True}], lr=lr, weight_decay=1e-3)
+    g = torch.Generator().manual_seed(4)
+    for step_lr in (0.3, 0.1, 0.05):
+        grads = [torch.randn(p.shape, generator=g) for p in by_number]
+        for p, q, grad in zip(by_number, by_tensor, grads):
+            p.grad, q.grad = grad.clone(), grad.clone()
+        number_optimizer.param_groups[0]["lr"] = step_lr
+        lr.fill_(step_lr)
+        number_optimizer.step()
+        tensor_optimizer.step()
+    for p, q in zip(by_number, by_tensor):
+        torch.testing.assert_close(p, q)
+
+
 def test_lars_skips_tensors_without_gradients():
     params = random_params(2)
     before = [p.detach().clone() for p in params]
@@ -85,11 +104,13 @@ def test_lars_state_round_trips_and_continues_identically():
         torch.testing.assert_close(a, b)
 
 
-def test_fused_kernels_are_asked_for_only_on_cuda_with_the_switch():
-    config = preset("cpu", optimizer="adamw", cuda_fast=True)
+@pytest.mark.parametrize("switch", ["cuda_fast", "cuda_graph"])
+def test_fused_kernels_are_asked_for_only_on_cuda_with_the_switch(switch):
+    config = preset("cpu", optimizer="adamw", **{switch: True})
     params = [torch.nn.Parameter(torch.zeros(2, 2))]
     assert not build_optimizer(config, params, torch.device("cpu")).defaults.get("fused")
     if torch.cuda.is_available():
         cuda_params = [torch.nn.Parameter(torch.zeros(2, 2, device="cuda"))]
         assert build_optimizer(config, cuda_params, torch.device("cuda")).defaults["fused"]
-        assert not build_optimizer(config.replace(cuda_fast=False), cuda_params, torch.device("cuda")).defaults.get("fused")
+        assert not build_optimizer(config.replace(**{switch: False}), cuda_params, torch.device("cuda")).defaults.get("fused")
+        assert build_optimizer(config, cuda_params, torch.device("cuda")).defaults["capturable"] == (switch == "cuda_graph")
