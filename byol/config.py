@@ -65,7 +65,8 @@ class TrainConfig:
     cuda_fast: bool = False
     # Capture the whole step (augmentation, forward, backward, optimiser, EMA) in a CUDA graph and
     # replay it: one launch instead of ~1,000 (byol/graph_step.py). CUDA and one process only; never
-    # yet run on a GPU, so off; ignored on a CPU and under torchrun.
+    # yet run on a GPU, so off. Ignored on a CPU; under torchrun the step runs eagerly, its optimiser
+    # still built fused (and, for Adam/AdamW, capturable) by build_optimizer.
     cuda_graph: bool = False
     # --- bookkeeping ------------------------------------------------------------------------
     preset: str = ""  # name of the preset this config started from, for display only

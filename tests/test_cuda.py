@@ -14,7 +14,7 @@ from byol.augment import byol_view_settings
 from byol.config import preset
 from byol.graph_step import GraphedStep
 from byol.model import BYOLNetworks, target_pairs
-from byol.optim import build_optimizer, set_learning_rate
+from byol.optim import build_optimizer
 from byol.step import training_step
 from byol.train import train
 from helpers import tiny_config
@@ -46,10 +46,9 @@ def gpu_step_parts(optimizer_name: str, cuda_fast: bool, bf16: bool = True, grap
     )
     if graphed:
         graph_step = GraphedStep(networks, optimizer, generator, bf16, torch.channels_last, pairs, byol_view_settings())
-        return lambda: graph_step(images, 0.01, 0.99)[0]
+        return lambda: graph_step(images, config.effective_lr, 0.99)[0]  # the eager step's rate, as built
 
     def step():
-        set_learning_rate(optimizer, 0.01)
         return training_step(networks, optimizer, images, 0.99, generator, bf16, torch.channels_last, None, pairs)[0]
 
     return step
