@@ -41,20 +41,37 @@ def fit_size(files: list[Path], max_bytes: int) -> list[Path]:
     return files
 
 
+PAUSE_SECONDS = 300.0
+
+
+def training_minutes(rows: list[dict], pause_seconds: float = PAUSE_SECONDS) -> float:
+    """Minutes spent training, over every sitting of the run: the gaps between consecutive metric
+    rows, leaving out each gap longer than `pause_seconds`.
+
+    A run resumed across sittings restarts status.json's clock at each resume, and a run paused for
+    other work leaves a long silence in its metrics; neither is training time. A row is written every
+    `log_every` steps and after each evaluation, seconds to a minute or two apart, so a gap of five
+    minutes is a pause.
+    """
+    times = sorted(float(row["time"]) for row in rows if "time" in row)
+    return sum(later - earlier for earlier, later in zip(times, times[1:]) if later - earlier <= pause_seconds) / 60
+
+
 def demo_record(run_dir: Path, machine: str, trained_on: str) -> dict:
     """demo.json's fields, every figure read from the run's status and metrics."""
     config = runs.read_config(run_dir)
     status = runs.read_status(run_dir)
-    evals = [row for row in runs.read_metric_rows(run_dir) if row.get("kind") == "eval"]
+    rows = runs.read_metric_rows(run_dir)
+    evals = [row for row in rows if row.get("kind") == "eval"]
     if status.get("state") != runs.FINISHED or not evals:
         raise SystemExit(f"{run_dir} is not a finished run with kNN evaluations (state: {status.get('state')}).")
     first, last = evals[0], evals[-1]
-    minutes = (float(status["finished"]) - float(status["started"])) / 60
+    minutes = training_minutes(rows)
     knn, random_init, pixels = last["knn"], first["knn"], last.get("pixel_knn")
     label = (
         f"Trained by the BYOL Studio team on the real CIFAR-10 ({trained_on}): a width-{config.width} ResNet-18 "
         f"({config.preset or 'custom'} recipe: {config.optimizer}, lr {config.lr:g}, τ from {config.tau_base:g}) for "
-        f"{config.epochs} epochs, {minutes:.0f} minutes on {machine}. kNN accuracy {knn:.1f}% "
+        f"{config.epochs} epochs, {minutes:.0f} minutes of training on {machine}. kNN accuracy {knn:.1f}% "
         f"(k={last.get('k', config.knn_k)}, {last.get('bank_size', '?'):,} training images as the bank, "
         f"{last.get('query_size', '?'):,} test images as queries) against {random_init:.1f}% for the untrained network"
         + (f" and {pixels:.1f}% for raw pixels." if pixels is not None else ".")

@@ -40,6 +40,13 @@ def test_snapshots_are_spread_and_cut_to_the_size_limit(tmp_path):
     assert kept[0] == files[0] and kept[-1] == files[-1] and len(kept) == 3
 
 
+def test_training_minutes_add_up_every_sitting_and_leave_out_pauses():
+    sitting = [{"kind": "step", "time": t} for t in (0.0, 10.0, 20.0, 30.0)]  # 30 s of training
+    resumed = [{"kind": "step", "time": t} for t in (4000.0, 4010.0, 4070.0)]  # an hour later: 70 s more
+    assert make_demo.training_minutes(sitting + resumed) == pytest.approx(100 / 60)
+    assert make_demo.training_minutes([{"kind": "step"}]) == 0.0
+
+
 def test_an_unfinished_run_is_refused(finished_run, runs_dir):
     runs.write_status(finished_run, runs.STOPPED, "stopped")
     with pytest.raises(SystemExit, match="not a finished run"):
