@@ -15,6 +15,12 @@ from byol.config import TrainConfig, preset
 REPO = Path(__file__).resolve().parent.parent
 
 
+def shipped_demo() -> Path:
+    """The demo run that ships with the repository: the one folder of checkpoints/ with a demo.json."""
+    (demo,) = [path.parent for path in (REPO / "checkpoints").glob("*/demo.json")]
+    return demo
+
+
 # The network and evaluation sizes that make a run train in seconds: a width-4 ResNet, small heads,
 # 256 training images, kNN on a 256-image bank and 100 queries, no warm-up.
 TINY_SETTINGS = dict(

@@ -6,7 +6,7 @@
 
 Needs the real CIFAR-10 copy at a place `byol.cifar10.local_copies()` knows (the demo's images) and
 the browser of tests/browser.py; without either it skips, so CI, which has no copy, skips it. The run
-is a copy of `checkpoints/demo-cifar10-cpu-25ep` (with whatever it has computed in `embeddings/`) in a
+is a copy of the shipped demo, `checkpoints/demo-*` (with whatever it has computed in `embeddings/`) in a
 temporary runs folder, so nothing tracked changes. Computing the demo's embeddings and its film
 takes several minutes on 2 cores the first time; a copy that already has them takes about a minute.
 
@@ -25,8 +25,9 @@ import pytest
 
 from browser import ROOT, StreamlitServer, browser_page, require_browser, wait_idle
 from byol import cifar10
+from helpers import shipped_demo
 
-DEMO = ROOT / "checkpoints" / "demo-cifar10-cpu-25ep"
+DEMO = shipped_demo()
 LAPTOP = {"width": 1280, "height": 800}
 # Test image #1016, the red car: the query the quality issue follows (its neighbours change as the demo improves).
 QUERY_CLASS, QUERY = "automobile", 1016

@@ -3,10 +3,9 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 from byol import runs
-from helpers import tiny_config
+from helpers import shipped_demo, tiny_config
 
 
 def dead_pid() -> int:
@@ -31,8 +30,9 @@ def test_create_run_removes_folders_a_killed_creator_left(tmp_path):
 
 def test_a_demo_runs_local_settings_are_ignored_by_git():
     """Using the app on the shipped demo run writes only files git ignores (its config.json is tracked)."""
-    demo = Path(__file__).resolve().parent.parent / "checkpoints" / "demo-cifar10-cpu-25ep"
-    for name in (runs.LOCAL_SETTINGS, "embeddings/step-00004875-train.npz"):
+    demo = shipped_demo()
+    last_snapshot = sorted(demo.glob(runs.SNAPSHOT_GLOB))[-1]
+    for name in (runs.LOCAL_SETTINGS, f"embeddings/{last_snapshot.stem}-train.npz"):
         result = subprocess.run(["git", "check-ignore", "-q", str(demo / name)], cwd=demo.parent.parent)
         assert result.returncode == 0, f"{name} is not ignored by git"
 
