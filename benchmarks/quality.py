@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -49,7 +48,7 @@ from byol import runs  # noqa: E402
 from byol.cli import CommandError, apply_overrides  # noqa: E402
 from byol.config import PRESETS, ConfigError, TrainConfig, validate  # noqa: E402
 from byol.data import load_dataset  # noqa: E402
-from byol.device import describe_device, resolve_device, use_bf16  # noqa: E402
+from byol.device import describe_machine, resolve_device, use_bf16  # noqa: E402
 from byol.knn import autocast_context, eval_indices, extract_features, knn_accuracy  # noqa: E402
 from byol.model import resnet18_cifar  # noqa: E402
 from byol.train import SUBSET_SEED, train  # noqa: E402
@@ -444,19 +443,6 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def machine_line(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (
-        f"{describe_device(device)}; CPU: {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads per run; "
-        f"torch {torch.__version__}"
-    )
-
-
 def lightly_available() -> bool:
     try:
         import lightly  # noqa: F401
@@ -570,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{configs[0][2].eval_bank_size or 'all'} bank / {configs[0][2].eval_query_size or 'all'} queries, "
         f"seed {args.seed}{', DRY RUN (tiny sizes, measures nothing)' if args.dry_run else ''}"
     )
-    print(machine_line(device), flush=True)
+    print(describe_machine(device), flush=True)
     print(f"{len(specs)} runs ({setting}) into {scratch}, {max(args.parallel, 1)} at a time", flush=True)
     load_dataset(data)  # decode once into the cache before anything is timed (the variants read the cache)
     started = time.perf_counter()
@@ -585,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
             "date": time.strftime("%Y-%m-%d %H:%M"),
             "mode": args.mode,
             "dry_run": args.dry_run,
-            "machine": machine_line(device),
+            "machine": describe_machine(device),
             "data": data,
             "setting": setting,
             "command": " ".join(["python benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])]),

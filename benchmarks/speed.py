@@ -39,7 +39,6 @@ import contextlib
 import gc
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -62,7 +61,7 @@ from byol.allocator import keep_freed_memory  # noqa: E402
 from byol.augment import byol_view_settings, byol_views_batch, plain_view  # noqa: E402
 from byol.config import PRESETS  # noqa: E402
 from byol.data import load_dataset  # noqa: E402
-from byol.device import bf16_available, describe_device, resolve_device, use_cuda_backend_speedups  # noqa: E402
+from byol.device import bf16_available, describe_machine, resolve_device, use_cuda_backend_speedups  # noqa: E402
 from byol.graph_step import GraphedStep  # noqa: E402
 from byol.knn import autocast_context, knn_predict  # noqa: E402
 from byol.model import BYOLNetworks, resnet18_cifar, target_pairs, update_target  # noqa: E402
@@ -659,16 +658,6 @@ def bench_umap(features: torch.Tensor, args) -> dict:
 
 
 # --- report --------------------------------------------------------------------------------
-def machine_line(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{describe_device(device)}; CPU model: {cpu}; torch {torch.__version__}; {torch.get_num_threads()} threads"
-
-
 def report(results: dict) -> str:
     lines = [
         f"# Speed benchmark ({results['date']})",
@@ -799,7 +788,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_one_contender(args.contender, data.train_images, device, args)
     results: dict = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": machine_line(device),
+        "machine": describe_machine(device),
         "data": source,
         "command": " ".join(["python benchmarks/speed.py", *(argv if argv is not None else sys.argv[1:])]),
         "width": args.width,

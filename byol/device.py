@@ -9,6 +9,7 @@ a ResNet-18 forward+backward in bf16 with channels-last ran about twice as fast 
 from __future__ import annotations
 
 import os
+import platform
 
 import torch
 
@@ -84,6 +85,23 @@ def describe_device(device: torch.device | None = None) -> str:
     cores = os.cpu_count() or 1
     extra = ", bf16 capable" if cpu_has_bf16() else ""
     return f"CPU ({cores} cores{extra})"
+
+
+def cpu_model() -> str:
+    """The CPU's model name: /proc/cpuinfo's on Linux, else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            return next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def describe_machine(device: torch.device) -> str:
+    """One line for a benchmark's report: the device, the CPU model, cores and torch's threads, torch's version."""
+    return (
+        f"{describe_device(device)}; CPU: {cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads; "
+        f"torch {torch.__version__}"
+    )
 
 
 def gpu_recipe_on_cpu(config: TrainConfig, machine_is_cpu: bool) -> bool:
