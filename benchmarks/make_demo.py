@@ -3,8 +3,8 @@
     python benchmarks/make_demo.py RUN_DIR --out checkpoints/demo-NAME --machine "one NVIDIA H200" --data cifar10
 
 The demo keeps what the dashboard reads (config.json, status.json, metrics.jsonl), the half-precision
-backbone snapshots of about `--snapshots` evaluation points spread over training (always the first,
-the untrained network, and the last), and no optimiser state, so it cannot be resumed and costs
+backbone snapshots of about `--snapshots` evaluation points spread over training, or of the steps
+`--steps` names (always the first, the untrained network, and the last), and no optimiser state, so it cannot be resumed and costs
 little in the repository. When the chosen snapshots would pass `--max-mb`, snapshots in the middle
 are dropped until they fit. demo.json records the machine, the minutes, and the kNN of the last
 evaluation beside the random-init and raw-pixel figures of the same run, all read from the run.
@@ -90,8 +90,30 @@ def demo_record(run_dir: Path, machine: str, trained_on: str) -> dict:
     }
 
 
+def pick_snapshots(run_dir: Path, count: int, steps: list[int] | None = None) -> list[Path]:
+    """The snapshots to keep: those at `steps` when given (the first and last always), else `count`
+    spread evenly. A run's map changes most early on, so a hand-picked list can show more of it."""
+    found = {snapshot.step: snapshot.path for snapshot in runs.list_snapshots(run_dir)}
+    if not found:
+        raise SystemExit(f"{run_dir} has no snapshots ({runs.SNAPSHOT_GLOB}).")
+    ordered = [found[step] for step in sorted(found)]
+    if steps is None:
+        return spread(ordered, count)
+    missing = sorted(set(steps) - set(found))
+    if missing:
+        raise SystemExit(f"{run_dir} has no snapshot at step(s) {missing}; it has {sorted(found)}.")
+    return sorted({ordered[0], ordered[-1], *(found[step] for step in steps)})
+
+
 def make_demo(
-    run_dir: Path, out: Path, machine: str, trained_on: str, snapshots: int, max_mb: float, data: str | None = None
+    run_dir: Path,
+    out: Path,
+    machine: str,
+    trained_on: str,
+    snapshots: int,
+    max_mb: float,
+    data: str | None = None,
+    steps: list[int] | None = None,
 ) -> list[Path]:
     """Write the demo folder `out` from `run_dir`; returns the snapshot files it kept.
 
@@ -100,8 +122,7 @@ def make_demo(
     a documented place (`byol.cifar10.local_copies`).
     """
     record = demo_record(run_dir, machine, trained_on)
-    all_snapshots = sorted(run_dir.glob(runs.SNAPSHOT_GLOB))
-    kept = fit_size(spread(all_snapshots, snapshots), int(max_mb * 2**20))
+    kept = fit_size(pick_snapshots(run_dir, snapshots, steps), int(max_mb * 2**20))
     if out.exists():
         raise SystemExit(f"{out} exists already: remove it first (a demo is written whole, never merged).")
     out.mkdir(parents=True)
@@ -124,12 +145,13 @@ def main() -> None:
     parser.add_argument("--machine", required=True, help="where it was trained, in words (with the card for a GPU)")
     parser.add_argument("--trained-on", default="cifar10-jpg.tar.gz (JPEG q75 copy of CIFAR-10)")
     parser.add_argument("--snapshots", type=int, default=5, help="evaluation points to keep, first and last included")
+    parser.add_argument("--steps", type=int, nargs="+", help="keep the snapshots of these steps (and the first and last) instead")
     parser.add_argument("--max-mb", type=float, default=80.0, help="size limit of the kept snapshots")
     parser.add_argument(
         "--data", help='the demo config\'s data source, e.g. "cifar10" for a run trained from a local CIFAR-10 copy'
     )
     args = parser.parse_args()
-    kept = make_demo(args.run_dir, args.out, args.machine, args.trained_on, args.snapshots, args.max_mb, args.data)
+    kept = make_demo(args.run_dir, args.out, args.machine, args.trained_on, args.snapshots, args.max_mb, args.data, args.steps)
     size = sum(f.stat().st_size for f in kept) / 2**20
     print(f"Wrote {args.out}: {len(kept)} snapshots ({', '.join(f.name for f in kept)}), {size:.1f} MB")
     print(json.loads((args.out / "demo.json").read_text())["label"])

@@ -40,6 +40,15 @@ def test_snapshots_are_spread_and_cut_to_the_size_limit(tmp_path):
     assert kept[0] == files[0] and kept[-1] == files[-1] and len(kept) == 3
 
 
+def test_named_steps_pick_the_snapshots_and_the_ends_stay(finished_run):
+    steps = [snapshot.step for snapshot in runs.list_snapshots(finished_run)]
+    assert len(steps) >= 3, steps
+    kept = make_demo.pick_snapshots(finished_run, count=2, steps=[steps[1]])
+    assert [int(path.stem.split("-")[1]) for path in kept] == [steps[0], steps[1], steps[-1]]
+    with pytest.raises(SystemExit, match="no snapshot at step"):
+        make_demo.pick_snapshots(finished_run, count=2, steps=[steps[-1] + 1])
+
+
 def test_training_minutes_add_up_every_sitting_and_leave_out_pauses():
     sitting = [{"kind": "step", "time": t} for t in (0.0, 10.0, 20.0, 30.0)]  # 30 s of training
     resumed = [{"kind": "step", "time": t} for t in (4000.0, 4010.0, 4070.0)]  # an hour later: 70 s more
