@@ -1,6 +1,6 @@
 """precision@10 of a run's checkpoint against raw pixels: the issue's acceptance measure, and the red car.
 
-    python benchmarks/neighbours.py checkpoints/demo-cifar10-cpu-25ep --data ../shared/data/cifar10-jpg.tar.gz
+    python benchmarks/neighbours.py checkpoints/demo-<name> --data ../shared/data/cifar10-jpg.tar.gz
     python benchmarks/neighbours.py <run folder> --step 4875 --queries 500 --example 1016
 
 Over `--queries` fixed test images (the same ones every time: `eval_indices` with a fixed seed),
@@ -64,7 +64,7 @@ def pick_checkpoint(run_dir: Path, step: int | None) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("run", help="a run folder (e.g. checkpoints/demo-cifar10-cpu-25ep)")
+    parser.add_argument("run", help="a run folder (e.g. the shipped demo, checkpoints/demo-*)")
     parser.add_argument("--step", type=int, default=None, help="snapshot step (default: the last one)")
     parser.add_argument("--data", default="", help="the run's data set (default: the real copy, else the run's own)")
     parser.add_argument("--queries", type=int, default=500)
