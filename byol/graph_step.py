@@ -99,6 +99,9 @@ class GraphedStep:
         graph = torch.cuda.CUDAGraph()
         graph.register_generator_state(self.augment_rng)
         torch.cuda.synchronize(batch.device)
-        with torch.cuda.graph(graph):
+        # "thread_local": in the app, other threads may use the GPU meanwhile (a page computing
+        # embeddings); in the default "global" mode their allocations would break this capture or fail
+        # themselves. torch.compile's CUDA graphs capture the same way.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             self._loss, self._projections = self._step(self._batch, self._tau, autocast_cache=False)
         self.graph = graph
