@@ -31,15 +31,16 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from . import cifar10
 from . import data as datasets
 from .checkpoint import load_backbone
 from .config import TrainConfig
-from .dataset import Dataset
+from .dataset import DataError, Dataset
 from .device import resolve_device
 from .errors import UserError
 from .files import file_key, read_json, write_atomic, write_json_atomic
 from .knn import extract_features, knn_predict, per_class_accuracy
-from .runs import EMBEDDINGS_FOLDER, LAST_CHECKPOINT, RunError, read_config
+from .runs import EMBEDDINGS_FOLDER, LAST_CHECKPOINT, RunError, read_config, set_data_source
 
 SPLITS = ("train", "test")
 FEATURE_CHUNK = 2048  # images per progress report while computing embeddings
@@ -368,7 +369,28 @@ def run_data(run_dir: Path, fallback: TrainConfig | None = None) -> Dataset:
         if fallback is None:
             raise
         source = fallback
-    return datasets.load_for(source)
+    return load_run_images(run_dir, source)[1]
+
+
+def load_run_images(
+    run_dir: Path, config: TrainConfig, load: Callable[[TrainConfig], Dataset] = datasets.load_for
+) -> tuple[TrainConfig, Dataset]:
+    """The run's data set, and the config that found it (`load`: the pages pass their cached loader).
+
+    A run naming "cifar10" that cannot be downloaded here (a shipped demo without internet) falls
+    back to a local copy at a documented place (cifar10.local_copies), and the run remembers it in its
+    local settings: the pages and the command line then find the images the same way. Raises
+    DataError when there is no copy, or the copy's own DataError when it cannot be read.
+    """
+    try:
+        return config, load(config)
+    except DataError:
+        local = cifar10.with_local_copy(config)
+        if local is None:
+            raise
+    data = load(local)
+    set_data_source(run_dir, local.data)
+    return local, data
 
 
 def pca_2d(features: np.ndarray) -> np.ndarray:

@@ -12,8 +12,8 @@ from typing import Any, Callable, Sequence
 
 import streamlit as st
 
-from byol import cifar10, embed, retrieval, tasks
 from byol import data as datasets
+from byol import embed, retrieval, tasks
 from byol.checkpoint import CheckpointChoice, checkpoint_choices
 from byol.config import TrainConfig
 from byol.dataset import DataError, Dataset
@@ -97,30 +97,13 @@ def pick_run_checkpoint_and_data(page: str) -> tuple[RunSummary, CheckpointChoic
         st.error(str(error))
         st.stop()
     try:
-        data = dataset_for(config)
-    except (DataError, ValueError) as error:
-        found = found_local_copy(run, config)
-        if found is None:
-            st.error(str(error))
-            relocate_data(run, config, page)
-            st.stop()
-        config, data = found
+        # dataset_for shows its own spinner; a demo naming "cifar10" falls back to the local copy here.
+        config, data = embed.load_run_images(run.path, config, dataset_for)
+    except (DataError, ValueError, OSError) as error:
+        st.error(str(error))
+        relocate_data(run, config, page)
+        st.stop()
     return run, choice, config, data
-
-
-def found_local_copy(run: RunSummary, config: TrainConfig) -> tuple[TrainConfig, Dataset] | None:
-    """A run naming "cifar10" that cannot be downloaded here, loaded from a local copy at a documented
-    place (cifar10.local_copies) and pointed at it for good; None when there is none or it fails."""
-    local = cifar10.with_local_copy(config)
-    if local is None:
-        return None
-    try:
-        with st.spinner(f"Loading CIFAR-10 from {local.data} (the first time decodes and caches it)..."):
-            data = dataset_for(local)
-    except (DataError, ValueError, OSError):
-        return None
-    set_data_source(run.path, local.data)
-    return local, data
 
 
 def relocate_data(run: RunSummary, config: TrainConfig, page: str) -> None:
