@@ -373,7 +373,7 @@ def run_data(run_dir: Path, fallback: TrainConfig | None = None) -> Dataset:
 
 
 def load_run_images(
-    run_dir: Path, config: TrainConfig, load: Callable[[TrainConfig], Dataset] = datasets.load_for
+    run_dir: Path, config: TrainConfig, load: Callable[[TrainConfig], Dataset] | None = None
 ) -> tuple[TrainConfig, Dataset]:
     """The run's data set, and the config that found it (`load`: the pages pass their cached loader).
 
@@ -382,6 +382,7 @@ def load_run_images(
     local settings: the pages and the command line then find the images the same way. Raises
     DataError when there is no copy, or the copy's own DataError when it cannot be read.
     """
+    load = load or datasets.load_for  # looked up per call, not bound at import
     try:
         return config, load(config)
     except DataError:
