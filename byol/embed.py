@@ -31,16 +31,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from . import cifar10
-from . import data as datasets
 from .checkpoint import load_backbone
-from .config import TrainConfig
-from .dataset import DataError, Dataset
+from .dataset import Dataset
 from .device import resolve_device
 from .errors import UserError
 from .files import file_key, read_json, write_atomic, write_json_atomic
 from .knn import extract_features, knn_predict, per_class_accuracy
-from .runs import EMBEDDINGS_FOLDER, LAST_CHECKPOINT, RunError, read_config, set_data_source
+from .run_images import run_data
+from .runs import EMBEDDINGS_FOLDER, LAST_CHECKPOINT
 
 SPLITS = ("train", "test")
 FEATURE_CHUNK = 2048  # images per progress report while computing embeddings
@@ -356,42 +354,6 @@ def prepare_checkpoint(
         report("Measuring the kNN accuracy on the test set...", 1.0 - knn_share)
         checkpoint_knn(run_dir, checkpoint, k, temperature, recompute=True)
     report("Done.", 1.0)
-
-
-def run_data(run_dir: Path, fallback: TrainConfig | None = None) -> Dataset:
-    """The run's data set, from where its images are on this computer now (its local settings).
-
-    `fallback` (a checkpoint's own config) is used when the run's config cannot be read.
-    """
-    try:
-        source = read_config(run_dir)  # where the images are on this computer may have changed since
-    except RunError:
-        if fallback is None:
-            raise
-        source = fallback
-    return load_run_images(run_dir, source)[1]
-
-
-def load_run_images(
-    run_dir: Path, config: TrainConfig, load: Callable[[TrainConfig], Dataset] | None = None
-) -> tuple[TrainConfig, Dataset]:
-    """The run's data set, and the config that found it (`load`: the pages pass their cached loader).
-
-    A run naming "cifar10" that cannot be downloaded here (a shipped demo without internet) falls
-    back to a local copy at a documented place (cifar10.local_copies), and the run remembers it in its
-    local settings: the pages and the command line then find the images the same way. Raises
-    DataError when there is no copy, or the copy's own DataError when it cannot be read.
-    """
-    load = load or datasets.load_for  # looked up per call, not bound at import
-    try:
-        return config, load(config)
-    except DataError:
-        local = cifar10.with_local_copy(config)
-        if local is None:
-            raise
-    data = load(local)
-    set_data_source(run_dir, local.data)
-    return local, data
 
 
 def pca_2d(features: np.ndarray) -> np.ndarray:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import embed
+from . import embed, run_images
 from .dataset import Dataset
 from .files import write_atomic
 from .runs import EMBEDDINGS_FOLDER, list_snapshots
@@ -156,7 +156,7 @@ def prepare_film(
     feature_share = FEATURE_SHARE if todo else 0.0
     if todo and data is None:
         report("Loading the data set...", 0.0)
-        data = embed.run_data(run_dir)
+        data = run_images.run_data(run_dir)
     for n, snapshot in enumerate(todo):
 
         def part(message: str | None = None, fraction: float | None = None, n: int = n) -> None:

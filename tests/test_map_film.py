@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from byol import embed, map_film
+from byol import embed, map_film, run_images
 from byol.knn import knn_predict
 
 
@@ -137,7 +137,7 @@ def test_missing_embeddings_come_from_the_one_prepare_path(tmp_path, monkeypatch
         embed.save_embeddings(run_dir, checkpoint, "test", saved.features, saved.labels, saved.classes)
 
     monkeypatch.setattr(embed, "prepare_checkpoint", prepare)
-    monkeypatch.setattr(embed, "run_data", lambda run_dir: object())
+    monkeypatch.setattr(run_images, "run_data", lambda run_dir: object())
     reports = []
     map_film.prepare_film(run, lambda message=None, fraction=None: reports.append((message, fraction)))
     assert calls == [("step-00000004.pt", frozenset({embed.Artefact.TEST_EMBEDDINGS}))]

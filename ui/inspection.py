@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import streamlit as st
 
 from byol import data as datasets
-from byol import embed, retrieval, tasks
+from byol import embed, retrieval, run_images, tasks
 from byol.checkpoint import CheckpointChoice, checkpoint_choices
 from byol.config import TrainConfig
 from byol.dataset import DataError, Dataset
@@ -98,7 +98,7 @@ def pick_run_checkpoint_and_data(page: str) -> tuple[RunSummary, CheckpointChoic
         st.stop()
     try:
         # dataset_for shows its own spinner; a demo naming "cifar10" falls back to the local copy here.
-        config, data = embed.load_run_images(run.path, config, dataset_for)
+        config, data = run_images.load_run_images(run.path, config, dataset_for)
     except (DataError, ValueError, OSError) as error:
         st.error(str(error))
         relocate_data(run, config, page)
