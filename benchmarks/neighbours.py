@@ -3,15 +3,17 @@
     python benchmarks/neighbours.py checkpoints/demo-<name> --data ../shared/data/cifar10-jpg.tar.gz
     python benchmarks/neighbours.py <run folder> --step 4875 --queries 500 --example 1016
 
-Over `--queries` fixed test images (the same ones every time: `eval_indices` with a fixed seed),
+Over `--queries` fixed test images (`byol.neighbour_score.score_indices`: the same ones every time),
 with all training images as the bank, it prints the mean precision@10 (the share of a query's 10
 nearest training images, by cosine similarity, that have the query's class) for the checkpoint's
-backbone features and for raw pixels (mean-centred, L2-normalised, as the Retrieval page's pixel
-column), and the 10 neighbours' classes of one example test image (#1016, the red car of issue 11,
-numbered as the Retrieval page numbers test images: the position in the data set's test split).
+backbone features, for the run's random-init network (its step-0 snapshot, when it has one) and
+for raw pixels (mean-centred, L2-normalised, as the Retrieval page's pixel column), and the 10
+neighbours' classes of one example test image (#1016, the red car of issue 11, numbered as the
+Retrieval page numbers test images: the position in the data set's test split).
 
-Features are the library's (`byol.knn.extract_features`, L2-normalised, in fp32) and the search is
-the library's own top-k (imported below), so the figures are what the pages show.
+Features are the library's (`byol.knn.extract_features`, L2-normalised, in fp32) and the scoring is
+the library's (`byol.neighbour_score`), so the figures are what the Retrieval page shows (it keeps
+its embeddings in float16, which can move a figure by a tenth of a point).
 """
 
 from __future__ import annotations
@@ -28,26 +30,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from byol.checkpoint import load_backbone  # noqa: E402
+from byol.checkpoint import load_backbone, random_init_checkpoint  # noqa: E402
 from byol.data import load_dataset  # noqa: E402
-from byol.knn import eval_indices, extract_features, pixel_features  # noqa: E402
-from byol.retrieval import nearest_neighbours, precision_at_k  # noqa: E402
+from byol.knn import extract_features, pixel_features  # noqa: E402
+from byol.neighbour_score import QUERY_SEED, mean_precision, neighbour_labels, score_indices  # noqa: E402
+from byol.retrieval import precision_at_k  # noqa: E402
 from byol.runs import list_snapshots  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
-QUERY_SEED = 1016  # fixes the query sample; any fixed number would do
-
-
-def mean_precision(
-    bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray, query_labels: np.ndarray, k: int
-) -> tuple[float, list[list[int]]]:
-    """Mean precision@k over the queries (0..1) and each query's neighbour labels, most similar first."""
-    neighbour_labels = []
-    for query in queries:
-        rows, _ = nearest_neighbours(bank, query, k)
-        neighbour_labels.append([int(bank_labels[r]) for r in rows])
-    scores = [precision_at_k(labels, int(label)) for labels, label in zip(neighbour_labels, query_labels)]
-    return float(np.mean(scores)), neighbour_labels
 
 
 def pick_checkpoint(run_dir: Path, step: int | None) -> Path:
@@ -83,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     data = load_dataset(source, config.data_root or None, image_size=config.image_size)
     classes = data.classes
     train_labels = data.train_labels.numpy()
-    query_idx = eval_indices(len(data.test_labels), args.queries, seed=QUERY_SEED).numpy()
+    query_idx = score_indices(len(data.test_labels), args.queries)
     query_labels = data.test_labels.numpy()[query_idx]
+    example_label = int(data.test_labels[args.example])
     print(
         f"{checkpoint} (step {info['step']}, epoch {info['epoch']}, recorded kNN {info['knn']}); "
         f"bank: all {len(train_labels):,} training images of {source}; {len(query_idx)} test queries "
@@ -92,12 +83,16 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
 
+    def network_features(network: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
+        return extract_features(network, data.train_images).numpy(), extract_features(network, data.test_images).numpy()
+
     started = time.perf_counter()
-    bank = extract_features(backbone, data.train_images).numpy()
-    tests = extract_features(backbone, data.test_images).numpy()
+    contenders = {"model": network_features(backbone)}
+    untrained = random_init_checkpoint(run_dir)
+    if untrained is not None and untrained != checkpoint:
+        contenders["random init"] = network_features(load_backbone(untrained)[0])
     pixel_bank, mean = pixel_features(data.train_images)
-    pixel_bank = pixel_bank.numpy()
-    pixel_tests = pixel_features(data.test_images, mean)[0].numpy()
+    contenders["pixels"] = (pixel_bank.numpy(), pixel_features(data.test_images, mean)[0].numpy())
     print(f"features in {time.perf_counter() - started:.0f} s", flush=True)
 
     results = {
@@ -108,12 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         "query_seed": QUERY_SEED,
         "k": args.k,
     }
-    for name, bank_f, test_f in (("model", bank, tests), ("pixels", pixel_bank, pixel_tests)):
-        precision, _ = mean_precision(bank_f, train_labels, test_f[query_idx], query_labels, args.k)
-        example_labels = mean_precision(
-            bank_f, train_labels, test_f[[args.example]], data.test_labels.numpy()[[args.example]], args.k
-        )[1][0]
-        example_precision = precision_at_k(example_labels, int(data.test_labels[args.example]))
+    for name, (bank_f, test_f) in contenders.items():
+        precision = mean_precision(bank_f, train_labels, test_f[query_idx], query_labels, args.k)
+        example_labels = neighbour_labels(bank_f, train_labels, test_f[[args.example]], args.k)[0].tolist()
+        example_precision = precision_at_k(example_labels, example_label)
         results[name] = {
             "mean_precision": precision,
             "example_labels": [classes[c] for c in example_labels],
@@ -121,9 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         counts = {c: results[name]["example_labels"].count(c) for c in dict.fromkeys(results[name]["example_labels"])}
         print(
-            f"{name:>6}: mean precision@{args.k} {100 * precision:.1f}%   test image #{args.example} "
-            f"({classes[int(data.test_labels[args.example])]}): {100 * example_precision:.0f}%, "
-            + ", ".join(f"{n} {c}" for c, n in counts.items()),
+            f"{name:>11}: mean precision@{args.k} {100 * precision:.1f}%   test image #{args.example} "
+            f"({classes[example_label]}): {100 * example_precision:.0f}%, " + ", ".join(f"{n} {c}" for c, n in counts.items()),
             flush=True,
         )
     gap = 100 * (results["model"]["mean_precision"] - results["pixels"]["mean_precision"])

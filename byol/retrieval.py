@@ -82,11 +82,15 @@ def _backbone(checkpoint: Path) -> torch.nn.Module:
 
 def embed_query(checkpoint: Path, image: torch.Tensor | np.ndarray) -> np.ndarray:
     """The L2-normalised feature vector (float32 [D]) of one image under `checkpoint`'s backbone."""
+    return embed_images(checkpoint, _as_image_tensor(image)[None])[0]
+
+
+def embed_images(checkpoint: Path, images: torch.Tensor) -> np.ndarray:
+    """L2-normalised feature vectors (float32 [N, D]) of uint8 images [N, 3, S, S] under `checkpoint`."""
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise CheckpointError(f"There is no checkpoint file at {checkpoint}.")
-    features = embed.compute_features(_backbone(checkpoint), _as_image_tensor(image)[None])
-    return features[0]
+    return embed.compute_features(_backbone(checkpoint), images)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -170,7 +174,7 @@ def _row_of(indices: np.ndarray, index: int | None) -> int | None:
     return int(rows[0]) if len(rows) else None
 
 
-def _pixel_bank(data: Dataset) -> tuple[np.ndarray, torch.Tensor]:
+def pixel_bank(data: Dataset) -> tuple[np.ndarray, torch.Tensor]:
     """Mean-centred, L2-normalised raw pixels of the training split (float16) and the mean used."""
 
     def build() -> tuple[np.ndarray, torch.Tensor]:
@@ -195,7 +199,7 @@ def pixel_neighbours(
 ) -> list[Neighbour]:
     """The k training images closest to `image` in raw pixels (cosine similarity of mean-centred pixels)."""
     _check_k(k)
-    bank, mean = _pixel_bank(data)
+    bank, mean = pixel_bank(data)
     query = pixel_features(_as_image_tensor(image)[None], mean)[0][0].numpy().astype(np.float32)
     if query.shape[0] != bank.shape[1]:
         raise ValueError("The query image does not have the data set's image size.")

@@ -4,7 +4,7 @@ import streamlit as st
 
 from byol import embed, images, retrieval
 from byol.checkpoint import CheckpointError, random_init_checkpoint
-from ui import inspection, picture_grid, words
+from ui import inspection, picture_grid, score_panel, words
 from ui.common import page_setup
 
 page_setup("Retrieval", ":material/image_search:")
@@ -24,6 +24,9 @@ run, choice, config, data = inspection.pick_run_checkpoint_and_data("ret")
 
 # The person came to search: the first visit computes the search bank by itself, with progress.
 inspection.ensure_prepared(run.path, choice.path, embed.BANK, data, what="Searching", key="ret", start=True)
+
+# The headline above the pictures, filled in after them: the pictures show at once, the score when computed.
+headline = st.container()
 
 state = st.session_state
 state.setdefault("ret-query", None)
@@ -84,6 +87,9 @@ with upload_tab:
         help="Any common picture format (PNG, JPEG, GIF, BMP, WebP, TIFF), up to 50 MB. It is shrunk to "
         f"{config.image_size}×{config.image_size} pixels, the size the network was trained on.",
     )
+
+with headline:  # how often this network's neighbours are right, against what it must beat
+    score_panel.neighbour_score_panel(run.path, choice.path, data)
 
 # --- the query -----------------------------------------------------------------------------------
 query, query_label, query_words = None, None, ""

@@ -73,3 +73,24 @@ def test_quality_variants_parse_and_refuse_plainly():
             quality.variant_config(base, *quality.parse_variant(text), dry_run=False)
     assert quality.main(["--variant", "no-colon"]) == 2
     assert quality.main(["--variant", "x:not_a_field=1"]) == 2
+
+
+def test_neighbours_scores_model_untrained_and_pixels_as_the_retrieval_page_does(tmp_path):
+    import neighbours
+
+    from byol import neighbour_score
+    from byol.data import load_dataset
+    from test_retrieval import make_run
+
+    run_dir = make_run(tmp_path / "runs")  # random width-4 networks as step 0 and step 4
+    out = tmp_path / "neighbours.json"
+    argv = [str(run_dir), "--data", "synthetic", "--queries", "40", "--example", "3", "--json", str(out)]
+    assert neighbours.main(argv) == 0
+    figures = json.loads(out.read_text())
+    assert figures["step"] == 4 and figures["queries"] == 40
+    for name in ("model", "random init", "pixels"):
+        assert 0 <= figures[name]["mean_precision"] <= 1 and len(figures[name]["example_labels"]) == 10
+    # The page's figure for raw pixels (a float16 bank) is the script's (float32) to rounding.
+    page_pixels = neighbour_score.pixel_score(load_dataset("synthetic"), queries=40)
+    assert abs(page_pixels - figures["pixels"]["mean_precision"]) <= 0.01
+    assert figures["gap_points"] == 100 * (figures["model"]["mean_precision"] - figures["pixels"]["mean_precision"])

@@ -14,8 +14,9 @@ import threading
 import pytest
 from PIL import Image
 
-from byol import cifar10, embed, retrieval, runs
+from byol import cifar10, embed, neighbour_score, retrieval, runs
 from byol import data as datasets
+from byol.checkpoint import checkpoint_choices
 from byol.errors import UserError
 from helpers import run_cli, write_image_folder
 from test_page_embeddings import run_until
@@ -30,6 +31,7 @@ def quick(monkeypatch):
     data = small_data()
     monkeypatch.setattr(datasets, "load_for", lambda config: data)
     retrieval.clear_caches()
+    neighbour_score.clear_cache()
     return data
 
 
@@ -170,6 +172,23 @@ def test_class_filter_and_reshuffle_change_the_gallery(finished_run, app_test, q
     assert shown(at) and all(quick.classes[int(quick.test_labels[i])] == "square" for i in shown(at))
 
 
+def test_the_headline_scores_the_checkpoint_against_raw_pixels_guessing_and_on_request_the_untrained_network(
+    finished_run, app_test, quick
+):
+    at = ready_page(app_test)
+    metrics = {metric.label: metric.value for metric in at.metric}
+    checkpoint = checkpoint_choices(finished_run)[-1].path  # the page opens on the newest checkpoint
+    assert metrics["This checkpoint"] == f"{neighbour_score.checkpoint_score(finished_run, checkpoint, quick):.0%}"
+    assert metrics["Raw pixels"] == f"{neighbour_score.pixel_score(quick):.0%}"
+    assert metrics["Guessing"] == "10%"
+    assert "Untrained network" not in metrics  # its search bank is not there yet: a button offers it
+    at.button(key="score-untrained").click()
+    run_until(at, lambda at: any(metric.label == "Untrained network" for metric in at.metric))
+    untrained = next(metric.value for metric in at.metric if metric.label == "Untrained network")
+    assert untrained == f"{neighbour_score.checkpoint_score(finished_run, finished_run / 'step-00000000.pt', quick):.0%}"
+    assert not at.error
+
+
 def test_comparison_computes_random_init_by_itself_beside_raw_pixels(finished_run, app_test, quick):
     at = ready_page(app_test)
     click_picture(at, shown(at)[0])
@@ -215,7 +234,8 @@ def test_damaged_checkpoint_shows_a_plain_error(finished_run, app_test, quick):
     retrieval.clear_caches()
     click_picture(at, shown(at)[0])
     assert not at.exception
-    assert len(at.error) == 1 and "damaged" in at.error[0].value
+    # Said plainly where the person looks: in the headline above the pictures, and in the results window.
+    assert len(at.error) == 2 and all("damaged" in error.value for error in at.error)
 
 
 def test_the_grid_describes_each_picture_and_reads_only_picture_numbers_from_a_click(quick):

@@ -149,6 +149,18 @@ def task_key(level: frozenset[embed.Artefact], checkpoint: Path) -> str:
     return f"prepare-{parts}:{Path(checkpoint).resolve()}"
 
 
+def prepare_task(
+    run_dir: Path, checkpoint: Path, level: frozenset[embed.Artefact], data: Dataset, k: int = 200, temperature: float = 0.1
+) -> tuple[Callable[[tasks.Report], None], str]:
+    """The background work that computes the checkpoint's artefacts in `level`, and its label for the
+    runner (run it under `task_key(level, checkpoint)`, so every page asking for it shares one task)."""
+
+    def work(report: tasks.Report) -> None:
+        embed.prepare_checkpoint(run_dir, checkpoint, report, data, level, k, temperature)
+
+    return work, f"{task_key(level, checkpoint).split(':')[0]} {Path(checkpoint).name}"
+
+
 def ensure_prepared(
     run_dir: Path,
     checkpoint: Path,
@@ -181,10 +193,7 @@ def ensure_prepared(
     def ready() -> bool:
         return not embed.missing_work(run_dir, checkpoint, level, data, k, temperature)
 
-    def work(report: tasks.Report) -> None:
-        embed.prepare_checkpoint(run_dir, checkpoint, report, data, level, k, temperature)
-
-    label = f"{task_key(level, checkpoint).split(':')[0]} {Path(checkpoint).name}"
+    work, label = prepare_task(run_dir, checkpoint, level, data, k, temperature)
     if active is None and start and runner.status(keys[0]).state == tasks.IDLE and not runner.active():
         runner.submit(keys[0], work, label=label, again=True)
         active = runner.status(keys[0])
