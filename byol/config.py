@@ -105,6 +105,8 @@ PRESETS: dict[str, TrainConfig] = {
     "cpu": TrainConfig(
         preset="cpu",
         width=16,
+        # Smaller than the field's 4096/256: those learn faster per epoch (+4.0 kNN points after 4 epochs) but
+        # step 7% slower, and in the preset's 15 minutes reached 38.1% against these heads' 38.4%.
         projector_hidden=1024,
         projector_dim=128,
         predictor_hidden=1024,
