@@ -46,8 +46,7 @@ def neighbour_labels(bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndar
 
     `bank` and `queries` hold L2-normalised rows (the bank may be float16); exact search.
     """
-    if k < 1:
-        raise ValueError(f"The number of neighbours must be at least 1; got {k}.")
+    retrieval.check_k(k)
     bank_labels = np.asarray(bank_labels)
     k = min(int(k), len(bank))
     found = np.zeros((len(queries), k), dtype=np.int64)

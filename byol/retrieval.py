@@ -140,7 +140,7 @@ def neighbours(
             f"The query has {query.shape[0]} features but {Path(checkpoint).name} makes {bank.features.shape[1]}; "
             "embed the query with the same checkpoint."
         )
-    _check_k(k)
+    check_k(k)
     exclude_row = _row_of(bank.indices, exclude_train_index)
     rows, sims = nearest_neighbours(bank.features, query, int(k), exclude_row)
     return [Neighbour(int(bank.indices[r]), int(bank.labels[r]), float(s)) for r, s in zip(rows, sims)]
@@ -162,7 +162,8 @@ def neighbours_of_test_image(run_dir: Path, checkpoint: Path, test_index: int, k
     return neighbours(run_dir, checkpoint, queries.features[row], k)
 
 
-def _check_k(k: int) -> None:
+def check_k(k: int) -> None:
+    """ValueError, said plainly, unless at least one neighbour is asked for."""
     if int(k) < 1:
         raise ValueError(f"The number of neighbours must be at least 1; got {k}.")
 
@@ -198,7 +199,7 @@ def pixel_neighbours(
     data: Dataset, image: torch.Tensor | np.ndarray, k: int, exclude_train_index: int | None = None
 ) -> list[Neighbour]:
     """The k training images closest to `image` in raw pixels (cosine similarity of mean-centred pixels)."""
-    _check_k(k)
+    check_k(k)
     bank, mean = pixel_bank(data)
     query = pixel_features(_as_image_tensor(image)[None], mean)[0][0].numpy().astype(np.float32)
     if query.shape[0] != bank.shape[1]:

@@ -67,7 +67,11 @@ def _untrained_metric(column: Any, run_dir: Path, checkpoint: Path, data: Datase
             )
             st.metric("Untrained network", "–", help=reason + " " + words.TERMS["random_init"])
             return
-        if not embed.missing_work(run_dir, untrained, embed.BANK, data):
+
+        def ready() -> bool:
+            return not embed.missing_work(run_dir, untrained, embed.BANK, data)
+
+        if ready():
             try:
                 score = neighbour_score.checkpoint_score(run_dir, untrained, data)
             except (CheckpointError, embed.NotPrepared, ValueError) as error:
@@ -79,7 +83,7 @@ def _untrained_metric(column: Any, run_dir: Path, checkpoint: Path, data: Datase
         key = inspection.task_key(embed.BANK, untrained)
         status = runner.status(key)
         if status.active:
-            inspection.progress_panel(runner, key, lambda: not embed.missing_work(run_dir, untrained, embed.BANK, data))
+            inspection.progress_panel(runner, key, ready)
             return
         st.caption("Untrained network", help=words.TERMS["random_init"])
         if status.state == tasks.FAILED:
