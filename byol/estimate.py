@@ -134,6 +134,7 @@ def speed_key(config: TrainConfig, device: torch.device, bf16: bool) -> str:
             f"batch={config.batch_size}",
             f"bf16={bf16}",
             f"size={config.image_size}",
+            f"view={config.training_view_size}",
             f"opt={config.optimizer}",
             f"cl={config.channels_last}",
         )
@@ -196,7 +197,7 @@ def _time_training_steps(config: TrainConfig, device: torch.device, deadline: fl
     def step(batch: int) -> float:
         images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device, generator=generator)
         begin = time.perf_counter()
-        training_step(networks, optimizer, images, 0.99, generator, bf16, memory_format)
+        training_step(networks, optimizer, images, 0.99, generator, bf16, memory_format, view_size=config.training_view_size)
         sync()
         return time.perf_counter() - begin
 

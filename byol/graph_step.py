@@ -44,10 +44,11 @@ class GraphedStep:
         pairs: TargetPairs,
         views: tuple[ViewSettings, ViewSettings],
         eager_steps: int = 3,
+        view_size: int | None = None,
     ):
         self.networks, self.optimizer, self.augment_rng = networks, optimizer, augment_rng
         self.bf16, self.memory_format, self.pairs, self.views = bf16, memory_format, pairs, views
-        self.eager_steps_left = eager_steps
+        self.eager_steps_left, self.view_size = eager_steps, view_size
         self.graph: torch.cuda.CUDAGraph | None = None
         self._side_stream: torch.cuda.Stream | None = None
 
@@ -75,6 +76,7 @@ class GraphedStep:
             pairs=self.pairs,
             views=self.views,
             autocast_cache=autocast_cache,
+            view_size=self.view_size,
         )
 
     def _eager(self, batch: torch.Tensor, lr: float, tau: float) -> tuple[torch.Tensor, torch.Tensor]:

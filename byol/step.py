@@ -27,15 +27,17 @@ def training_step(
     pairs: TargetPairs | None = None,
     views: tuple[ViewSettings, ViewSettings] = (VIEW1, VIEW2),
     autocast_cache: bool = True,
+    view_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One BYOL step on a uint8 batch: two views, the loss, an optimiser step, the target's EMA update.
 
     `pairs` are the target/online tensors listed once by the caller (listed here when not given);
     `views` the two views' augmentation settings (`augment.byol_view_settings(config.crop_min_scale)`).
+    `view_size` is the views' side in pixels (None: the batch's own size).
     `tau` may be a 0-d device tensor and `autocast_cache` off, as a CUDA graph capture needs (graph_step.py).
     Returns the loss and the online projections, still on the device (reading them synchronises).
     """
-    both = byol_views_batch(batch, generator=augment_rng, views=views).contiguous(memory_format=memory_format)
+    both = byol_views_batch(batch, view_size, generator=augment_rng, views=views).contiguous(memory_format=memory_format)
     view1, view2 = both.chunk(2)
     with autocast_context(batch.device, bf16, cache=autocast_cache):
         loss, projections = (loss_fn or networks.forward_loss)(view1, view2)

@@ -277,15 +277,28 @@ def _train(
         use_cuda_backend_speedups()
     loss_fn = torch.compile(forward_loss) if config.compile else forward_loss
     views = byol_view_settings(config.crop_min_scale)
+    view_size = config.training_view_size
     # The captured step takes the networks whole, so it is for one process (DDP wraps the forward).
     graphed = device.type == "cuda" and config.cuda_graph and world.world_size == 1
     if graphed:
-        run_step = GraphedStep(networks, optimizer, augment_rng, bf16, memory_format, pairs, views)
+        run_step = GraphedStep(networks, optimizer, augment_rng, bf16, memory_format, pairs, views, view_size=view_size)
     else:
 
         def run_step(batch: torch.Tensor, lr: float, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
             set_learning_rate(optimizer, lr)
-            return training_step(networks, optimizer, batch, tau, augment_rng, bf16, memory_format, loss_fn, pairs, views=views)
+            return training_step(
+                networks,
+                optimizer,
+                batch,
+                tau,
+                augment_rng,
+                bf16,
+                memory_format,
+                loss_fn,
+                pairs,
+                views=views,
+                view_size=view_size,
+            )
 
     steps_per_epoch = len(train_idx) // config.batch_size  # the last partial batch is dropped
     global_batch = config.batch_size * world.world_size

@@ -38,6 +38,12 @@ def test_lr_scales_with_batch_size():
         ("tau_base", 1.5, "Target EMA rate (tau) (tau_base) must be from 0 to 1; got 1.5."),
         ("crop_min_scale", 0.0, "Smallest crop share (crop_min_scale) must be from 0.01 to 1; got 0."),
         ("width", 0, "Backbone width (width)"),
+        (
+            "view_resolution",
+            0.2,
+            "Training view resolution (view_resolution) must leave views of at least 8 pixels; 0.2 × 32 pixels gives 6.",
+        ),
+        ("view_resolution", 1.5, "Training view resolution (view_resolution) must be from 0.1 to 1; got 1.5."),
         ("knn_k", 0, "kNN k (knn_k)"),
         ("optimizer", "rmsprop", "Optimizer (optimizer) must be one of lars, sgd, adamw, adam"),
         ("precision", "fp8", "Precision (precision) must be one of auto, fp32, bf16"),
@@ -52,6 +58,13 @@ def test_bad_values_give_a_plain_sentence(field, value, words):
     assert any(words in e for e in errors), errors
     with pytest.raises(ConfigError, match=field):
         validate(preset("cpu", **{field: value}))
+
+
+def test_training_views_are_a_share_of_the_image_size():
+    assert preset("gpu").training_view_size == 32
+    assert preset("cpu").training_view_size == 24
+    assert preset("cpu", view_resolution=0.5).training_view_size == 16
+    assert preset("cpu", image_size=64).training_view_size == 48
 
 
 def test_every_problem_is_listed_at_once():

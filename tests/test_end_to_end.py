@@ -30,6 +30,7 @@ LEARNS_SYNTHETIC = dict(
     log_every=20,
     epochs=24,
     eval_every=24.0,
+    view_resolution=1.0,  # the figures above were measured on whole-size views
 )
 
 

@@ -18,7 +18,7 @@ from byol.config import ConfigError
 from byol.dataset import DataError
 from byol.device import device_key, resolve_device
 from byol.lock import DeviceBusy, DeviceLock, lock_holder
-from byol.model import BYOLNetworks
+from byol.model import BYOLNetworks, ResNet18Backbone
 from byol.train import train
 from helpers import REPO, tiny_config
 
@@ -93,6 +93,22 @@ def test_resume_continues_at_the_same_step_and_matches_an_uninterrupted_run(tmp_
     a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(resumed / "last.pt")
     for key in a["backbone"]:
         torch.testing.assert_close(a["backbone"][key], b["backbone"][key], rtol=weight_rtol, atol=weight_atol)
+
+
+def test_networks_train_on_views_of_the_view_resolution_and_evaluate_whole_images(tmp_path, monkeypatch):
+    seen = {True: set(), False: set()}  # training mode -> the input sides the backbone saw
+    plain_forward = ResNet18Backbone.forward
+
+    def recording_forward(self, x):
+        seen[self.training].add(x.shape[-1])
+        return plain_forward(self, x)
+
+    monkeypatch.setattr(ResNet18Backbone, "forward", recording_forward)
+    config, run_dir = new_run(tmp_path, view_resolution=0.5, epochs=1)
+    assert config.image_size == 32
+    assert train(config, run_dir) == runs.FINISHED
+    assert seen == {True: {16}, False: {32}}
+    assert all(r["loss"] > 0 for r in step_rows(run_dir)) and len(eval_rows(run_dir)) == 2
 
 
 def test_resume_extended_to_more_epochs(tmp_path):
