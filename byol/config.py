@@ -123,9 +123,10 @@ PRESETS: dict[str, TrainConfig] = {
         lr=4e-3,  # re-tuned with the faster step: +0.7 kNN points after 2 epochs over 2e-3, ahead all the way
         weight_decay=1e-4,
         warmup_epochs=0.5,
-        # 24-pixel views step 1.6x faster than 32: 10 epochs of them reached 40.0% / 37.5% kNN (seeds 0 / 1)
-        # against 8 epochs of 32-pixel views' 38.3% / 36.0%, in a fifth less time. Smaller views learn too
-        # little per image (20 px: 34.8% after a time-matched 12 epochs); whole images still embed best.
+        # 24-pixel views step 1.6x faster than 32: 10 epochs of them reached 40.0 / 37.5 / 38.4% kNN (seeds
+        # 0 / 1 / 2) against 8 epochs of 32-pixel views' 38.3 / 36.0 / 40.1%: as good within seed noise, in
+        # a fifth less time. Smaller views learn too little per image (20 px: 34.8% after a time-matched 12
+        # epochs); whole images still embed best.
         view_resolution=0.75,
         epochs=10,
         # 128 learns more per epoch (+3.6 kNN points on a complete 4-epoch schedule) at 2.5% fewer images/s
