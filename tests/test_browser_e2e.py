@@ -188,7 +188,8 @@ def _scenario(page, url: str, runs_dir: Path, shots: Path) -> None:
     first_text = handle.json_value()
     first_step, first_points = _step(first_text), page.evaluate(POINTS_JS, "chart_loss")
     assert re.search(rf"of {TOTAL_STEPS}\b", first_text), f"expected {TOTAL_STEPS} steps in total: {first_text!r}"
-    expect(page.locator(".st-key-chart_knn .js-plotly-plot")).to_be_visible()  # the random-init kNN point
+    # .first: while the live fragment reruns, Streamlit can briefly hold the old chart beside the new one.
+    expect(page.locator(".st-key-chart_knn .js-plotly-plot").first).to_be_visible()  # the random-init kNN point
     screenshot(page, shots, "03-train-live-first")
 
     # Second observation: the same page, untouched, shows a later step and more loss points.
