@@ -108,6 +108,7 @@ VARIANTS: dict[str, list[str]] = {
         "batch128-tau0.99:batch_size=128,tau_base=0.99",
         "crop0.2:crop_min_scale=0.2",  # solo-learn's CIFAR crop is 0.08; 0.2 (SimSiam's) may suit short runs
         "views32:view_resolution=1.0",  # whole 32-pixel views: more per image, 1.6x slower a step
+        "decay30:lr_decay_share=0.3",  # the peak rate held for 70% of the schedule, the cosine over the last 30%
     ],
     "gpu": [
         "gpu-preset:",  # LARS lr 1.0 per 256, wd 1e-5, warm-up a tenth of the schedule

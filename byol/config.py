@@ -46,6 +46,9 @@ class TrainConfig:
     weight_decay: float = 1e-5
     momentum: float = 0.9  # for sgd and lars
     warmup_epochs: float = 10.0
+    # Share of the steps after the warm-up that the cosine decay takes; the learning rate holds its peak
+    # before it (1 = the plain cosine of BYOL and solo-learn).
+    lr_decay_share: float = 1.0
     epochs: int = 100
     batch_size: int = 256  # per process: under torchrun the global batch is this × the number of processes
     tau_base: float = 0.99  # target network EMA rate at the start
@@ -177,6 +180,7 @@ _NUMERIC_RANGES: dict[str, tuple[float, float, type]] = {
     "weight_decay": (0.0, 1.0, float),
     "momentum": (0.0, 0.999, float),
     "warmup_epochs": (0.0, 10_000.0, float),
+    "lr_decay_share": (0.01, 1.0, float),
     "epochs": (1, 10_000, int),
     "batch_size": (2, 65_536, int),
     "tau_base": (0.0, 1.0, float),
@@ -203,6 +207,7 @@ _FIELD_WORDS: dict[str, str] = {
     "weight_decay": "Weight decay",
     "momentum": "Momentum",
     "warmup_epochs": "Warm-up epochs",
+    "lr_decay_share": "Learning-rate decay share",
     "epochs": "Epochs",
     "batch_size": "Batch size",
     "tau_base": "Target EMA rate (tau)",

@@ -1,4 +1,4 @@
-"""Pure schedule functions: learning rate (linear warm-up, then cosine) and the target EMA rate tau.
+"""Pure schedule functions: learning rate (linear warm-up, an optional hold at the peak, then cosine) and the target EMA rate tau.
 
 They take the current step and the total and raise on nonsense, so a resumed run that was extended
 to more epochs simply calls them with the new total (the schedules are recomputed from the current
@@ -24,15 +24,25 @@ def cosine_schedule(step: int, total_steps: int, start: float, end: float) -> fl
     return end + (start - end) * (1 + math.cos(math.pi * progress)) / 2
 
 
-def learning_rate(step: int, total_steps: int, peak_lr: float, warmup_steps: int) -> float:
-    """Linear warm-up from ~0 to `peak_lr` over `warmup_steps`, then cosine decay to 0."""
+def learning_rate(step: int, total_steps: int, peak_lr: float, warmup_steps: int, decay_share: float = 1.0) -> float:
+    """Linear warm-up from ~0 to `peak_lr` over `warmup_steps`, then cosine decay to 0.
+
+    The decay takes the last `decay_share` of the steps after the warm-up; the rate holds its peak
+    before it (1 = the plain cosine from the end of the warm-up).
+    """
     _check(step, total_steps)
     if warmup_steps < 0:
         raise ValueError(f"warmup_steps must be non-negative, got {warmup_steps}")
+    if not 0.0 < decay_share <= 1.0:
+        raise ValueError(f"decay_share must be in (0, 1], got {decay_share}")
     if step < warmup_steps:
         return peak_lr * (step + 1) / warmup_steps
-    decay_steps = max(total_steps - warmup_steps, 1)
-    return cosine_schedule(step - warmup_steps, decay_steps, peak_lr, 0.0)
+    after_warmup = max(total_steps - warmup_steps, 1)
+    decay_steps = max(round(after_warmup * decay_share), 1)
+    decay_start = warmup_steps + after_warmup - decay_steps
+    if step < decay_start:
+        return peak_lr
+    return cosine_schedule(step - decay_start, decay_steps, peak_lr, 0.0)
 
 
 def target_tau(step: int, total_steps: int, tau_base: float, schedule: str = "cosine") -> float:

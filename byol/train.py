@@ -397,7 +397,7 @@ def _train(
         order = _epoch_order(len(train_idx), config.seed, epoch, world.rank).to(device)
         for i in range(start_in_epoch, steps_per_epoch):
             batch = train_images[order[i * config.batch_size : (i + 1) * config.batch_size]]
-            lr = learning_rate(step - offset, total_steps, config.peak_lr(world.world_size), warmup_steps)
+            lr = learning_rate(step - offset, total_steps, config.peak_lr(world.world_size), warmup_steps, config.lr_decay_share)
             tau = target_tau(step - offset, total_steps, config.tau_base, config.tau_schedule)
             loss, projections = run_step(batch, lr, tau)
             step += 1

@@ -32,6 +32,21 @@ def test_learning_rate_warms_up_then_decays_to_zero():
     assert learning_rate(100, 100, 1.0, 10) == pytest.approx(0.0)
 
 
+def test_learning_rate_holds_its_peak_until_the_decay_share_starts():
+    # 90 steps after the warm-up; a decay share of 0.3 decays over the last 27 of them.
+    lrs = [learning_rate(s, 100, 1.0, 10, decay_share=0.3) for s in range(101)]
+    assert lrs[:10] == [learning_rate(s, 100, 1.0, 10) for s in range(10)]  # the same warm-up
+    assert set(lrs[10:74]) == {1.0}
+    assert lrs[74] < 1.0 and all(a >= b for a, b in zip(lrs[73:], lrs[74:]))
+    assert lrs[100] == pytest.approx(0.0)
+    # The decay itself is the plain cosine, squeezed into its share of the steps.
+    assert lrs[73 + 27 // 2] == pytest.approx(cosine_schedule(27 // 2, 27, 1.0, 0.0))
+
+
+def test_a_decay_share_of_one_is_the_plain_cosine():
+    assert [learning_rate(s, 50, 2.0, 5, decay_share=1.0) for s in range(51)] == [learning_rate(s, 50, 2.0, 5) for s in range(51)]
+
+
 def test_cosine_endpoints():
     assert cosine_schedule(0, 10, 3.0, 1.0) == 3.0 and cosine_schedule(10, 10, 3.0, 1.0) == 1.0
 
@@ -44,6 +59,8 @@ def test_cosine_endpoints():
         lambda: target_tau(0, 10, 1.5),
         lambda: target_tau(0, 10, 0.99, "linear"),
         lambda: learning_rate(0, 10, 1.0, -1),
+        lambda: learning_rate(0, 10, 1.0, 1, decay_share=0.0),
+        lambda: learning_rate(0, 10, 1.0, 1, decay_share=1.5),
     ],
 )
 def test_schedules_refuse_bad_input(call):

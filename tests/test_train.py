@@ -95,6 +95,16 @@ def test_resume_continues_at_the_same_step_and_matches_an_uninterrupted_run(tmp_
         torch.testing.assert_close(a["backbone"][key], b["backbone"][key], rtol=weight_rtol, atol=weight_atol)
 
 
+def test_the_learning_rate_holds_its_peak_until_the_configured_decay(tmp_path):
+    # 4 epochs of 4 steps, no warm-up: a decay share of 0.5 holds the peak for the first 8 steps.
+    config, run_dir = new_run(tmp_path, epochs=4, warmup_epochs=0.0, lr_decay_share=0.5)
+    assert train(config, run_dir) == runs.FINISHED
+    rates = [r["lr"] for r in step_rows(run_dir)]
+    peak = config.peak_lr()
+    assert len(rates) == 16 and rates[:8] == pytest.approx([peak] * 8)
+    assert all(a >= b for a, b in zip(rates[8:], rates[9:])) and rates[-1] < 0.1 * peak
+
+
 def test_networks_train_on_views_of_the_view_resolution_and_evaluate_whole_images(tmp_path, monkeypatch):
     seen = {True: set(), False: set()}  # training mode -> the input sides the backbone saw
     plain_forward = ResNet18Backbone.forward
