@@ -105,6 +105,15 @@ with st.expander("Start a new run", expanded=not summaries, icon=":material/rock
         tau_schedule = a3.selectbox(
             "τ schedule", schedules, index=schedules.index(base.tau_schedule), key=key("tau_s"), help=HELP["tau_schedule"]
         )
+
+        # Set by the presets, shown so that a run's whole recipe can be read and changed here.
+        def recipe_number(column, label: str, field: str) -> float:
+            value = getattr(base, field)
+            return column.number_input(label, value=value, format="%g", step=None, key=key(field), help=HELP[field])
+
+        lr_decay_share = recipe_number(a1, "Learning-rate decay share", "lr_decay_share")
+        view_resolution = recipe_number(a2, "Training view resolution", "view_resolution")
+        crop_min_scale = recipe_number(a3, "Smallest crop share", "crop_min_scale")
         eval_every = a1.number_input(
             "kNN every (epochs)", value=base.eval_every, format="%g", step=None, key=key("eval"), help=HELP["eval_every"]
         )
@@ -138,6 +147,9 @@ with st.expander("Start a new run", expanded=not summaries, icon=":material/rock
         optimizer=optimizer,
         tau_base=tau_base,
         tau_schedule=tau_schedule,
+        lr_decay_share=lr_decay_share,
+        view_resolution=view_resolution,
+        crop_min_scale=crop_min_scale,
         eval_every=eval_every,
         eval_bank_size=eval_bank,
         eval_query_size=eval_query,

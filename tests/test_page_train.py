@@ -134,6 +134,30 @@ def test_launch_queues_a_run_and_shows_it(runs_dir, app_test, fake_train):
     assert at.selectbox(key="train_run").value == "from-the-page"
 
 
+def test_the_form_shows_the_presets_whole_recipe_and_launches_what_it_shows(runs_dir, app_test, fake_train):
+    fake_train.auto_release = True
+    at = app_test(PAGE)
+    at.run()
+    use_synthetic(at)
+    chosen = preset(at.selectbox(key="new_preset").value)
+    share, views = widget(at, "number_input", "new_lr_decay_share_"), widget(at, "number_input", "new_view_resolution_")
+    assert (share.value, views.value) == (chosen.lr_decay_share, chosen.view_resolution)
+    share.set_value(0.0)
+    at.run()
+    assert "Learning-rate decay share (lr_decay_share) must be from 0.01 to 1; got 0." in alerts(at, "error")
+    assert at.button(key="launch").disabled
+    widget(at, "number_input", "new_lr_decay_share_").set_value(0.5)
+    widget(at, "number_input", "new_view_resolution_").set_value(1.0)
+    widget(at, "number_input", "new_crop_min_scale_").set_value(0.2)
+    at.text_input(key="new_run_name").input("whole-recipe")
+    at.run()
+    at.button(key="launch").click().run()
+    assert not at.exception
+    assert shared_runner(runs_dir).wait(timeout=10)
+    config = runs.read_config(runs_dir / "whole-recipe")
+    assert (config.lr_decay_share, config.view_resolution, config.crop_min_scale) == (0.5, 1.0, 0.2)
+
+
 def test_running_run_can_be_stopped(runs_dir, app_test, fake_train, tiny_config):
     runner = shared_runner(runs_dir)
     run = runner.launch(tiny_config(), "live-one")

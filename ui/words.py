@@ -81,8 +81,20 @@ HELP: dict[str, str] = {
     "projector_dim": "Size of the vectors the training compares (d). The healthy spread is 1/√d.",
     "predictor_hidden": "Hidden layer size of the predictor (the online side's guessing network).",
     "optimizer": "The update rule. LARS is BYOL's usual choice with big batches; AdamW is easier on small runs.",
-    "weight_decay": "A gentle pull of all weights towards zero, which keeps the network from overfitting.",
-    "warmup_epochs": "Epochs over which the learning rate ramps up from zero before its slow decrease.",
+    "weight_decay": (
+        "A pull of all weights towards zero at every step. AdamW multiplies it by the learning rate, "
+        "so it needs values like 0.05 to act; LARS and SGD use small ones like 1e-5."
+    ),
+    "warmup_epochs": "Epochs over which the learning rate ramps up from zero before it holds and then slowly decreases.",
+    "lr_decay_share": (
+        "Share of the training (after the warm-up) over which the learning rate slowly falls to zero; "
+        "before it, the rate holds its peak. 1 = falls from the start (BYOL's choice); 0.3 = only in the last 30%."
+    ),
+    "view_resolution": (
+        "Size of the training pictures as a share of the images' size: 0.75 trains on 24-pixel views of "
+        "32-pixel images, about 1.6x faster. Maps, kNN and search always use whole images."
+    ),
+    "crop_min_scale": "Smallest share of an image a random crop may keep (0.08 = down to 8% of its area).",
     "tau_base": "How slowly the target network (the moving average) follows the online one at the start; close to 1 = slowly.",
     "tau_schedule": "cosine: τ rises from its start value to 1 during training (BYOL's choice); fixed: τ stays the same.",
     "eval_every": "Epochs between kNN accuracy measurements (fractions allowed). More often: finer curves, slower training.",
