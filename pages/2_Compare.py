@@ -6,7 +6,7 @@ import streamlit as st
 
 from byol import runs
 from byol.collapse import DEFAULT_FRACTION, criterion_text, describe_collapse, find_collapse, healthy_std
-from byol.config import PRESET_HELP, PRESETS, preset
+from byol.config import PRESET_HELP, PRESETS, preset, with_epochs
 from byol.device import gpu_recipe_on_cpu
 from byol.jobs import latest_pair, launch_problems
 from ui.charts import overlay_figure
@@ -61,7 +61,7 @@ with st.expander("Run the batch-norm experiment", icon=":material/science:", exp
     )
     with b2:
         data = data_source_input("pair")
-    experiment = preset(base_name, data=data, epochs=epochs)
+    experiment = with_epochs(preset(base_name, data=data), epochs)
     problems = launch_problems(experiment)
     for problem in problems:
         st.error(problem, icon=":material/error:")

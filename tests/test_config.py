@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from byol.config import PRESETS, ConfigError, TrainConfig, check_against_data, config_errors, preset, validate
+from byol.config import PRESETS, ConfigError, TrainConfig, check_against_data, config_errors, preset, validate, with_epochs
 
 
 def test_presets_are_valid_and_no_bn_differs_only_in_heads():
@@ -15,6 +15,18 @@ def test_presets_are_valid_and_no_bn_differs_only_in_heads():
     assert PRESETS["gpu"].width == 64 and PRESETS["gpu"].epochs == 100
     cpu, cpu_no_bn = PRESETS["cpu"].to_dict(), PRESETS["cpu-no-bn"].to_dict()
     assert {k for k in cpu if cpu[k] != cpu_no_bn[k]} == {"head_bn", "preset"}
+
+
+def test_a_shorter_schedule_keeps_the_warm_up_as_its_share_and_a_longer_one_its_length():
+    cpu, gpu = PRESETS["cpu"], PRESETS["gpu"]
+    assert with_epochs(cpu, 1).warmup_epochs == pytest.approx(cpu.warmup_epochs / cpu.epochs)
+    assert with_epochs(gpu, 10).warmup_epochs == pytest.approx(gpu.warmup_epochs / 10)
+    assert with_epochs(cpu, 40).warmup_epochs == cpu.warmup_epochs
+    for epochs in (1, 3, cpu.epochs, 40):
+        shortened = validate(with_epochs(cpu, epochs))
+        assert shortened.epochs == epochs and shortened.replace(epochs=cpu.epochs, warmup_epochs=cpu.warmup_epochs) == cpu
+    # A bad number of epochs is left for validation to name.
+    assert "Epochs (epochs) must be from 1 to 10000; got 0." in config_errors(with_epochs(cpu, 0))
 
 
 def test_round_trip_through_dict_ignores_unknown_keys():

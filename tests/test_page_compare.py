@@ -10,6 +10,7 @@ import pytest
 
 from byol import runs
 from byol.collapse import Collapse, collapse_point, criterion_text, describe_collapse, find_collapse, healthy_std, smooth
+from byol.config import PRESETS
 from byol.jobs import shared_runner
 
 PAGE = "pages/2_Compare.py"
@@ -116,7 +117,10 @@ def test_bn_experiment_launches_a_pair(runs_dir, app_test, fake_train):
     assert shared_runner(runs_dir).wait(timeout=10)
     names = sorted(p.name for p in runs_dir.iterdir() if not p.name.startswith("."))
     assert len(names) == 2 and names[0].endswith("-bn") and names[1].endswith("-no-bn")
-    assert [c.head_bn for c in (runs.read_config(runs_dir / n) for n in names)] == [True, False]
+    configs = [runs.read_config(runs_dir / n) for n in names]
+    assert [c.head_bn for c in configs] == [True, False]
+    # One epoch is shorter than the preset's warm-up: the pair keeps the warm-up's share of the schedule.
+    assert [c.warmup_epochs for c in configs] == [PRESETS["cpu"].warmup_epochs / PRESETS["cpu"].epochs] * 2
     at.run()
     assert not at.exception
     assert sorted(at.multiselect(key="compare_runs").value) == names
