@@ -35,8 +35,10 @@ st.markdown(
     "which makes the two copies agree perfectly, so the loss looks excellent while nothing useful is "
     "learned. Batch norm in the projector and predictor is what usually prevents it; the experiment "
     "below trains the same recipe with and without it. Look at the **spread** chart: a healthy run "
-    "stays near the green 1/√d line, a collapsing one slides towards zero (marked ✕), and its kNN "
-    "accuracy stalls near the random-init level."
+    "stays near the green 1/√d line, a collapsing one slides towards zero (marked ✕) and its loss "
+    "falls towards 0. A short run on the CPU often climbs partly out again (marked as a recovery), "
+    "and its kNN accuracy can then catch up with the healthy run's: the collapse shows in the loss "
+    "and spread, not always in kNN."
 )
 
 # --- the BN vs no-BN experiment ------------------------------------------------------------
