@@ -116,19 +116,24 @@ def test_folder_that_is_not_a_data_set_is_a_plain_error(runs_dir, app_test, tmp_
     assert list(runs_dir.iterdir()) == []
 
 
+def launch_named(at, runs_dir, name: str):
+    """Type `name` as the run's name, click Launch, wait for the queued run; its saved config."""
+    at.text_input(key="new_run_name").input(name)
+    at.run()
+    at.button(key="launch").click().run()
+    assert not at.exception
+    assert shared_runner(runs_dir).wait(timeout=10)
+    return runs.read_config(runs_dir / name)
+
+
 def test_launch_queues_a_run_and_shows_it(runs_dir, app_test, fake_train):
     fake_train.auto_release = True
     at = app_test(PAGE)
     at.run()
     use_synthetic(at)
     widget(at, "number_input", "new_epochs_").set_value(2)
-    at.text_input(key="new_run_name").input("from-the-page")
-    at.run()
-    at.button(key="launch").click().run()
-    assert not at.exception
-    assert shared_runner(runs_dir).wait(timeout=10)
+    config = launch_named(at, runs_dir, "from-the-page")
     assert fake_train.calls == ["from-the-page"]
-    config = runs.read_config(runs_dir / "from-the-page")
     assert (config.data, config.epochs, config.preset) == ("synthetic", 2, at.selectbox(key="new_preset").value)
     at.run()
     assert at.selectbox(key="train_run").value == "from-the-page"
@@ -149,12 +154,7 @@ def test_the_form_shows_the_presets_whole_recipe_and_launches_what_it_shows(runs
     widget(at, "number_input", "new_lr_decay_share_").set_value(0.5)
     widget(at, "number_input", "new_view_resolution_").set_value(1.0)
     widget(at, "number_input", "new_crop_min_scale_").set_value(0.2)
-    at.text_input(key="new_run_name").input("whole-recipe")
-    at.run()
-    at.button(key="launch").click().run()
-    assert not at.exception
-    assert shared_runner(runs_dir).wait(timeout=10)
-    config = runs.read_config(runs_dir / "whole-recipe")
+    config = launch_named(at, runs_dir, "whole-recipe")
     assert (config.lr_decay_share, config.view_resolution, config.crop_min_scale) == (0.5, 1.0, 0.2)
 
 
