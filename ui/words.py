@@ -83,7 +83,7 @@ HELP: dict[str, str] = {
     "optimizer": "The update rule. LARS is BYOL's usual choice with big batches; AdamW is easier on small runs.",
     "weight_decay": (
         "A pull of all weights towards zero at every step. AdamW multiplies it by the learning rate, "
-        "so it needs values like 0.05 to act; LARS and SGD use small ones like 1e-5."
+        "so it needs values like 0.05 to act; LARS and SGD take smaller ones (1e-5 to 5e-4)."
     ),
     "warmup_epochs": "Epochs over which the learning rate ramps up from zero before it holds and then slowly decreases.",
     "lr_decay_share": (
