@@ -160,7 +160,14 @@ class _Progress:
         kind = event.get("kind")
         if kind == "step":
             if self.bar is None:
-                self.bar = self._tqdm(total=event.get("total_steps"), unit="step", file=sys.stderr, dynamic_ncols=True)
+                # A resumed run's bar starts at its step, so the rate and ETA count only this sitting's steps.
+                self.bar = self._tqdm(
+                    total=event.get("total_steps"),
+                    initial=event["step"],
+                    unit="step",
+                    file=sys.stderr,
+                    dynamic_ncols=True,
+                )
             self.bar.total = event.get("total_steps") or self.bar.total
             self.bar.n = event["step"]
             self.bar.set_postfix(loss=f"{event['loss']:.3f}", img_s=event["images_per_s"], refresh=False)

@@ -107,3 +107,16 @@ def test_embed_refuses_an_untrustworthy_checkpoint(tmp_path):
     result = run_cli("embed", str(config_run))
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "damaged or not a PyTorch checkpoint" in result.stderr
+
+
+def test_a_resumed_runs_progress_bar_counts_rate_and_eta_from_where_it_resumed(capsys):
+    from byol.cli import _Progress
+
+    progress = _Progress()
+    for step in (7800, 7805, 7810):
+        progress({"kind": "step", "step": step, "total_steps": 19500, "loss": 0.6, "images_per_s": 1200.0})
+    shown = progress.bar.format_dict
+    progress.close()
+    # tqdm's rate (and so the ETA) is (n - initial) / elapsed: the 10 steps of this sitting, not 7,810.
+    assert shown["n"] - shown["initial"] == 10
+    assert "7810/19500" in capsys.readouterr().err
