@@ -68,9 +68,11 @@ def demo_record(run_dir: Path, machine: str, trained_on: str) -> dict:
     first, last = evals[0], evals[-1]
     minutes = training_minutes(rows)
     knn, random_init, pixels = last["knn"], first["knn"], last.get("pixel_knn")
+    tau = f"τ {config.tau_base:g}" if config.tau_schedule == "fixed" else f"τ from {config.tau_base:g}"
     label = (
         f"Trained by the BYOL Studio team on the real CIFAR-10 ({trained_on}): a width-{config.width} ResNet-18 "
-        f"({config.preset or 'custom'} recipe: {config.optimizer}, lr {config.lr:g}, τ from {config.tau_base:g}) for "
+        f"({config.preset or 'custom'} recipe: {config.optimizer}, lr {config.lr:g}, "
+        f"weight decay {config.weight_decay:g}, {tau}) for "
         f"{config.epochs} epochs, {minutes:.0f} minutes of training on {machine}. kNN accuracy {knn:.1f}% "
         f"(k={last.get('k', config.knn_k)}, {last.get('bank_size', '?'):,} training images as the bank, "
         f"{last.get('query_size', '?'):,} test images as queries) against {random_init:.1f}% for the untrained network"

@@ -26,6 +26,9 @@ def test_a_finished_run_becomes_a_demo_with_its_own_figures(finished_run, runs_d
     assert record["knn"] == evals[-1]["knn"] and record["random_init_knn"] == evals[0]["knn"]
     assert record["machine"] == "a test machine" and record["minutes"] >= 0
     assert "a test machine" in record["label"]
+    config = runs.read_config(finished_run)  # the label states the recipe as trained: a fixed τ is not "from"
+    assert ("τ from" in record["label"]) == (config.tau_schedule == "cosine")
+    assert f"weight decay {config.weight_decay:g}" in record["label"]
     assert runs.read_status(out)["state"] == runs.FINISHED
     assert runs.resume_problem(out) is not None  # the dashboard will not offer to train it further
 
