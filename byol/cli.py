@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import distributed, runs
-from .config import PRESETS, ConfigError, TrainConfig, preset, validate
+from .config import PRESETS, ConfigError, TrainConfig, preset, validate, with_epochs
 from .dataset import DataError
 from .errors import UserError
 from .lock import DeviceBusy
@@ -113,10 +113,11 @@ def _parse_value(field_type: Any, text: str) -> Any:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     config = preset(args.preset)
+    if args.epochs is not None:  # as on the Compare page: a short run keeps the warm-up's share (--set can still name one)
+        config = with_epochs(config, args.epochs)
     overrides = {
         "data": args.data,
         "data_root": args.data_root,
-        "epochs": args.epochs,
         "batch_size": args.batch_size,
         "lr": args.lr,
         "width": args.width,

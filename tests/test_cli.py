@@ -120,3 +120,14 @@ def test_a_resumed_runs_progress_bar_counts_rate_and_eta_from_where_it_resumed(c
     # tqdm's rate (and so the ETA) is (n - initial) / elapsed: the 10 steps of this sitting, not 7,810.
     assert shown["n"] - shown["initial"] == 10
     assert "7810/19500" in capsys.readouterr().err
+
+
+def test_a_short_epochs_option_keeps_the_presets_warm_up_share_unless_set():
+    from byol.cli import build_parser, config_from_args
+    from byol.config import PRESETS
+
+    cpu = PRESETS["cpu"]
+    short = config_from_args(build_parser().parse_args(["train", "--preset", "cpu", "--epochs", "1"]))
+    assert (short.epochs, short.warmup_epochs) == (1, cpu.warmup_epochs / cpu.epochs)
+    chosen = config_from_args(build_parser().parse_args(["train", "--epochs", "1", "--set", "warmup_epochs=0.5"]))
+    assert chosen.warmup_epochs == 0.5
