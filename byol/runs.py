@@ -59,6 +59,8 @@ EMBEDDINGS_FOLDER = "embeddings"
 # shipped demo run's config.json is tracked by git; .gitignore covers this file.
 LOCAL_SETTINGS = "local-settings.json"
 LOCAL_FIELDS = ("data", "data_root")  # the config fields a local setting may override
+# A shipped demo run holds this record of how it was trained (benchmarks/make_demo.py writes it).
+DEMO_RECORD = "demo.json"
 
 
 def snapshot_name(step: int) -> str:
@@ -402,9 +404,15 @@ class RunSummary:
     demo: str  # for a shipped demo run: how it was trained, in words (from demo.json); else ""
 
 
+def is_shipped_demo(run_dir: Path) -> bool:
+    """Whether the run is a demo shipped with BYOL Studio: one that holds a demo.json. Git tracks its
+    folder, so the app and the command line may add ignored files to it but never remove it."""
+    return (Path(run_dir) / DEMO_RECORD).is_file()
+
+
 def _demo_label(run_dir: Path) -> str:
     """The label of a shipped demo run: demo.json's "label" (a run without the file is no demo)."""
-    record = read_json(run_dir / "demo.json", {})
+    record = read_json(run_dir / DEMO_RECORD, {})
     if not isinstance(record, dict) or not record:
         return ""
     return str(record.get("label") or "Demo run shipped with BYOL Studio.")
@@ -461,10 +469,12 @@ def list_runs(runs_dir: Path | None = None) -> list[RunSummary]:
 
 
 def delete_run(run_dir: Path, force: bool = False) -> None:
-    """Remove a run folder; refuses while the run is live unless `force` (for a run that never started)."""
+    """Remove a run folder; refuses a shipped demo run, and a live run unless `force` (one that never started)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
         raise RunError(f"{run_dir.name} is not a run folder.")
+    if is_shipped_demo(run_dir):
+        raise RunError(f"{run_dir.name} is the demo run that comes with BYOL Studio; it is part of its files, so it is kept.")
     if not force and read_status(run_dir).get("state") in LIVE_STATES:
         raise RunError(f"The run {run_dir.name} is still queued or training; stop it before deleting it.")
     shutil.rmtree(run_dir)

@@ -274,7 +274,9 @@ with c_resume:
                 runner.resume(run_dir, epochs=int(total))
                 st.rerun()
 with c_delete:
-    if state not in runs.LIVE_STATES:
+    if runs.is_shipped_demo(run_dir):
+        st.caption("This is the demo run that comes with BYOL Studio: it is part of its files, so it cannot be deleted here.")
+    elif state not in runs.LIVE_STATES:
         sure = st.checkbox("Yes, delete this run", key=f"confirm_delete_{picked.name}", help=HELP["confirm_delete"])
         if st.button(
             "Delete run",

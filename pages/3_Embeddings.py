@@ -42,8 +42,9 @@ first.metric(
     "kNN accuracy",
     f"{knn.accuracy:.1f}%",
     help=f"{words.TERMS['knn']} Here every one of the {knn.bank_size:,} training images votes and "
-    f"all {knn.query_size:,} test images are graded, with k = {knn.k}. The Train page measures on a smaller "
-    "sample while training, so its number can differ a little.",
+    f"all {knn.query_size:,} test images are graded, with k = {knn.k}. The Train page measures while training, "
+    "often on a smaller sample and always with the full-precision network (snapshots are saved in half "
+    "precision), so its number can differ a little.",
 )
 linear_probe_metric(probe_column, run.path, choice.path, data)
 second.metric("Chance level", f"{100 / max(len(knn.classes), 1):.0f}%", help="What guessing a class at random would score.")

@@ -183,6 +183,17 @@ def test_delete_needs_confirmation(finished_run, app_test):
     assert any("No runs yet" in text for text in alerts(at, "info"))
 
 
+def test_a_shipped_demo_run_offers_no_delete(finished_run, app_test):
+    (finished_run / runs.DEMO_RECORD).write_text('{"label": "a demo"}')
+    at = app_test(PAGE)
+    at.run()
+    assert not at.exception
+    assert not [b for b in at.button if b.key == "delete"]
+    assert not [c for c in at.checkbox if (c.key or "").startswith("confirm_delete")]
+    assert any("cannot be deleted" in caption.value for caption in at.caption)
+    assert finished_run.exists()
+
+
 def test_cached_speed_shows_the_estimate(runs_dir, app_test, session_cache_dir):
     at = app_test(PAGE)
     at.run()

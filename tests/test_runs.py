@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from byol import runs
 from helpers import shipped_demo, tiny_config
 
@@ -35,6 +37,22 @@ def test_a_demo_runs_local_settings_are_ignored_by_git():
     for name in (runs.LOCAL_SETTINGS, f"embeddings/{last_snapshot.stem}-train.npz"):
         result = subprocess.run(["git", "check-ignore", "-q", str(demo / name)], cwd=demo.parent.parent)
         assert result.returncode == 0, f"{name} is not ignored by git"
+
+
+def test_delete_keeps_a_shipped_demo_run_and_removes_any_other(tmp_path):
+    """A run with a demo.json ships with the repository: deleting it would change tracked files."""
+    demo, plain = (runs.create_run(tmp_path, tiny_config(), name) for name in ("demo", "plain"))
+    (demo / runs.DEMO_RECORD).write_text('{"label": "a demo"}')
+    for run_dir in (demo, plain):
+        runs.write_status(run_dir, runs.FINISHED)
+    files = sorted(path.name for path in demo.iterdir())
+    with pytest.raises(runs.RunError, match="comes with BYOL Studio"):
+        runs.delete_run(demo)
+    with pytest.raises(runs.RunError, match="comes with BYOL Studio"):
+        runs.delete_run(demo, force=True)
+    assert sorted(path.name for path in demo.iterdir()) == files
+    runs.delete_run(plain)
+    assert not plain.exists()
 
 
 def test_resume_problem_refuses_a_finished_run_without_last_pt(tmp_path):
