@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from byol import runs
-from byol.config import DEVICES, OPTIMIZERS, PRECISIONS, PRESET_HELP, PRESETS, TAU_SCHEDULES
+from byol.config import DEVICES, OPTIMIZERS, PRECISIONS, PRESET_HELP, PRESETS, TAU_SCHEDULES, TrainConfig
 from byol.device import gpu_recipe_on_cpu
 from byol.estimate import estimate_time, rough_cpu_seconds
 from byol.jobs import launch_problems
@@ -45,25 +45,53 @@ if "train_select_next" in st.session_state:
 
 summaries = runs.list_runs(runs_dir())
 
+
+def settings_source() -> tuple[str, TrainConfig] | None:
+    """The run whose settings the new-run form starts from ("New run with these settings"), if any."""
+    source = st.session_state.get("new_from_run")
+    if not source:
+        return None
+    try:
+        return source, runs.read_config(runs.run_path(runs_dir(), source)).replace(notes="")
+    except (runs.RunError, OSError, ValueError, TypeError):  # deleted or unreadable meanwhile: back to the presets
+        st.session_state.pop("new_from_run", None)
+        return None
+
+
 # --- start a new run -------------------------------------------------------------------------
-with st.expander("Start a new run", expanded=not summaries, icon=":material/rocket_launch:"):
-    preset_names = list(PRESETS)
-    default_preset = "cpu" if device["is_cpu"] else "gpu"
-    name = st.selectbox(
-        "Preset",
-        preset_names,
-        index=preset_names.index(default_preset),
-        key="new_preset",
-        format_func=preset_label,
-        help=HELP["preset"],
-    )
-    st.caption(PRESET_HELP.get(name, ""))
-    base = PRESETS[name]
+source = settings_source()
+# A new label is a new expander, so one started from a run's settings opens by itself.
+new_run_label = f"Start a new run with the settings of {source[0]}" if source else "Start a new run"
+with st.expander(new_run_label, expanded=not summaries or source is not None, icon=":material/rocket_launch:"):
+    if source:
+        form_name, base = source
+        form_key = f"run-{form_name}"  # never a preset's name: the run may be called "cpu"
+        st.caption(
+            f"Every setting below starts as {form_name} had it; change what you like (the name and data too). "
+            "Nothing is copied from its checkpoints: the new run trains from scratch."
+        )
+        if st.button("Start from a preset instead", key="new_from_presets", icon=":material/undo:"):
+            st.session_state.pop("new_from_run", None)
+            st.rerun()
+    else:
+        preset_names = list(PRESETS)
+        default_preset = "cpu" if device["is_cpu"] else "gpu"
+        form_name = st.selectbox(
+            "Preset",
+            preset_names,
+            index=preset_names.index(default_preset),
+            key="new_preset",
+            format_func=preset_label,
+            help=HELP["preset"],
+        )
+        st.caption(PRESET_HELP.get(form_name, ""))
+        base = PRESETS[form_name]
+        form_key = form_name
     data = data_source_input("new")
 
-    # Widget keys carry the preset's name, so picking another preset shows that preset's values.
+    # Widget keys carry the preset's (or source run's) name, so picking another shows its values.
     def key(field: str) -> str:
-        return f"new_{field}_{name}"
+        return f"new_{field}_{form_key}"
 
     c1, c2, c3 = st.columns(3)
     epochs = c1.number_input("Epochs", value=base.epochs, step=1, key=key("epochs"), help=HELP["epochs"])
@@ -125,9 +153,21 @@ with st.expander("Start a new run", expanded=not summaries, icon=":material/rock
         )
         knn_k = a1.number_input("kNN neighbours (k)", value=base.knn_k, step=10, key=key("k"), help=HELP["knn_k"])
         devices = list(DEVICES)
-        device_choice = a2.selectbox("Device", devices, key=key("device"), help=HELP["device"])
+        device_choice = a2.selectbox(
+            "Device",
+            devices,
+            index=devices.index(base.device) if base.device in devices else 0,
+            key=key("device"),
+            help=HELP["device"],
+        )
         precisions = list(PRECISIONS)
-        precision = a3.selectbox("Precision", precisions, key=key("precision"), help=HELP["precision"])
+        precision = a3.selectbox(
+            "Precision",
+            precisions,
+            index=precisions.index(base.precision) if base.precision in precisions else 0,
+            key=key("precision"),
+            help=HELP["precision"],
+        )
         run_name = st.text_input("Run name (optional)", key="new_run_name", help=HELP["run_name"]).strip()
 
     config = base.replace(
@@ -273,6 +313,14 @@ with c_resume:
             with plain_errors():
                 runner.resume(run_dir, epochs=int(total))
                 st.rerun()
+    if state not in runs.LIVE_STATES and st.button(
+        "New run with these settings",
+        key="copy_settings",
+        icon=":material/content_copy:",
+        help="Fills in 'Start a new run' above with this run's settings, to train the same recipe again or a variation of it.",
+    ):
+        st.session_state["new_from_run"] = picked.name
+        st.rerun()
 with c_delete:
     if runs.is_shipped_demo(run_dir):
         st.caption("This is the demo run that comes with BYOL Studio: it is part of its files, so it cannot be deleted here.")

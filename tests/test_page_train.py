@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from byol import runs
-from byol.config import preset
+from byol.config import PRESETS, preset
 from byol.device import resolve_device, use_bf16
 from byol.estimate import speed_key
 from byol.jobs import shared_runner
@@ -156,6 +156,30 @@ def test_the_form_shows_the_presets_whole_recipe_and_launches_what_it_shows(runs
     widget(at, "number_input", "new_crop_min_scale_").set_value(0.2)
     config = launch_named(at, runs_dir, "whole-recipe")
     assert (config.lr_decay_share, config.view_resolution, config.crop_min_scale) == (0.5, 1.0, 0.2)
+
+
+def test_a_new_run_can_start_from_a_finished_runs_settings(finished_run, runs_dir, app_test, fake_train):
+    """'New run with these settings' fills the form with the run's whole recipe; the launch trains what it shows."""
+    fake_train.auto_release = True
+    source = runs.read_config(finished_run).replace(
+        lr=0.0123, tau_schedule="fixed", precision="fp32", device="cpu", notes="how it was made"
+    )
+    runs.update_config(finished_run, source)
+    at = app_test(PAGE)
+    at.run()
+    at.button(key="copy_settings").click().run()
+    assert not at.exception
+    assert not [s for s in at.selectbox if s.key == "new_preset"]  # the run's settings, not a preset's
+    form = f"run-{finished_run.name}"
+    assert at.number_input(key=f"new_lr_{form}").value == source.lr
+    assert at.selectbox(key=f"new_tau_s_{form}").value == "fixed"
+    use_synthetic(at)
+    at.number_input(key=f"new_epochs_{form}").set_value(source.epochs + 1)
+    config = launch_named(at, runs_dir, "again")
+    assert config == source.replace(epochs=source.epochs + 1, data="synthetic", notes="")
+    at.button(key="new_from_presets").click().run()
+    assert not at.exception
+    assert at.selectbox(key="new_preset").value in PRESETS
 
 
 def test_running_run_can_be_stopped(runs_dir, app_test, fake_train, tiny_config):
