@@ -1,4 +1,4 @@
-"""Train: launch a run from a preset, watch it live, stop, resume or delete it."""
+"""Train: launch a run from a preset or from another run's settings, watch it live, stop, resume or delete it."""
 
 from __future__ import annotations
 
