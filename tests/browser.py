@@ -2,8 +2,8 @@
 
 - `require_browser()`: the Playwright module and Debian's Chromium, or a clean skip (a failure when
   `BYOL_REQUIRE_BROWSER=1`, as CI sets it).
-- `StreamlitServer`: `streamlit run app.py` on a free loopback port with its own runs and cache
-  folders, waited on through `/_stcore/health`, and always ended with its whole process group
+- `StreamlitServer`: `streamlit run app.py` on a free port, bound to loopback (or to whatever the
+  project's `.streamlit/config.toml` says), with its own runs and cache folders, waited on through `/_stcore/health`, and always ended with its whole process group
   (the training threads live inside it).
 - `launch_chromium()`: headless Chromium with the flags this machine needs (no sandbox, no GPU, no
   background network).
@@ -67,8 +67,17 @@ def free_port() -> int:
 class StreamlitServer:
     """`streamlit run app.py` in a subprocess of its own process group; use as a context manager."""
 
-    def __init__(self, runs_dir: Path, cache_dir: Path, log_path: Path, extra_env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        runs_dir: Path,
+        cache_dir: Path,
+        log_path: Path,
+        extra_env: dict[str, str] | None = None,
+        address: str | None = "127.0.0.1",
+    ):
+        """`address` None leaves the listening address to the project's `.streamlit/config.toml`."""
         self.port = free_port()
+        self.address = address
         self.url = f"http://127.0.0.1:{self.port}"
         self.runs_dir, self.cache_dir, self.log_path = Path(runs_dir), Path(cache_dir), Path(log_path)
         self.extra_env = extra_env or {}
@@ -88,8 +97,7 @@ class StreamlitServer:
             "true",
             "--server.port",
             str(self.port),
-            "--server.address",
-            "127.0.0.1",
+            *(["--server.address", self.address] if self.address is not None else []),
             "--browser.gatherUsageStats",
             "false",
             "--server.fileWatcherType",

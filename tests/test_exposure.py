@@ -18,17 +18,13 @@ import ast
 import contextlib
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
-import time
 import tomllib
-import urllib.request
 from pathlib import Path
 from typing import Iterator
 
-from browser import free_port
+from browser import StreamlitServer
 from byol import retrieval, runs
 from helpers import write_image_folder
 from test_page_embeddings import compute_map, run_until
@@ -78,56 +74,14 @@ def other_addresses() -> set[str]:
 
 
 def test_the_running_app_listens_on_loopback_only(tmp_path, session_cache_dir):
-    port = free_port()
-    env = {**os.environ, "BYOL_RUNS_DIR": str(tmp_path / "runs"), "BYOL_CACHE_DIR": str(session_cache_dir)}
-    with open(tmp_path / "server.log", "wb") as log:
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "streamlit",
-                "run",
-                "app.py",
-                "--server.headless",
-                "true",
-                "--server.port",
-                str(port),
-                "--browser.gatherUsageStats",
-                "false",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, (tmp_path / "server.log").read_text()
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=5) as answer,
-            ):
-                if answer.read().decode().strip() == "ok":
-                    break
-            assert time.monotonic() < deadline, "the app did not start"
-            time.sleep(0.3)
-        addresses = listening_addresses(port)
+    # No address flag: the server listens where the project's .streamlit/config.toml says.
+    with StreamlitServer(tmp_path / "runs", session_cache_dir, tmp_path / "server.log", address=None) as server:
+        addresses = listening_addresses(server.port)
         assert addresses and all(is_loopback(a) for a in addresses), addresses
         for address in other_addresses():  # from the LAN's side the port is closed
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as client:
                 client.settimeout(5)
-                assert client.connect_ex((address, port)) != 0, f"the app answers on {address}"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+                assert client.connect_ex((address, server.port)) != 0, f"the app answers on {address}"
 
 
 # --- files the dashboard touches -------------------------------------------------------------------
