@@ -24,8 +24,9 @@ GRID_LIMIT = 40
 # --- widgets and guards --------------------------------------------------------------------------
 run, choice, config, data = inspection.pick_run_checkpoint_and_data("emb")
 
+# The person came for the map: the first visit computes it by itself (the film, minutes more, still asks).
 inspection.ensure_prepared(
-    run.path, choice.path, embed.FULL, data, config.knn_k, config.knn_temperature, what="The map page", key="emb"
+    run.path, choice.path, embed.FULL, data, config.knn_k, config.knn_temperature, what="The map page", key="emb", start=True
 )
 
 # --- one library call: the prepared map and its kNN accuracy --------------------------------------

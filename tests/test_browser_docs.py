@@ -96,7 +96,7 @@ def _map(page, url: str, out_dir: Path) -> None:
 
     page.goto(f"{url}/Embeddings")
     expect(page.get_by_role("heading", name=re.compile("^Embeddings"))).to_be_visible()
-    # The page asks before it computes the checkpoint's map and the film (minutes on a CPU): click what it asks.
+    # The page computes the checkpoint's map by itself and asks before the film (minutes on a CPU): click what it asks.
     film = page.locator("[class*='st-key-film-map-'] .js-plotly-plot")
     asks = page.locator(".st-key-compute-emb button, .st-key-compute-film button")
     while True:

@@ -291,11 +291,13 @@ def _visit_embeddings_film(page, url: str, shots: Path) -> None:
     expect(page.locator(".st-key-emb-run").get_by_role("combobox")).to_have_value(RUN_NAME)
     compute = keyed_button(page, "compute-emb")
     compute_film = keyed_button(page, "compute-film")
-    compute.or_(compute_film).first.wait_for()
-    if compute.count():  # the shown checkpoint's map and kNN first
+    # The shown checkpoint's map and kNN compute by themselves on the first visit (the page asks only
+    # while another computation runs); the film waits to be asked. numba compiles UMAP on first use.
+    compute.or_(compute_film).first.wait_for(timeout=300_000)
+    if compute.count():
         wait_idle(page)
         compute.click()
-    compute_film.wait_for(timeout=300_000)  # numba compiles UMAP on first use
+    compute_film.wait_for(timeout=300_000)
     wait_idle(page)
     screenshot(page, shots, "10-embeddings-film-compute")
     compute_film.click()

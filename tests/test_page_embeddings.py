@@ -4,6 +4,7 @@ The run is conftest's `finished_run`; the data set it trained on is swapped for 
 one (200 training / 80 test images) and UMAP for a cheap stand-in, so a whole page test takes seconds.
 """
 
+import threading
 import time
 
 import numpy as np
@@ -46,9 +47,13 @@ def has_map(at) -> bool:
 
 
 def compute_map(at):
+    """The page's map, computed: by itself on a first visit, or through the button the page shows when it
+    asks (another computation was under way)."""
     at.run()
     assert not at.exception
-    at.button(key="compute-emb").click()
+    asks = [b for b in at.button if b.key == "compute-emb"]
+    if asks:
+        asks[0].click()
     return run_until(at, has_map)
 
 
@@ -100,13 +105,14 @@ def test_empty_runs_folder_says_what_to_do(runs_dir, app_test):
     assert any("no training runs yet" in info.value for info in at.info)
 
 
-def test_finished_run_map_appears_after_computing_and_a_point_shows_its_neighbours(finished_run, app_test, quick):
+def test_the_first_visit_computes_the_map_by_itself_and_a_point_shows_its_neighbours(finished_run, app_test, quick):
     at = app_test(PAGE).run()
     assert not at.exception
-    assert any("have not been computed yet" in info.value for info in at.info)
+    assert any("computing them now" in caption.value for caption in at.caption)  # with no button to press first
+    assert not [b for b in at.button if b.key == "compute-emb"]
     assert not has_map(at)
 
-    compute_map(at)
+    run_until(at, has_map)
     assert any(metric.label == "kNN accuracy" for metric in at.metric)
     assert any("Click a dot" in info.value for info in at.info)  # nothing picked yet
 
@@ -118,6 +124,21 @@ def test_finished_run_map_appears_after_computing_and_a_point_shows_its_neighbou
     assert any("query: test image #5" in c for image in at.image for c in image.captions)
     classes = quick.classes
     assert all(any(name in c for name in classes) for c in neighbour_captions)
+
+
+def test_while_another_computation_runs_the_map_page_asks_instead_of_queueing(finished_run, app_test, quick):
+    # Flicking through checkpoints must not queue minutes of work each: only an idle runner starts by itself.
+    release = threading.Event()
+    inspection.get_task_runner().submit("other-work", lambda report: release.wait(60))
+    try:
+        at = app_test(PAGE).run()
+        assert not at.exception
+        assert at.button(key="compute-emb").label == "Compute now"
+        assert any("Another computation is under way" in c.value for c in at.caption)
+    finally:
+        release.set()
+    at.button(key="compute-emb").click()
+    run_until(at, has_map)
 
 
 def test_an_earlier_checkpoint_can_be_mapped_too(finished_run, app_test, quick):
@@ -133,10 +154,11 @@ def test_an_earlier_checkpoint_can_be_mapped_too(finished_run, app_test, quick):
 
 def test_damaged_checkpoint_shows_a_plain_error(finished_run, app_test, quick):
     (finished_run / "step-00000008.pt").write_bytes(b"\x00garbage, not a checkpoint")
-    at = app_test(PAGE).run()
-    at.button(key="compute-emb").click()
+    at = app_test(PAGE).run()  # the first visit starts the computation by itself
     run_until(at, lambda at: len(at.error) > 0)
     assert "damaged" in at.error[0].value
+    for _ in range(3):  # a failure does not start again by itself
+        at.run()
     assert at.button(key="compute-emb").label == "Try again"
     assert not at.exception
 
