@@ -1,18 +1,34 @@
-"""Small shared pieces for the engine tests: a tiny config, helpers to run the CLI, tree snapshots."""
+"""Small shared pieces for the tests: a tiny config, helpers to run the CLI, tree snapshots, a busy task runner."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from byol.config import TrainConfig, preset
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def another_computation_under_way() -> Iterator[None]:
+    """The pages' task runner busy with other work until the block ends (a page then asks, not queues)."""
+    from ui import inspection  # imported here: the engine tests that use this module need no Streamlit
+
+    release = threading.Event()
+    inspection.get_task_runner().submit("other-work", lambda report: release.wait(60))
+    try:
+        yield
+    finally:
+        release.set()
 
 
 def shipped_demo() -> Path:

@@ -4,7 +4,6 @@ The run is conftest's `finished_run`; the data set it trained on is swapped for 
 one (200 training / 80 test images) and UMAP for a cheap stand-in, so a whole page test takes seconds.
 """
 
-import threading
 import time
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 
 from byol import data as datasets
 from byol import embed, retrieval
+from helpers import another_computation_under_way
 from test_retrieval import install_fake_umap, small_data
 from ui import inspection
 
@@ -128,15 +128,11 @@ def test_the_first_visit_computes_the_map_by_itself_and_a_point_shows_its_neighb
 
 def test_while_another_computation_runs_the_map_page_asks_instead_of_queueing(finished_run, app_test, quick):
     # Flicking through checkpoints must not queue minutes of work each: only an idle runner starts by itself.
-    release = threading.Event()
-    inspection.get_task_runner().submit("other-work", lambda report: release.wait(60))
-    try:
+    with another_computation_under_way():
         at = app_test(PAGE).run()
         assert not at.exception
         assert at.button(key="compute-emb").label == "Compute now"
         assert any("Another computation is under way" in c.value for c in at.caption)
-    finally:
-        release.set()
     at.button(key="compute-emb").click()
     run_until(at, has_map)
 

@@ -9,7 +9,6 @@ AppTest cannot run the picture grid's script, so a click is what the grid's call
 import base64
 import io
 import json
-import threading
 
 import pytest
 from PIL import Image
@@ -18,7 +17,7 @@ from byol import cifar10, embed, neighbour_score, retrieval, runs
 from byol import data as datasets
 from byol.checkpoint import checkpoint_choices
 from byol.errors import UserError
-from helpers import run_cli, write_image_folder
+from helpers import another_computation_under_way, run_cli, write_image_folder
 from test_page_embeddings import run_until
 from test_retrieval import small_data
 from ui import picture_grid
@@ -116,17 +115,11 @@ def test_a_failed_computation_shows_its_error_and_waits_for_try_again(finished_r
 
 def test_while_another_computation_runs_the_page_asks_instead_of_queueing(finished_run, app_test, quick):
     # Flicking through checkpoints must not queue minutes of work each: only an idle runner starts by itself.
-    from ui import inspection
-
-    release = threading.Event()
-    inspection.get_task_runner().submit("other-work", lambda report: release.wait(60))
-    try:
+    with another_computation_under_way():
         at = app_test(PAGE).run()
         assert not at.exception
         assert at.button(key="compute-ret").label == "Compute now"
         assert any("Another computation is under way" in c.value for c in at.caption)
-    finally:
-        release.set()
     at.button(key="compute-ret").click()
     run_until(at, lambda at: len(shown(at)) > 0)
 
