@@ -76,10 +76,11 @@ def _step(text: str) -> int:
 
 
 def _expect_neighbours(page, prefix: str, k: int) -> None:
-    """k captions "<prefix> N: class (0.93)" numbered 1..k, each under a picture that has arrived."""
+    """k captions "<prefix> N: class (0.93)" numbered 1..k (more decimals where two would round up
+    to 1), each under a picture that has arrived."""
     from playwright.sync_api import expect
 
-    pattern = re.compile(rf"^{prefix} (\d+): \S.* \((-?\d\.\d\d)\)$")
+    pattern = re.compile(rf"^{prefix} (\d+): \S.* \((-?\d\.\d{{2,4}})\)$")
     captions = page.locator("[data-testid='stImageCaption']").filter(has_text=re.compile(rf"^{prefix} \d+: "))
     expect(captions).to_have_count(k)
     texts = [t.strip() for t in captions.all_inner_texts()]

@@ -58,6 +58,17 @@ def compute_map(at):
 
 
 # --- plain helpers -------------------------------------------------------------------------------
+def test_similarities_that_two_decimals_would_round_up_to_one_get_more_decimals():
+    def captions(*similarities):
+        found = [retrieval.Neighbour(train_index=i, label=0, similarity=s) for i, s in enumerate(similarities)]
+        return [c.split(" (")[1] for c in inspection.neighbour_captions(found, ["cat"])]
+
+    assert captions(0.9674, 0.5) == ["0.97)", "0.50)"]
+    assert captions(0.9966, 0.9959) == ["0.997)", "0.996)"]  # an untrained network's neighbours: not "1.00"
+    assert captions(0.99996, 0.9) == ["1.0000)", "0.9000)"]  # at most four decimals
+    assert captions(1.0, 0.9) == ["1.00)", "0.90)"]  # the same image is 1
+
+
 def test_selection_event_gives_test_image_numbers_in_order_without_repeats():
     event = {
         "selection": {

@@ -391,9 +391,21 @@ def image_grid(images: Sequence[Any], captions: Sequence[str], columns: int, sca
             cell.image(retrieval.thumbnail(image, scale), caption=caption, width=int(image.shape[-1]) * scale)
 
 
+def similarity_decimals(similarities: Sequence[float], most: int = 4) -> int:
+    """Decimals that show a similarity below 1 as below 1: two, or up to `most` where two would round
+    one up to "1.00". An untrained network's features all point nearly one way (its neighbours' cosine
+    similarities sit near 0.996), and "1.00" under a horse would read as "identical to the car"."""
+    decimals = 2
+    while decimals < most and any(s < 1 and round(s, decimals) >= 1 for s in similarities):
+        decimals += 1
+    return decimals
+
+
 def neighbour_captions(found: Sequence[retrieval.Neighbour], classes: Sequence[str], prefix: str = "neighbour") -> list[str]:
-    """Stable, findable captions: "neighbour 1: cat (0.93)" (browser tests look for them)."""
-    return [f"{prefix} {i}: {classes[n.label]} ({n.similarity:.2f})" for i, n in enumerate(found, start=1)]
+    """Stable, findable captions: "neighbour 1: cat (0.93)" (browser tests look for them), with the
+    same number of decimals for every neighbour of one query (`similarity_decimals`)."""
+    decimals = similarity_decimals([n.similarity for n in found])
+    return [f"{prefix} {i}: {classes[n.label]} ({n.similarity:.{decimals}f})" for i, n in enumerate(found, start=1)]
 
 
 def selection_grid(data: Dataset, shown: Sequence[int], limit: int = 40) -> None:
