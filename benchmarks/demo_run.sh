@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The CPU demo run, trained over several sessions on a 2-core CPU.
+#
+# No GPU has been lent for the demo, and a long CPU run outlasts one session, while nothing on these
+# machines but the repository outlasts a session. So the run's resumable state is kept in
+# benchmarks/demo-run/ between sittings: last.pt (networks, target, optimiser, 19 MB), its config,
+# status and metrics, and the snapshots the finished demo will keep. Each sitting trains in
+# local/runs/ (git-ignored) and commits the state back.
+#
+#   bash benchmarks/demo_run.sh start     # the first sitting: a new run (the cpu preset, 200 epochs)
+#   bash benchmarks/demo_run.sh continue  # resume it in the background, from local/runs/ or the saved state
+#   bash benchmarks/demo_run.sh status    # its step, epoch, speed and latest kNN
+#   bash benchmarks/demo_run.sh save      # stop it gracefully and copy its state here, to commit
+#
+# When it has finished, `make_demo.py local/runs/$NAME --steps ...` (the steps below) makes the shipped
+# demo, and benchmarks/demo-run/ is deleted. The data is the real copy at ../shared/data.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+NAME=${DEMO_RUN_NAME:-demo-cifar10-cpu-200ep}
+EPOCHS=200
+RUNS=${DEMO_RUN_RUNS:-local/runs}  # the three DEMO_RUN_* variables are for trying the script on a tiny run
+RUN=$RUNS/$NAME
+SAVED=${DEMO_RUN_SAVED:-benchmarks/demo-run}
+LOG=local/$NAME.log
+PYTHON=${PYTHON:-.venv/bin/python}
+# The snapshots the demo keeps: epochs 0, 10, 20, 50, 100 and 200 (195 steps an epoch), so the map can
+# be watched forming early, where it changes most.
+KEEP_STEPS="0 1950 3900 9750 19500 39000"
+
+saved_step() {  # the step in a run folder's status.json (-1 without one)
+    "$PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1]))["progress"]["step"])' "$1/status.json" 2>/dev/null || echo -1
+}
+
+running() {
+    pgrep -f "byol (train|resume) .*$NAME" > /dev/null
+}
+
+case "${1:-}" in
+start)
+    [ -e "$RUN" ] && { echo "$RUN exists already: use continue"; exit 1; }
+    mkdir -p "$RUNS"
+    # kNN over all 50,000 training images and 10,000 test queries, as the demo records it.
+    nohup "$PYTHON" -m byol train --preset cpu --epochs "$EPOCHS" --eval-every 10 \
+        --set eval_bank_size=0 --set eval_query_size=0 --data ../shared/data/cifar10-jpg.tar.gz --runs-dir "$RUNS" --name "$NAME" \
+        --set "notes=The shipped demo: the cpu preset's recipe for $EPOCHS epochs on both cores of a 2-core CPU, resumed across sittings" \
+        >> "$LOG" 2>&1 &
+    echo "training in the background; log: $LOG"
+    ;;
+continue)
+    running && { echo "it is training already"; exit 0; }
+    [ -e "$RUN/status.json" ] || [ -e "$SAVED/status.json" ] || { echo "no run at $RUN or $SAVED: use start"; exit 1; }
+    # A machine that kept local/ since the last sitting may be ahead of the saved state: take the later.
+    if [ "$(saved_step "$SAVED")" -gt "$(saved_step "$RUN")" ]; then
+        rm -rf "$RUN" && mkdir -p "$RUN" && cp "$SAVED"/* "$RUN"/
+        echo "restored step $(saved_step "$RUN") from $SAVED"
+    fi
+    nohup "$PYTHON" -m byol resume "$RUN" >> "$LOG" 2>&1 &
+    echo "resumed in the background from step $(saved_step "$RUN"); log: $LOG"
+    ;;
+status)
+    [ -e "$RUN/status.json" ] || { echo "no run at $RUN (continue restores the saved one)"; exit 1; }
+    "$PYTHON" - "$RUN" <<'EOF'
+import json, sys
+from pathlib import Path
+run = Path(sys.argv[1])
+status = json.loads((run / "status.json").read_text())
+rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+knn = [(r["epoch"], r["knn"]) for r in rows if r.get("knn") is not None]
+p = status["progress"]
+print(f"{status['state']}: step {p['step']:,} of {p['total_steps']:,} (epoch {p['epoch']:.1f}), {p['images_per_s']:.0f} images/s")
+print("kNN by epoch:", ", ".join(f"{e:.0f}: {k:.1f}%" for e, k in knn))
+EOF
+    ;;
+save)
+    if running; then
+        pkill -TERM -f "byol (train|resume) .*$NAME"
+        while running; do sleep 2; done  # the step finishes and last.pt is written
+    fi
+    [ -e "$RUN/last.pt" ] || { echo "no checkpoint at $RUN to save"; exit 1; }
+    rm -rf "$SAVED" && mkdir -p "$SAVED"
+    cp "$RUN"/config.json "$RUN"/status.json "$RUN"/metrics.jsonl "$RUN"/last.pt "$SAVED"/
+    for step in $KEEP_STEPS; do
+        snapshot=$(printf "%s/step-%08d.pt" "$RUN" "$step")
+        [ -e "$snapshot" ] && cp "$snapshot" "$SAVED"/
+    done
+    echo "saved step $(saved_step "$SAVED") to $SAVED: $(du -sh "$SAVED" | cut -f1)"
+    ;;
+*)
+    sed -n '2,16p' "$0"
+    exit 2
+    ;;
+esac
