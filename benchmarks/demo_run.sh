@@ -29,7 +29,7 @@ PYTHON=${PYTHON:-.venv/bin/python}
 KEEP_STEPS="0 1950 3900 9750 19500 39000"
 
 saved_step() {  # the step in a run folder's status.json (-1 without one)
-    "$PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1]))["progress"]["step"])' "$1/status.json" 2>/dev/null || echo -1
+    "$PYTHON" -c 'import sys; from byol import runs; print(runs.read_status(sys.argv[1])["progress"]["step"])' "$1" 2>/dev/null || echo -1
 }
 
 running() {
@@ -61,11 +61,10 @@ continue)
 status)
     [ -e "$RUN/status.json" ] || { echo "no run at $RUN (continue restores the saved one)"; exit 1; }
     "$PYTHON" - "$RUN" <<'EOF'
-import json, sys
-from pathlib import Path
-run = Path(sys.argv[1])
-status = json.loads((run / "status.json").read_text())
-rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+import sys
+from byol import runs
+status = runs.read_status(sys.argv[1])  # a run whose process is gone reads "interrupted"
+rows = runs.read_metric_rows(sys.argv[1])  # a torn last line (a kill mid-write) is skipped
 knn = [(r["epoch"], r["knn"]) for r in rows if r.get("knn") is not None]
 p = status["progress"]
 print(f"{status['state']}: step {p['step']:,} of {p['total_steps']:,} (epoch {p['epoch']:.1f}), {p['images_per_s']:.0f} images/s")
