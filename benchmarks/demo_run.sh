@@ -66,8 +66,11 @@ from byol import runs
 status = runs.read_status(sys.argv[1])  # a run whose process is gone reads "interrupted"
 rows = runs.read_metric_rows(sys.argv[1])  # a torn last line (a kill mid-write) is skipped
 knn = [(r["epoch"], r["knn"]) for r in rows if r.get("knn") is not None]
-p = status["progress"]
-print(f"{status['state']}: step {p['step']:,} of {p['total_steps']:,} (epoch {p['epoch']:.1f}), {p['images_per_s']:.0f} images/s")
+p = status.get("progress") or {}
+if "step" in p:
+    print(f"{status['state']}: step {p['step']:,} of {p['total_steps']:,} (epoch {p['epoch']:.1f}), {p['images_per_s']:.0f} images/s")
+else:  # a resumed run writes no progress until its first logged step
+    print(f"{status['state']}: {status.get('message', '')}")
 print("kNN by epoch:", ", ".join(f"{e:.0f}: {k:.1f}%" for e, k in knn))
 EOF
     ;;
