@@ -28,8 +28,8 @@ PYTHON=${PYTHON:-.venv/bin/python}
 # be watched forming early, where it changes most.
 KEEP_STEPS="0 1950 3900 9750 19500 39000"
 
-saved_step() {  # the step in a run folder's status.json (-1 without one)
-    "$PYTHON" -c 'import sys; from byol import runs; print(runs.read_status(sys.argv[1])["progress"]["step"])' "$1" 2>/dev/null || echo -1
+saved_step() {  # the step a run folder's last.pt was saved at (-1 without a readable one)
+    "$PYTHON" -c 'import sys; from byol.checkpoint import checkpoint_step; s = checkpoint_step(sys.argv[1]); print(-1 if s is None else s)' "$1/last.pt" 2>/dev/null || echo -1
 }
 
 running() {
