@@ -51,12 +51,14 @@ continue)
     running && { echo "it is training already"; exit 0; }
     [ -e "$RUN/status.json" ] || [ -e "$SAVED/status.json" ] || { echo "no run at $RUN or $SAVED: use start"; exit 1; }
     # A machine that kept local/ since the last sitting may be ahead of the saved state: take the later.
-    if [ "$(saved_step "$SAVED")" -gt "$(saved_step "$RUN")" ]; then
+    saved=$(saved_step "$SAVED") local_step=$(saved_step "$RUN")  # each read starts Python and torch once
+    if [ "$saved" -gt "$local_step" ]; then
         rm -rf "$RUN" && mkdir -p "$RUN" && cp "$SAVED"/* "$RUN"/
-        echo "restored step $(saved_step "$RUN") from $SAVED"
+        local_step=$saved
+        echo "restored step $saved from $SAVED"
     fi
     nohup "$PYTHON" -m byol resume "$RUN" >> "$LOG" 2>&1 &
-    echo "resumed in the background from step $(saved_step "$RUN"); log: $LOG"
+    echo "resumed in the background from step $local_step; log: $LOG"
     ;;
 status)
     [ -e "$RUN/status.json" ] || { echo "no run at $RUN (continue restores the saved one)"; exit 1; }
