@@ -8,6 +8,12 @@ backbone snapshots of about `--snapshots` evaluation points spread over training
 little in the repository. When the chosen snapshots would pass `--max-mb`, snapshots in the middle
 are dropped until they fit. demo.json records the machine, the minutes, and the kNN of the last
 evaluation beside the random-init and raw-pixel figures of the same run, all read from the run.
+
+With `--ship-artefacts` it also computes what the pages would otherwise compute on a visitor's first
+visit, from the demo's own images: the last snapshot's embeddings, map and kNN votes, every other
+snapshot's kNN votes (the film colours each frame's dots by them) and the film. They go to the
+demo's `shipped/` folder, which the app adopts wherever the local copy holds the same images
+(byol/shipped.py).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from byol import runs  # noqa: E402
+from byol import embed, map_film, run_images, runs, shipped  # noqa: E402
 
 
 def spread(items: list, count: int) -> list:
@@ -57,7 +63,7 @@ def training_minutes(rows: list[dict], pause_seconds: float = PAUSE_SECONDS) -> 
     return sum(later - earlier for earlier, later in zip(times, times[1:]) if later - earlier <= pause_seconds) / 60
 
 
-def demo_record(run_dir: Path, machine: str, trained_on: str) -> dict:
+def demo_record(run_dir: Path, machine: str, trained_on: str, ships_artefacts: bool = False) -> dict:
     """demo.json's fields, every figure read from the run's status and metrics."""
     config = runs.read_config(run_dir)
     status = runs.read_status(run_dir)
@@ -78,7 +84,13 @@ def demo_record(run_dir: Path, machine: str, trained_on: str) -> dict:
         f"{last.get('query_size', '?'):,} test images as queries) against {random_init:.1f}% for the untrained network"
         + (f" and {pixels:.1f}% for raw pixels." if pixels is not None else ".")
         + " Its images come from your own CIFAR-10: the Embeddings and Retrieval pages use a local copy at a "
-        "documented place (or ask where one is) and compute the embeddings on first use."
+        "documented place (or ask where one is)"
+        + (
+            ". Its embeddings, map and training film come with it, ready wherever that copy holds the same images "
+            "in the same order (any copy of the archive it was trained on does); other copies compute them on first use."
+            if ships_artefacts
+            else " and compute the embeddings on first use."
+        )
     )
     return {
         "label": label,
@@ -107,6 +119,21 @@ def pick_snapshots(run_dir: Path, count: int, steps: list[int] | None = None) ->
     return sorted({ordered[0], ordered[-1], *(found[step] for step in steps)})
 
 
+def ship_artefacts(demo: Path, say=print) -> list[Path]:
+    """Compute the demo's first-visit artefacts from its own images and copy them into `demo/shipped/`."""
+    data = run_images.run_data(demo)
+    snapshots = [snapshot.path for snapshot in runs.list_snapshots(demo)]
+    last = snapshots[-1]
+    votes_only = frozenset({embed.Artefact.TRAIN_EMBEDDINGS, embed.Artefact.TEST_EMBEDDINGS, embed.Artefact.KNN})
+    for snapshot in snapshots:
+        say(f"Computing the artefacts of {snapshot.name}...")
+        embed.prepare_checkpoint(demo, snapshot, data=data, level=embed.FULL if snapshot == last else votes_only)
+    say("Laying out the training film...")
+    map_film.prepare_film(demo, data=data)
+    files = embed.artefact_paths(demo, last) + [embed.knn_path(demo, s) for s in snapshots[:-1]] + [map_film.film_path(demo)]
+    return shipped.ship(demo, data, files)
+
+
 def make_demo(
     run_dir: Path,
     out: Path,
@@ -116,14 +143,15 @@ def make_demo(
     max_mb: float,
     data: str | None = None,
     steps: list[int] | None = None,
+    ships_artefacts: bool = False,
 ) -> list[Path]:
-    """Write the demo folder `out` from `run_dir`; returns the snapshot files it kept.
+    """Write the demo folder `out` from `run_dir`; returns the files it kept (snapshots, then shipped artefacts).
 
     `data` replaces the config's data source: a run trained from a local copy names a path on the
     training machine, meaningless elsewhere, while a demo naming "cifar10" opens on any local copy at
     a documented place (`byol.cifar10.local_copies`).
     """
-    record = demo_record(run_dir, machine, trained_on)
+    record = demo_record(run_dir, machine, trained_on, ships_artefacts)
     kept = fit_size(pick_snapshots(run_dir, snapshots, steps), int(max_mb * 2**20))
     if out.exists():
         raise SystemExit(f"{out} exists already: remove it first (a demo is written whole, never merged).")
@@ -137,7 +165,7 @@ def make_demo(
     for snapshot in kept:
         shutil.copy2(snapshot, out / snapshot.name)
     (out / "demo.json").write_text(json.dumps(record, indent=2) + "\n")
-    return kept
+    return kept + (ship_artefacts(out) if ships_artefacts else [])
 
 
 def main() -> None:
@@ -152,10 +180,25 @@ def main() -> None:
     parser.add_argument(
         "--data", help='the demo config\'s data source, e.g. "cifar10" for a run trained from a local CIFAR-10 copy'
     )
+    parser.add_argument(
+        "--ship-artefacts",
+        action="store_true",
+        help="also compute the embeddings, map, kNN votes and film from the demo's images and ship them",
+    )
     args = parser.parse_args()
-    kept = make_demo(args.run_dir, args.out, args.machine, args.trained_on, args.snapshots, args.max_mb, args.data, args.steps)
+    kept = make_demo(
+        args.run_dir,
+        args.out,
+        args.machine,
+        args.trained_on,
+        args.snapshots,
+        args.max_mb,
+        args.data,
+        args.steps,
+        args.ship_artefacts,
+    )
     size = sum(f.stat().st_size for f in kept) / 2**20
-    print(f"Wrote {args.out}: {len(kept)} snapshots ({', '.join(f.name for f in kept)}), {size:.1f} MB")
+    print(f"Wrote {args.out}: {len(kept)} files ({', '.join(f.name for f in kept)}), {size:.1f} MB")
     print(json.loads((args.out / "demo.json").read_text())["label"])
 
 

@@ -1,7 +1,8 @@
 """Where a run's images are on this computer: its config, its local settings, or a local CIFAR-10 copy.
 
 The pages and the command line (`embed`, `probe`, the film) load a run's images through here, so a
-shipped demo naming "cifar10" opens on a local copy in both, without internet.
+shipped demo naming "cifar10" opens on a local copy in both, without internet, and finds the
+artefacts it ships wherever the copy holds the same images (shipped.adopt).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from . import cifar10
+from . import cifar10, shipped
 from . import data as datasets
 from .config import TrainConfig
 from .dataset import DataError, Dataset
@@ -42,11 +43,13 @@ def load_run_images(
     """
     load = load or datasets.load_for  # looked up per call, not bound at import
     try:
-        return config, load(config)
+        data = load(config)
     except DataError:
         local = cifar10.with_local_copy(config)
         if local is None:
             raise
-    data = load(local)
-    set_data_source(run_dir, local.data)
-    return local, data
+        data = load(local)
+        set_data_source(run_dir, local.data)
+        config = local
+    shipped.adopt(run_dir, data)
+    return config, data

@@ -1,12 +1,13 @@
 """benchmarks/make_demo.py: a finished run becomes a demo the dashboard lists, small and not resumable."""
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
-from byol import runs
+from byol import embed, map_film, run_images, runs, shipped
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -71,3 +72,23 @@ def test_the_demo_can_name_cifar10_instead_of_the_training_machines_path(finishe
     trained, shipped = runs.read_config(finished_run), runs.read_config(out)
     assert shipped.data == "cifar10" and shipped.data_root == ""
     assert shipped.replace(data=trained.data, data_root=trained.data_root) == trained  # nothing else changed
+
+
+def test_a_demo_ships_its_first_visit_artefacts_and_a_fresh_checkout_computes_nothing(finished_run, runs_dir):
+    out = runs_dir / "demo-shipped"
+    kept = make_demo.make_demo(finished_run, out, "a test machine", "synthetic", snapshots=3, max_mb=80, ships_artefacts=True)
+    assert "come with it" in json.loads((out / "demo.json").read_text())["label"]
+    shipped_names = {p.name for p in shipped.shipped_files(out)}
+    assert shipped_names == {p.name for p in kept if p.parent.name == shipped.SHIPPED_FOLDER}
+    assert map_film.FILM_FILE in shipped_names
+
+    fresh = runs_dir / "demo-fresh-checkout"  # what git gives a visitor: no artefact store
+    shutil.copytree(out, fresh, ignore=shutil.ignore_patterns(runs.EMBEDDINGS_FOLDER, "local-settings.json"))
+    embed.clear_cache()
+    data = run_images.run_data(fresh)  # the pages load the demo's images first, and adopt on the way
+    config = runs.read_config(fresh)
+    snapshots = [s.path for s in runs.list_snapshots(fresh)]
+    assert embed.missing_work(fresh, snapshots[-1], embed.FULL, data, config.knn_k, config.knn_temperature) == []
+    film = map_film.load_film(fresh)
+    votes = map_film.film_votes(fresh, film, config.knn_k, config.knn_temperature)
+    assert all(frame is not None for frame in votes)  # every frame can be coloured by its kNN vote
