@@ -11,22 +11,25 @@
 #   bash benchmarks/demo_run.sh continue  # resume it in the background, from local/runs/ or the saved state
 #   bash benchmarks/demo_run.sh status    # its step, epoch, speed and latest kNN
 #   bash benchmarks/demo_run.sh save      # stop it gracefully and copy its state here, to commit
+#   bash benchmarks/demo_run.sh finish    # once finished: make checkpoints/$NAME and measure its neighbours
 #
-# When it has finished, `make_demo.py local/runs/$NAME --steps ...` (the steps below) makes the shipped
-# demo, and benchmarks/demo-run/ is deleted. The data is the real copy at ../shared/data.
+# After finish, the new demo replaces the old one and benchmarks/demo-run/ is deleted (by hand: both
+# are commits). The data is the real copy at ../shared/data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 NAME=${DEMO_RUN_NAME:-demo-cifar10-cpu-200ep}
 EPOCHS=200
-RUNS=${DEMO_RUN_RUNS:-local/runs}  # the three DEMO_RUN_* variables are for trying the script on a tiny run
+RUNS=${DEMO_RUN_RUNS:-local/runs}  # the DEMO_RUN_* variables are for trying the script on a tiny run
 RUN=$RUNS/$NAME
 SAVED=${DEMO_RUN_SAVED:-benchmarks/demo-run}
 LOG=local/$NAME.log
 PYTHON=${PYTHON:-.venv/bin/python}
 # The snapshots the demo keeps: epochs 0, 10, 20, 50, 100 and 200 (195 steps an epoch), so the map can
 # be watched forming early, where it changes most.
-KEEP_STEPS="0 1950 3900 9750 19500 39000"
+KEEP_STEPS=${DEMO_RUN_KEEP_STEPS:-"0 1950 3900 9750 19500 39000"}
+# Where it trained, for demo.json: every sitting so far ran on the same kind of machine.
+MACHINE=${DEMO_RUN_MACHINE:-"a 2-core Intel Xeon, both cores, bf16 + channels-last, resumed across sittings"}
 
 saved_step() {  # the step a run folder's last.pt was saved at (-1 without a readable one)
     "$PYTHON" -c 'import sys; from byol.checkpoint import checkpoint_step; s = checkpoint_step(sys.argv[1]); print(-1 if s is None else s)' "$1/last.pt" 2>/dev/null || echo -1
@@ -90,8 +93,19 @@ save)
     done
     echo "saved step $(saved_step "$SAVED") to $SAVED: $(du -sh "$SAVED" | cut -f1)"
     ;;
+finish)
+    running && { echo "it is still training: let it finish (status shows where it is)"; exit 1; }
+    OUT=${DEMO_RUN_OUT:-checkpoints/$NAME}
+    DATA=${DEMO_RUN_DATA:-cifar10}  # the demo names cifar10: it opens on any local copy at a documented place
+    # make_demo refuses a run that has not finished; the artefacts it ships take some minutes of CPU.
+    # shellcheck disable=SC2086  # KEEP_STEPS is a list of steps
+    "$PYTHON" benchmarks/make_demo.py "$RUN" --out "$OUT" --machine "$MACHINE" --data "$DATA" --steps $KEEP_STEPS --ship-artefacts
+    "$PYTHON" benchmarks/neighbours.py "$OUT" ${DEMO_RUN_DATA:+--data "$DATA"} | tee "local/$NAME-neighbours.txt"
+    echo "du: $(du -sh "$OUT" | cut -f1). If it beats the shipped demo, remove the old one (tests/helpers.shipped_demo"
+    echo "expects exactly one), update the README's demo paragraph and figures, and delete $SAVED."
+    ;;
 *)
-    sed -n '2,16p' "$0"
+    sed -n '2,17p' "$0"
     exit 2
     ;;
 esac

@@ -75,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     train_labels = data.train_labels.numpy()
     query_idx = score_indices(len(data.test_labels), args.queries)
     query_labels = data.test_labels.numpy()[query_idx]
+    if not 0 <= args.example < len(data.test_labels):
+        raise SystemExit(
+            f"neighbours.py: --example {args.example} is not a test image of {source} (0 to {len(data.test_labels) - 1})"
+        )
     example_label = int(data.test_labels[args.example])
     print(
         f"{checkpoint} (step {info['step']}, epoch {info['epoch']}, recorded kNN {info['knn']}); "
