@@ -11,7 +11,8 @@ evaluation beside the random-init and raw-pixel figures of the same run, all rea
 
 With `--ship-artefacts` it also computes what the pages would otherwise compute on a visitor's first
 visit, from the demo's own images: the last snapshot's embeddings, map and kNN votes, every other
-snapshot's kNN votes (the film colours each frame's dots by them) and the film. They go to the
+snapshot's kNN votes (the film colours each frame's dots by them), the film, and the untrained
+network's search bank (Retrieval compares against it). They go to the
 demo's `shipped/` folder, which the app adopts wherever the local copy holds the same images
 (byol/shipped.py).
 """
@@ -86,7 +87,7 @@ def demo_record(run_dir: Path, machine: str, trained_on: str, ships_artefacts: b
         + " Its images come from your own CIFAR-10: the Embeddings and Retrieval pages use a local copy at a "
         "documented place (or ask where one is)"
         + (
-            ". Its embeddings, map and training film come with it, ready wherever that copy holds the same images "
+            ". Its embeddings, map and training film (and the untrained network's, to compare) come with it, ready wherever that copy holds the same images "
             "in the same order (any copy of the archive it was trained on does); other copies compute them on first use."
             if ships_artefacts
             else " and compute the embeddings on first use."
@@ -131,6 +132,8 @@ def ship_artefacts(demo: Path, say=print) -> list[Path]:
     say("Laying out the training film...")
     map_film.prepare_film(demo, data=data)
     files = embed.artefact_paths(demo, last) + [embed.knn_path(demo, s) for s in snapshots[:-1]] + [map_film.film_path(demo)]
+    # The untrained network's search bank: Retrieval's "untrained network" figure and comparison need it.
+    files.append(embed.embedding_path(demo, snapshots[0], "train"))
     return shipped.ship(demo, data, files)
 
 

@@ -89,6 +89,7 @@ def test_a_demo_ships_its_first_visit_artefacts_and_a_fresh_checkout_computes_no
     config = runs.read_config(fresh)
     snapshots = [s.path for s in runs.list_snapshots(fresh)]
     assert embed.missing_work(fresh, snapshots[-1], embed.FULL, data, config.knn_k, config.knn_temperature) == []
+    assert embed.missing_work(fresh, snapshots[0], embed.BANK, data) == []  # Retrieval's untrained-network figure
     film = map_film.load_film(fresh)
     votes = map_film.film_votes(fresh, film, config.knn_k, config.knn_temperature)
     assert all(frame is not None for frame in votes)  # every frame can be coloured by its kNN vote
