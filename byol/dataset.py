@@ -12,6 +12,8 @@ import torch
 
 from byol.errors import UserError
 
+SPLITS = ("train", "test")
+
 
 class DataError(UserError):
     """Bad or missing data, with a plain-language message meant for the user (no traceback needed)."""
@@ -29,3 +31,11 @@ class Dataset:
     test_labels: torch.Tensor  # int64 [M]
     fingerprint: str  # short stable string identifying the exact content source (a cache key elsewhere)
     skipped_files: int = 0  # image files that could not be read and were left out
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images and labels of the split `name` ("train" or "test")."""
+        if name == "train":
+            return self.train_images, self.train_labels
+        if name == "test":
+            return self.test_images, self.test_labels
+        raise ValueError(f"split must be one of {SPLITS}, got {name!r}")

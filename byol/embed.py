@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_backbone
-from .dataset import Dataset
+from .dataset import SPLITS, Dataset
 from .device import resolve_device
 from .errors import UserError
 from .files import file_key, read_json, write_atomic, write_json_atomic
@@ -40,7 +40,6 @@ from .knn import extract_features, knn_predict, per_class_accuracy
 from .run_images import run_data
 from .runs import EMBEDDINGS_FOLDER, LAST_CHECKPOINT
 
-SPLITS = ("train", "test")
 FEATURE_CHUNK = 2048  # images per progress report while computing embeddings
 MIN_UMAP_POINTS = 20  # below this UMAP's neighbour graph breaks down; a plain 2-D projection is drawn instead
 
@@ -101,14 +100,6 @@ def artefact_paths(run_dir: Path, checkpoint: Path) -> list[Path]:
 
 
 # --- splits and features ---------------------------------------------------------------------------
-
-
-def split_images(data: Dataset, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    if split == "train":
-        return data.train_images, data.train_labels
-    if split == "test":
-        return data.test_images, data.test_labels
-    raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
 
 
 def split_words(split: str) -> str:
@@ -232,7 +223,7 @@ def _embeddings_ok(run_dir: Path, checkpoint: Path, split: str, data: Dataset | 
     except NotPrepared:
         return False
     # A data set that changed since (an image folder edited) would make indices point at other images.
-    return data is None or len(saved.labels) == len(split_images(data, split)[1])
+    return data is None or len(saved.labels) == len(data.split(split)[1])
 
 
 def _map_ok(run_dir: Path, checkpoint: Path, data: Dataset | None) -> bool:
@@ -318,13 +309,13 @@ def prepare_checkpoint(
     knn_share = 0.05 if need_knn else 0.0
     feature_share = 1.0 - map_share - knn_share
 
-    total = sum(len(split_images(data, split)[1]) for split in todo)
+    total = sum(len(data.split(split)[1]) for split in todo)
     done = 0
     if todo:
         device = resolve_device("auto")
         backbone = backbone.to(device)
         for split in todo:
-            images, labels = split_images(data, split)
+            images, labels = data.split(split)
             chunks = []
             for start in range(0, len(images), FEATURE_CHUNK):
                 report(

@@ -47,7 +47,7 @@ def clear_caches() -> None:
 
 def image_at(data: Dataset, split: str, index: int) -> torch.Tensor:
     """Image `index` of a split (uint8 [3, S, S]); ValueError when there is no such image."""
-    images, _labels = embed.split_images(data, split)
+    images, _labels = data.split(split)
     if not 0 <= int(index) < len(images):
         raise ValueError(f"There is no {embed.split_words(split)} image #{index}; the numbers go from 0 to {len(images) - 1:,}.")
     return images[int(index)]

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import Dataset
+from .dataset import SPLITS, Dataset
 from .files import write_atomic
 from .runs import EMBEDDINGS_FOLDER
 
@@ -37,16 +37,10 @@ PROBES_PER_SPLIT = 16  # images compared pixel by pixel; together with the label
 # Mean absolute difference, in 0-255 levels, under which two images are the same picture. Two JPEG
 # decoders give the same file's pixels within a level or two; two different CIFAR images differ by tens.
 PIXEL_TOLERANCE = 4.0
-SPLITS = ("train", "test")
 
 
 def shipped_folder(run_dir: Path) -> Path:
     return Path(run_dir) / SHIPPED_FOLDER
-
-
-def _split(data: Dataset, split: str) -> tuple[np.ndarray, np.ndarray]:
-    images, labels = (data.train_images, data.train_labels) if split == "train" else (data.test_images, data.test_labels)
-    return images.numpy(), labels.numpy()
 
 
 def _probe_rows(count: int) -> np.ndarray:
@@ -58,7 +52,7 @@ def data_identity(data: Dataset) -> dict[str, np.ndarray]:
     """What identifies the images and their order: each split's labels in order and a few of its images."""
     identity: dict[str, np.ndarray] = {"classes": np.array(data.classes)}
     for split in SPLITS:
-        images, labels = _split(data, split)
+        images, labels = (tensor.numpy() for tensor in data.split(split))
         rows = _probe_rows(len(labels))
         identity[f"{split}_labels"] = labels.astype(np.int64)
         identity[f"{split}_probe_rows"] = rows
@@ -71,7 +65,7 @@ def identity_problem(recorded: dict[str, np.ndarray], data: Dataset) -> str | No
     if [str(c) for c in recorded["classes"]] != list(data.classes):
         return "its classes differ"
     for split in SPLITS:
-        images, labels = _split(data, split)
+        images, labels = (tensor.numpy() for tensor in data.split(split))
         if not np.array_equal(recorded[f"{split}_labels"], labels):
             return f"its {split} images are other images, or in another order (the labels differ)"
         rows, probes = recorded[f"{split}_probe_rows"], recorded[f"{split}_probe_images"]
