@@ -87,8 +87,9 @@ def demo_record(run_dir: Path, machine: str, trained_on: str, ships_artefacts: b
         + " Its images come from your own CIFAR-10: the Embeddings and Retrieval pages use a local copy at a "
         "documented place (or ask where one is)"
         + (
-            ". Its embeddings, map and training film (and the untrained network's, to compare) come with it, ready wherever that copy holds the same images "
-            "in the same order (any copy of the archive it was trained on does); other copies compute them on first use."
+            ". Its embeddings, map and training film, and the untrained network's embeddings to compare with, come "
+            "with it, ready wherever that copy holds the same images in the same order (any copy of the archive it "
+            "was trained on does); other copies compute them on first use."
             if ships_artefacts
             else " and compute the embeddings on first use."
         )
