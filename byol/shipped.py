@@ -114,13 +114,13 @@ def adopt(run_dir: Path, data: Dataset) -> list[str]:
     """Copy the shipped artefacts the run's artefact store lacks into it, if `data` is the data set they
     were computed from. Returns the names copied (none when nothing is shipped, missing, or the images
     differ). Files already in the store are kept: they were computed here."""
-    missing = [p for p in shipped_files(run_dir) if not (Path(run_dir) / EMBEDDINGS_FOLDER / p.name).exists()]
+    store = Path(run_dir) / EMBEDDINGS_FOLDER
+    missing = [p for p in shipped_files(run_dir) if not (store / p.name).exists()]
     if not missing:
         return []
     recorded = read_identity(run_dir)
     if recorded is None or identity_problem(recorded, data) is not None:
         return []
-    store = Path(run_dir) / EMBEDDINGS_FOLDER
     copied = []
     try:
         store.mkdir(exist_ok=True)
