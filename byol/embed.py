@@ -20,7 +20,6 @@ modification time, so a page that reruns on every click does not reload them.
 from __future__ import annotations
 
 import enum
-import io
 import math
 import threading
 from collections import OrderedDict
@@ -35,7 +34,7 @@ from .checkpoint import load_backbone
 from .dataset import SPLITS, Dataset
 from .device import resolve_device
 from .errors import UserError
-from .files import file_key, read_json, write_atomic, write_json_atomic
+from .files import file_key, read_json, write_atomic, write_json_atomic, write_npz_atomic
 from .knn import extract_features, knn_predict, per_class_accuracy
 from .run_images import run_data
 from .runs import EMBEDDINGS_FOLDER, LAST_CHECKPOINT
@@ -117,15 +116,13 @@ def save_embeddings(
     """Save one split's features under `checkpoint` (atomically); returns the .npz path."""
     path = embedding_path(run_dir, checkpoint, split)
     path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    np.savez_compressed(
-        buffer,
-        features=np.asarray(features, dtype=np.float16),
-        labels=np.asarray(labels, dtype=np.int64),
-        indices=np.arange(len(labels)),
-        classes=np.array(classes),
-    )
-    write_atomic(path, lambda f: f.write(buffer.getvalue()))
+    arrays = {
+        "features": np.asarray(features, dtype=np.float16),
+        "labels": np.asarray(labels, dtype=np.int64),
+        "indices": np.arange(len(labels)),
+        "classes": np.array(classes),
+    }
+    write_npz_atomic(path, arrays)
     return path
 
 
@@ -370,9 +367,7 @@ def _save_map(run_dir: Path, checkpoint: Path) -> None:
         coordinates = pca_2d(features).astype(np.float32)
     path = umap_path(run_dir, checkpoint, "test")
     path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    np.save(buffer, coordinates)
-    write_atomic(path, lambda f: f.write(buffer.getvalue()))
+    write_atomic(path, lambda f: np.save(f, coordinates))
 
 
 # --- reading the map and the kNN accuracy ------------------------------------------------------------

@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from .processes import process_alive
 
 # `.<target name>.<writer pid>.<mkstemp's random part: letters, digits, underscores>.tmp`
@@ -83,6 +85,12 @@ def file_key(path: Path) -> tuple:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     write_atomic(path, lambda f: f.write(json.dumps(data, indent=2, sort_keys=True) + "\n"), mode="w")
+
+
+def write_npz_atomic(path: Path, arrays: dict[str, Any], compressed: bool = True) -> None:
+    """Save `arrays` as one .npz archive at `path`, atomically (zip-compressed unless told otherwise)."""
+    save = np.savez_compressed if compressed else np.savez
+    write_atomic(path, lambda f: save(f, **arrays))
 
 
 def read_json(path: Path, default: Any = None) -> Any:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from byol.files import write_atomic
+from byol.files import write_npz_atomic
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def write_cache(cache_file: Path, decoded: dict) -> None:
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         # Temp file + rename: a process killed mid-write never leaves a torn cache behind.
-        write_atomic(cache_file, lambda f: np.savez(f, **arrays))
+        write_npz_atomic(cache_file, arrays, compressed=False)
     except OSError as exc:  # a read-only or full cache only costs speed next time, never the data
         log.warning("could not write the data cache %s: %s", cache_file, exc)
 

@@ -20,7 +20,6 @@ missing or stale), `film_votes` gives each frame's kNN votes where the store has
 
 from __future__ import annotations
 
-import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 
 from . import embed, run_images
 from .dataset import Dataset
-from .files import write_atomic
+from .files import write_npz_atomic
 from .runs import EMBEDDINGS_FOLDER, list_snapshots
 
 FILM_FILE = "film-test.npz"
@@ -177,22 +176,20 @@ def prepare_film(
         feature_share,
     )
     coordinates, method = aligned_layout([t.features[rows] for t in tests])
-    buffer = io.BytesIO()
-    np.savez_compressed(
-        buffer,
-        coordinates=coordinates,
-        indices=tests[0].indices[rows],
-        labels=labels[rows],
-        classes=np.array(tests[0].classes),
-        snapshots=np.array([p.name for p in snapshots]),
-        steps=np.array(steps, dtype=np.int64),
-        signature=np.array(signature),
-        test_size=np.array(len(labels)),
-        method=np.array(method),
-    )
+    film = {
+        "coordinates": coordinates,
+        "indices": tests[0].indices[rows],
+        "labels": labels[rows],
+        "classes": np.array(tests[0].classes),
+        "snapshots": np.array([p.name for p in snapshots]),
+        "steps": np.array(steps, dtype=np.int64),
+        "signature": np.array(signature),
+        "test_size": np.array(len(labels)),
+        "method": np.array(method),
+    }
     path = film_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda f: f.write(buffer.getvalue()))
+    write_npz_atomic(path, film)
     report("Done.", 1.0)
 
 

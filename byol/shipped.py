@@ -18,7 +18,6 @@ here. A copy that does not match adopts nothing, and the pages compute the artef
 
 from __future__ import annotations
 
-import io
 import logging
 import shutil
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .dataset import SPLITS, Dataset
-from .files import write_atomic
+from .files import write_atomic, write_npz_atomic
 from .runs import EMBEDDINGS_FOLDER
 
 log = logging.getLogger(__name__)
@@ -100,9 +99,7 @@ def ship(run_dir: Path, data: Dataset, artefacts: list[Path]) -> list[Path]:
     `data`, the images they were computed from. Returns the shipped copies."""
     folder = shipped_folder(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **data_identity(data))
-    write_atomic(folder / IDENTITY_FILE, lambda f: f.write(buffer.getvalue()))
+    write_npz_atomic(folder / IDENTITY_FILE, data_identity(data))
     copies = []
     for artefact in artefacts:
         copies.append(folder / Path(artefact).name)
