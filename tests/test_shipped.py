@@ -1,12 +1,15 @@
 """A demo's shipped artefacts (byol/shipped.py): adopted where the local images are the same, never elsewhere."""
 
 import dataclasses
+import json
 import shutil
 
 import numpy as np
+import pytest
 import torch
 
-from byol import embed, run_images, runs, shipped
+from byol import cifar10, embed, map_film, run_images, runs, shipped
+from helpers import shipped_demo
 
 # The embeddings and kNN votes; the map is one more file copied the same way, left out to spare UMAP's time.
 SHIPPED = frozenset({embed.Artefact.TRAIN_EMBEDDINGS, embed.Artefact.TEST_EMBEDDINGS, embed.Artefact.KNN})
@@ -100,3 +103,24 @@ def test_a_run_without_a_shipped_folder_adopts_nothing_and_writes_nothing(finish
     before = sorted(p.name for p in finished_run.iterdir())
     assert shipped.adopt(finished_run, data) == []
     assert sorted(p.name for p in finished_run.iterdir()) == before
+
+
+def test_the_shipped_demo_opens_on_the_real_copy_with_nothing_to_compute(tmp_path):
+    """Acceptance on the real CIFAR-10 copy (skipped without one): a fresh checkout of the shipped demo
+    adopts everything a first visit to Embeddings, the film and Retrieval would compute."""
+    if not any(path.exists() for path in cifar10.local_copies()):
+        pytest.skip("no real CIFAR-10 copy at a documented place")
+    demo = shipped_demo()
+    fresh = tmp_path / demo.name  # what git gives a visitor: no artefact store, no local settings
+    shutil.copytree(demo, fresh, ignore=shutil.ignore_patterns(runs.EMBEDDINGS_FOLDER, "local-settings.json"))
+    embed.clear_cache()
+    data = run_images.run_data(fresh)
+    config = runs.read_config(fresh)
+    snapshots = [s.path for s in runs.list_snapshots(fresh)]
+    assert embed.missing_work(fresh, snapshots[-1], embed.FULL, data, config.knn_k, config.knn_temperature) == []
+    assert embed.missing_work(fresh, snapshots[0], embed.BANK, data) == []
+    film = map_film.load_film(fresh)
+    assert all(frame is not None for frame in map_film.film_votes(fresh, film, config.knn_k, config.knn_temperature))
+    # The shipped votes are the demo's own: their accuracy is the kNN its demo.json states.
+    stated = json.loads((fresh / "demo.json").read_text())["knn"]
+    assert abs(embed.checkpoint_knn(fresh, snapshots[-1], config.knn_k, config.knn_temperature).accuracy - stated) < 1.0
