@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The CPU demo run, trained over several sessions on a 2-core CPU.
+# How the shipped CPU demo (checkpoints/demo-cifar10-cpu-200ep) was trained: over several sessions on a
+# 2-core CPU. It is done; the script stays as the record, and to train a successor the same way.
 #
 # No GPU has been lent for the demo, and a long CPU run outlasts one session, while nothing on these
 # machines but the repository outlasts a session. So the run's resumable state is kept in
@@ -14,7 +15,7 @@
 #   bash benchmarks/demo_run.sh finish    # once finished: make checkpoints/$NAME and measure its neighbours
 #
 # After finish, the new demo replaces the old one and benchmarks/demo-run/ is deleted (by hand: both
-# are commits). The data is the real copy at ../shared/data.
+# are commits). A successor needs a new DEMO_RUN_NAME, or finish writes over the shipped demo. The data is the real copy at ../shared/data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
