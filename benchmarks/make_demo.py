@@ -177,7 +177,7 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--out", type=Path, required=True, help="the demo folder to write, e.g. checkpoints/demo-NAME")
     parser.add_argument("--machine", required=True, help="where it was trained, in words (with the card for a GPU)")
-    parser.add_argument("--trained-on", default="cifar10-jpg.tar.gz (JPEG q75 copy of CIFAR-10)")
+    parser.add_argument("--trained-on", default="cifar10-jpg.tar.gz, a JPEG copy at quality 75")
     parser.add_argument("--snapshots", type=int, default=5, help="evaluation points to keep, first and last included")
     parser.add_argument("--steps", type=int, nargs="+", help="keep the snapshots of these steps (and the first and last) instead")
     parser.add_argument("--max-mb", type=float, default=80.0, help="size limit of the kept snapshots")
