@@ -10,7 +10,7 @@ are dropped until they fit. demo.json records the machine, the minutes, and the 
 evaluation beside the random-init and raw-pixel figures of the same run, all read from the run.
 
 With `--ship-artefacts` it also computes what the pages would otherwise compute on a visitor's first
-visit, from the demo's own images: the last snapshot's embeddings, map and kNN votes, every other
+visit, from the demo's own images: the last snapshot's embeddings, map, kNN votes and linear probe, every other
 snapshot's kNN votes (the film colours each frame's dots by them), the film, and the untrained
 network's search bank (Retrieval compares against it). They go to the
 demo's `shipped/` folder, which the app adopts wherever the local copy holds the same images
@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from byol import embed, map_film, run_images, runs, shipped  # noqa: E402
+from byol import embed, map_film, probe, run_images, runs, shipped  # noqa: E402
 
 
 def spread(items: list, count: int) -> list:
@@ -132,7 +132,10 @@ def ship_artefacts(demo: Path, say=print) -> list[Path]:
         embed.prepare_checkpoint(demo, snapshot, data=data, level=embed.FULL if snapshot == last else votes_only)
     say("Laying out the training film...")
     map_film.prepare_film(demo, data=data)
-    files = embed.artefact_paths(demo, last) + [embed.knn_path(demo, s) for s in snapshots[:-1]] + [map_film.film_path(demo)]
+    say("Fitting the linear probe...")
+    probe.run_probe(demo, last, data=data)
+    files = embed.artefact_paths(demo, last) + [embed.probe_path(demo, last)]
+    files += [embed.knn_path(demo, s) for s in snapshots[:-1]] + [map_film.film_path(demo)]
     # The untrained network's search bank: Retrieval's "untrained network" figure and comparison need it.
     files.append(embed.embedding_path(demo, snapshots[0], "train"))
     return shipped.ship(demo, data, files)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from byol import embed, map_film, run_images, runs, shipped
+from byol import embed, map_film, probe, run_images, runs, shipped
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -93,3 +93,4 @@ def test_a_demo_ships_its_first_visit_artefacts_and_a_fresh_checkout_computes_no
     film = map_film.load_film(fresh)
     votes = map_film.film_votes(fresh, film, config.knn_k, config.knn_temperature)
     assert all(frame is not None for frame in votes)  # every frame can be coloured by its kNN vote
+    assert probe.saved_probe(fresh, snapshots[-1]) is not None  # Embeddings shows the linear probe without a click

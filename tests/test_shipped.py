@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from byol import cifar10, embed, map_film, run_images, runs, shipped
+from byol import cifar10, embed, map_film, probe, run_images, runs, shipped
 from helpers import shipped_demo
 
 # The embeddings and kNN votes; the map is one more file copied the same way, left out to spare UMAP's time.
@@ -121,6 +121,7 @@ def test_the_shipped_demo_opens_on_the_real_copy_with_nothing_to_compute(tmp_pat
     assert embed.missing_work(fresh, snapshots[0], embed.BANK, data) == []
     film = map_film.load_film(fresh)
     assert all(frame is not None for frame in map_film.film_votes(fresh, film, config.knn_k, config.knn_temperature))
+    assert probe.saved_probe(fresh, snapshots[-1]) is not None  # the linear probe shows without a click
     # The shipped votes are the demo's own: their accuracy is the kNN its demo.json states.
     stated = json.loads((fresh / "demo.json").read_text())["knn"]
     assert abs(embed.checkpoint_knn(fresh, snapshots[-1], config.knn_k, config.knn_temperature).accuracy - stated) < 1.0
