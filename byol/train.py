@@ -168,9 +168,11 @@ def train(
     status_before = status_path.read_bytes() if world.is_main and status_path.is_file() else None  # put back if refused
     status = StatusWriter(run_dir) if world.is_main else _SilentStatus()
     exit_request: BaseException | None = None  # KeyboardInterrupt or SystemExit, raised again at the end
+    # A resumed run keeps the time it first started: the runs table's "Started" column.
+    first_started = runs.read_status(run_dir).get("started") or time.time()
     try:
         status.set(
-            runs.RUNNING, "Loading data...", started=time.time(), device=str(device), bf16=bf16, world_size=world.world_size
+            runs.RUNNING, "Loading data...", started=first_started, device=str(device), bf16=bf16, world_size=world.world_size
         )
         status.start()
         emit({"kind": "status", "state": runs.RUNNING, "message": "Loading data..."})

@@ -124,11 +124,13 @@ def test_networks_train_on_views_of_the_view_resolution_and_evaluate_whole_image
 def test_resume_extended_to_more_epochs(tmp_path):
     config, run_dir = new_run(tmp_path, epochs=1)
     train(config, run_dir)
+    first_started = runs.read_status(run_dir)["started"]
     longer = config.replace(epochs=2)
     runs.update_config(run_dir, longer)
     assert train(longer, run_dir) == runs.FINISHED
     assert [r["step"] for r in step_rows(run_dir)] == list(range(1, 9))
     assert load_checkpoint(run_dir / "last.pt")["step"] == 8
+    assert runs.read_status(run_dir)["started"] == first_started  # the runs table's "Started": its first start
 
 
 def test_nan_loss_fails_with_advice(tmp_path, monkeypatch):
