@@ -15,7 +15,8 @@
 #   bash benchmarks/demo_run.sh finish    # once finished: make checkpoints/$NAME and measure its neighbours
 #
 # After finish, the new demo replaces the old one and benchmarks/demo-run/ is deleted (by hand: both
-# are commits). A successor needs a new DEMO_RUN_NAME: make_demo.py refuses to write over a demo. The data is the real copy at ../shared/data.
+# are commits). A successor needs a new DEMO_RUN_NAME: make_demo.py refuses to write over a demo.
+# The data is the real copy at ../shared/data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
