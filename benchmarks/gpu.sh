@@ -112,7 +112,11 @@ run_demo() {
   [[ -n "$DRY" ]] && epochs=2 args=(--preset cpu --width 4 --subset 512 --batch-size 64 --set eval_bank_size=256 --set eval_query_size=100 --set knn_k=20)
   timeout 540 $PY -m byol train "${args[@]}" --data "$DATA" --epochs "$epochs" --eval-every "$(( epochs > 5 ? epochs / 5 : 1 ))" \
     --runs-dir "$runs" --name "$name" 2>&1 | grep -v "^\s*$" | tail -n 20 | say
-  $PY benchmarks/make_demo.py "$runs/$name" --out "/tmp/demo/$name" --machine "one $CARD" 2>&1 | say
+  # --data cifar10: the demo then opens on any local copy at a documented place, not this machine's path.
+  # Its first-visit artefacts (--ship-artefacts) are not made here: with the snapshots they would pass
+  # the 64 MB a device call brings back. The shipped CPU demo (kNN 72.4%, precision@10 64.1%) is
+  # replaced only by a demo that beats both (benchmarks/neighbours.py).
+  $PY benchmarks/make_demo.py "$runs/$name" --out "/tmp/demo/$name" --machine "one $CARD" --data cifar10 2>&1 | say
   # In pieces of at most 15 MB: the device tool brings back files of up to 16 MB.
   tar -czf - -C /tmp/demo "$name" | split -b 15m -d - "$OUT_DIR/demo-run.tgz.part-"
   echo "demo packed: $(ls "$OUT_DIR"/demo-run.tgz.part-* | wc -l) piece(s); here: cat demo-run.tgz.part-* | tar -xz -C checkpoints" | say
