@@ -113,8 +113,9 @@ run_demo() {
   timeout 540 $PY -m byol train "${args[@]}" --data "$DATA" --epochs "$epochs" --eval-every "$(( epochs > 5 ? epochs / 5 : 1 ))" \
     --runs-dir "$runs" --name "$name" 2>&1 | grep -v "^\s*$" | tail -n 20 | say
   # --data cifar10: the demo then opens on any local copy at a documented place, not this machine's path.
-  # Its first-visit artefacts (--ship-artefacts) are not made here: with the snapshots they would pass
-  # the 64 MB a device call brings back. The shipped CPU demo (kNN 72.4%, precision@10 64.1%) is
+  # Its first-visit artefacts are not made here: with the snapshots they would pass the 64 MB a device
+  # call brings back. Back here: `python benchmarks/make_demo.py --ship-into checkpoints/<it>` (it ships
+  # none if the demo would then pass 80 MB). The shipped CPU demo (kNN 72.4%, precision@10 64.1%) is
   # replaced only by a demo that beats both (benchmarks/neighbours.py).
   $PY benchmarks/make_demo.py "$runs/$name" --out "/tmp/demo/$name" --machine "one $CARD" --data cifar10 2>&1 | say
   # In pieces of at most 15 MB: the device tool brings back files of up to 16 MB.

@@ -14,7 +14,9 @@ visit, from the demo's own images: the last snapshot's embeddings, map, kNN vote
 snapshot's kNN votes (the film colours each frame's dots by them), the film, and the untrained
 network's search bank (Retrieval compares against it). They go to the
 demo's `shipped/` folder, which the app adopts wherever the local copy holds the same images
-(byol/shipped.py).
+(byol/shipped.py). `--ship-into DEMO` does the same for a demo made without them (on a GPU machine,
+whose device calls bring back too little for them), and restates its label. A demo that would pass
+`--max-mb` with its artefacts ships none.
 """
 
 from __future__ import annotations
@@ -141,6 +143,35 @@ def ship_artefacts(demo: Path, say=print) -> list[Path]:
     return shipped.ship(demo, data, files)
 
 
+def tracked_bytes(demo: Path) -> int:
+    """What the demo adds to the repository: every file but its ignored artefact store and local settings."""
+    ignored = demo / runs.EMBEDDINGS_FOLDER
+    return sum(
+        f.stat().st_size for f in demo.rglob("*") if f.is_file() and ignored not in f.parents and f.name != "local-settings.json"
+    )
+
+
+def ship_into(demo: Path, max_mb: float) -> list[Path]:
+    """Add the first-visit artefacts to a demo folder and say so in its label; returns the shipped files.
+
+    Also for a demo made without them elsewhere (on a GPU machine, say: with them it would not fit what
+    a device call brings back). When the demo would then pass `max_mb` in the repository, nothing is
+    shipped and the label is left as it was.
+    """
+    record = json.loads((demo / "demo.json").read_text())
+    files = ship_artefacts(demo)
+    size_mb = tracked_bytes(demo) / 2**20
+    if size_mb > max_mb:
+        shutil.rmtree(shipped.shipped_folder(demo))
+        raise SystemExit(
+            f"With its artefacts {demo} would take {size_mb:.1f} MB, over the {max_mb:g} MB limit: nothing was "
+            "shipped. Keep fewer snapshots (--steps), or ship none."
+        )
+    record.update(demo_record(demo, record["machine"], record["trained_on"], ships_artefacts=True))
+    (demo / "demo.json").write_text(json.dumps(record, indent=2) + "\n")
+    return files
+
+
 def make_demo(
     run_dir: Path,
     out: Path,
@@ -158,7 +189,7 @@ def make_demo(
     training machine, meaningless elsewhere, while a demo naming "cifar10" opens on any local copy at
     a documented place (`byol.cifar10.local_copies`).
     """
-    record = demo_record(run_dir, machine, trained_on, ships_artefacts)
+    record = demo_record(run_dir, machine, trained_on)
     kept = fit_size(pick_snapshots(run_dir, snapshots, steps), int(max_mb * 2**20))
     if out.exists():
         raise SystemExit(f"{out} exists already: remove it first (a demo is written whole, never merged).")
@@ -172,27 +203,35 @@ def make_demo(
     for snapshot in kept:
         shutil.copy2(snapshot, out / snapshot.name)
     (out / "demo.json").write_text(json.dumps(record, indent=2) + "\n")
-    return kept + (ship_artefacts(out) if ships_artefacts else [])
+    return kept + (ship_into(out, max_mb) if ships_artefacts else [])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--out", type=Path, required=True, help="the demo folder to write, e.g. checkpoints/demo-NAME")
-    parser.add_argument("--machine", required=True, help="where it was trained, in words (with the card for a GPU)")
+    parser.add_argument("run_dir", type=Path, nargs="?", help="the finished run to make a demo of")
+    parser.add_argument("--out", type=Path, help="the demo folder to write, e.g. checkpoints/demo-NAME")
+    parser.add_argument("--machine", help="where it was trained, in words (with the card for a GPU)")
     parser.add_argument("--trained-on", default="cifar10-jpg.tar.gz, a JPEG copy at quality 75")
     parser.add_argument("--snapshots", type=int, default=5, help="evaluation points to keep, first and last included")
     parser.add_argument("--steps", type=int, nargs="+", help="keep the snapshots of these steps (and the first and last) instead")
-    parser.add_argument("--max-mb", type=float, default=80.0, help="size limit of the kept snapshots")
+    parser.add_argument("--max-mb", type=float, default=80.0, help="the demo's size limit in the repository, artefacts included")
     parser.add_argument(
         "--data", help='the demo config\'s data source, e.g. "cifar10" for a run trained from a local CIFAR-10 copy'
     )
     parser.add_argument(
         "--ship-artefacts",
         action="store_true",
-        help="also compute the embeddings, map, kNN votes and film from the demo's images and ship them",
+        help="also compute the embeddings, map, kNN votes, probe and film from the demo's images and ship them",
     )
+    parser.add_argument("--ship-into", type=Path, metavar="DEMO", help="instead: ship the artefacts of a demo made without them")
     args = parser.parse_args()
+    if args.ship_into is not None:
+        files = ship_into(args.ship_into, args.max_mb)
+        print(f"Shipped {len(files)} files into {args.ship_into}: {tracked_bytes(args.ship_into) / 2**20:.1f} MB in all")
+        print(json.loads((args.ship_into / "demo.json").read_text())["label"])
+        return
+    if args.run_dir is None or args.out is None or args.machine is None:
+        parser.error("making a demo needs RUN_DIR, --out and --machine (or --ship-into DEMO)")
     kept = make_demo(
         args.run_dir,
         args.out,

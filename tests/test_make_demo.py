@@ -94,3 +94,32 @@ def test_a_demo_ships_its_first_visit_artefacts_and_a_fresh_checkout_computes_no
     votes = map_film.film_votes(fresh, film, config.knn_k, config.knn_temperature)
     assert all(frame is not None for frame in votes)  # every frame can be coloured by its kNN vote
     assert probe.saved_probe(fresh, snapshots[-1]) is not None  # Embeddings shows the linear probe without a click
+
+
+def test_a_demo_made_without_artefacts_ships_them_later(finished_run, runs_dir):
+    out = runs_dir / "demo-from-a-gpu"  # made where its artefacts could not come back with it
+    make_demo.make_demo(finished_run, out, "a test machine", "synthetic", snapshots=3, max_mb=80)
+    assert "come with it" not in json.loads((out / "demo.json").read_text())["label"]
+
+    files = make_demo.ship_into(out, max_mb=80)
+    record = json.loads((out / "demo.json").read_text())
+    assert "come with it" in record["label"] and record["machine"] == "a test machine"
+    assert {p.name for p in shipped.shipped_files(out)} == {p.name for p in files}
+    fresh = runs_dir / "demo-from-a-gpu-fresh"
+    shutil.copytree(out, fresh, ignore=shutil.ignore_patterns(runs.EMBEDDINGS_FOLDER, "local-settings.json"))
+    embed.clear_cache()
+    data = run_images.run_data(fresh)
+    last = runs.list_snapshots(fresh)[-1].path
+    config = runs.read_config(fresh)
+    assert embed.missing_work(fresh, last, embed.FULL, data, config.knn_k, config.knn_temperature) == []
+
+
+def test_artefacts_that_would_pass_the_size_limit_are_not_shipped(finished_run, runs_dir):
+    out = runs_dir / "demo-too-big"
+    make_demo.make_demo(finished_run, out, "m", "synthetic", snapshots=2, max_mb=80)
+    label = json.loads((out / "demo.json").read_text())["label"]
+    limit_mb = make_demo.tracked_bytes(out) / 2**20 + 1e-6  # the snapshots fit, not one byte more
+    with pytest.raises(SystemExit, match="over the .* limit: nothing was shipped"):
+        make_demo.ship_into(out, max_mb=limit_mb)
+    assert not shipped.shipped_folder(out).exists()
+    assert json.loads((out / "demo.json").read_text())["label"] == label
