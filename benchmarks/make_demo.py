@@ -147,7 +147,7 @@ def tracked_bytes(demo: Path) -> int:
     """What the demo adds to the repository: every file but its ignored artefact store and local settings."""
     ignored = demo / runs.EMBEDDINGS_FOLDER
     return sum(
-        f.stat().st_size for f in demo.rglob("*") if f.is_file() and ignored not in f.parents and f.name != "local-settings.json"
+        f.stat().st_size for f in demo.rglob("*") if f.is_file() and ignored not in f.parents and f.name != runs.LOCAL_SETTINGS
     )
 
 

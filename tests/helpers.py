@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import io
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -13,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from byol import runs
 from byol.config import TrainConfig, preset
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,6 +37,12 @@ def shipped_demo() -> Path:
     """The demo run that ships with the repository: the one folder of checkpoints/ with a demo.json."""
     (demo,) = [path.parent for path in (REPO / "checkpoints").glob("*/demo.json")]
     return demo
+
+
+def fresh_checkout(demo: Path, dest: Path) -> Path:
+    """A copy of a demo folder as git gives it to a visitor: no artefact store, no local settings."""
+    shutil.copytree(demo, dest, ignore=shutil.ignore_patterns(runs.EMBEDDINGS_FOLDER, runs.LOCAL_SETTINGS))
+    return dest
 
 
 # The network and evaluation sizes that make a run train in seconds: a width-4 ResNet, small heads,

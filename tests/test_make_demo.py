@@ -1,13 +1,13 @@
 """benchmarks/make_demo.py: a finished run becomes a demo the dashboard lists, small and not resumable."""
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
 from byol import embed, map_film, probe, run_images, runs, shipped
+from helpers import fresh_checkout
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -82,8 +82,7 @@ def test_a_demo_ships_its_first_visit_artefacts_and_a_fresh_checkout_computes_no
     assert shipped_names == {p.name for p in kept if p.parent.name == shipped.SHIPPED_FOLDER}
     assert map_film.FILM_FILE in shipped_names
 
-    fresh = runs_dir / "demo-fresh-checkout"  # what git gives a visitor: no artefact store
-    shutil.copytree(out, fresh, ignore=shutil.ignore_patterns(runs.EMBEDDINGS_FOLDER, "local-settings.json"))
+    fresh = fresh_checkout(out, runs_dir / "demo-fresh-checkout")
     embed.clear_cache()
     data = run_images.run_data(fresh)  # the pages load the demo's images first, and adopt on the way
     config = runs.read_config(fresh)
@@ -105,8 +104,7 @@ def test_a_demo_made_without_artefacts_ships_them_later(finished_run, runs_dir):
     record = json.loads((out / "demo.json").read_text())
     assert "come with it" in record["label"] and record["machine"] == "a test machine"
     assert {p.name for p in shipped.shipped_files(out)} == {p.name for p in files}
-    fresh = runs_dir / "demo-from-a-gpu-fresh"
-    shutil.copytree(out, fresh, ignore=shutil.ignore_patterns(runs.EMBEDDINGS_FOLDER, "local-settings.json"))
+    fresh = fresh_checkout(out, runs_dir / "demo-from-a-gpu-fresh")
     embed.clear_cache()
     data = run_images.run_data(fresh)
     last = runs.list_snapshots(fresh)[-1].path

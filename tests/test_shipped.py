@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from byol import cifar10, embed, map_film, probe, run_images, runs, shipped
-from helpers import shipped_demo
+from helpers import fresh_checkout, shipped_demo
 
 # The embeddings and kNN votes; the map is one more file copied the same way, left out to spare UMAP's time.
 SHIPPED = frozenset({embed.Artefact.TRAIN_EMBEDDINGS, embed.Artefact.TEST_EMBEDDINGS, embed.Artefact.KNN})
@@ -111,8 +111,7 @@ def test_the_shipped_demo_opens_on_the_real_copy_with_nothing_to_compute(tmp_pat
     if not any(path.exists() for path in cifar10.local_copies()):
         pytest.skip("no real CIFAR-10 copy at a documented place")
     demo = shipped_demo()
-    fresh = tmp_path / demo.name  # what git gives a visitor: no artefact store, no local settings
-    shutil.copytree(demo, fresh, ignore=shutil.ignore_patterns(runs.EMBEDDINGS_FOLDER, "local-settings.json"))
+    fresh = fresh_checkout(demo, tmp_path / demo.name)
     embed.clear_cache()
     data = run_images.run_data(fresh)
     config = runs.read_config(fresh)
