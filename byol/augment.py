@@ -53,9 +53,23 @@ VIEW1 = ViewSettings(solarize_p=0.0)
 VIEW2 = ViewSettings(solarize_p=0.2)
 
 
-def byol_view_settings(crop_min_scale: float = VIEW1.crop_scale[0]) -> tuple[ViewSettings, ViewSettings]:
-    """BYOL's two views, with the random resized crop's smallest area share set (the config's `crop_min_scale`)."""
-    return (replace(VIEW1, crop_scale=(crop_min_scale, 1.0)), replace(VIEW2, crop_scale=(crop_min_scale, 1.0)))
+def byol_view_settings(
+    crop_min_scale: float = VIEW1.crop_scale[0], jitter_strength: float = 1.0
+) -> tuple[ViewSettings, ViewSettings]:
+    """BYOL's two views, with the random resized crop's smallest area share set (the config's `crop_min_scale`)
+    and the colour jitter's four ranges multiplied by `jitter_strength` (the config's; SimCLR's strength s)."""
+
+    def adjusted(view: ViewSettings) -> ViewSettings:
+        return replace(
+            view,
+            crop_scale=(crop_min_scale, 1.0),
+            brightness=view.brightness * jitter_strength,
+            contrast=view.contrast * jitter_strength,
+            saturation=view.saturation * jitter_strength,
+            hue=view.hue * jitter_strength,
+        )
+
+    return adjusted(VIEW1), adjusted(VIEW2)
 
 
 # The uniform draws each image needs, as columns of one random matrix.

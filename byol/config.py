@@ -36,6 +36,9 @@ class TrainConfig:
     head_bn: bool = True  # batch norm in projector and predictor; off = the collapse experiment
     # --- augmentation -----------------------------------------------------------------------
     crop_min_scale: float = 0.08  # smallest area share of the random resized crop (BYOL, solo-learn: 0.08)
+    # The colour jitter's ranges as a multiple of BYOL's (brightness and contrast ±0.4, saturation ±0.2,
+    # hue ±0.1): SimCLR's colour strength. 0 = no colour change (grayscale and solarize stay).
+    jitter_strength: float = 1.0
     # Side of the training views as a share of image_size (0.75: 24-pixel views of 32-pixel images).
     # Smaller views step faster (the backbone's work grows with the pixel count); kNN, maps and search
     # still embed whole images at image_size.
@@ -45,6 +48,9 @@ class TrainConfig:
     lr: float = 1.0  # peak learning rate for a batch of 256; scaled linearly with batch size
     weight_decay: float = 1e-5
     momentum: float = 0.9  # for sgd and lars
+    # The predictor's learning rate as a multiple of the rest's. BYOL's appendix (its table 21) finds that
+    # a predictor which learns faster than the networks it predicts can keep up with a fast-moving target.
+    predictor_lr_scale: float = 1.0
     warmup_epochs: float = 10.0
     # Share of the steps after the warm-up that the cosine decay takes; the learning rate holds its peak
     # before it (1 = the plain cosine of BYOL and solo-learn).
@@ -197,12 +203,14 @@ _NUMERIC_RANGES: dict[str, tuple[float, float, type]] = {
     "lr": (1e-7, 100.0, float),
     "weight_decay": (0.0, 1.0, float),
     "momentum": (0.0, 0.999, float),
+    "predictor_lr_scale": (0.01, 100.0, float),
     "warmup_epochs": (0.0, 10_000.0, float),
     "lr_decay_share": (0.01, 1.0, float),
     "epochs": (1, 10_000, int),
     "batch_size": (2, 65_536, int),
     "tau_base": (0.0, 1.0, float),
     "crop_min_scale": (0.01, 1.0, float),
+    "jitter_strength": (0.0, 2.0, float),
     "view_resolution": (0.1, 1.0, float),
     "eval_every": (0.01, 10_000.0, float),
     "eval_bank_size": (0, 10_000_000, int),
@@ -224,12 +232,14 @@ _FIELD_WORDS: dict[str, str] = {
     "lr": "Learning rate",
     "weight_decay": "Weight decay",
     "momentum": "Momentum",
+    "predictor_lr_scale": "Predictor learning-rate multiple",
     "warmup_epochs": "Warm-up epochs",
     "lr_decay_share": "Learning-rate decay share",
     "epochs": "Epochs",
     "batch_size": "Batch size",
     "tau_base": "Target EMA rate (tau)",
     "crop_min_scale": "Smallest crop share",
+    "jitter_strength": "Colour jitter strength",
     "view_resolution": "Training view resolution",
     "eval_every": "Evaluation interval",
     "eval_bank_size": "kNN bank size",

@@ -185,7 +185,7 @@ def _time_training_steps(config: TrainConfig, device: torch.device, deadline: fl
     bf16 = use_bf16(config.precision, device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     networks = BYOLNetworks.from_config(config).to(device).to(memory_format=memory_format)
-    optimizer = build_optimizer(config, networks.trainable_parameters(), device)
+    optimizer = build_optimizer(config, networks.trainable_parameters(), device, networks.predictor.parameters())
     generator = torch.Generator(device=device).manual_seed(0)
     size = config.image_size
     networks.train()

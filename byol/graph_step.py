@@ -5,9 +5,9 @@ the GPU waits for the host between them (about 55% busy on an H200 with the eage
 graph records the step's kernels once and then launches them all with one call.
 
 A graph replays exactly the kernels and memory it recorded, so:
-- its inputs are fixed tensors: each batch is copied into one buffer, and the learning rate and τ
-  are 0-d device tensors filled before each replay (fused SGD/Adam/AdamW and our LARS read the
-  learning rate from it; `update_target` reads τ);
+- its inputs are fixed tensors: each batch is copied into one buffer, and τ and each parameter
+  group's learning rate are 0-d device tensors filled before each replay (fused SGD/Adam/AdamW and
+  our LARS read the learning rate from theirs; `update_target` reads τ);
 - its outputs, the loss and the projections, are fixed tensors as well, overwritten by the next
   replay: a caller that keeps one must copy it (the step log stacks them into a new tensor at once);
 - the augmentation's generator is registered with the graph, so each replay draws new numbers;
@@ -27,7 +27,7 @@ import torch
 
 from .augment import ViewSettings
 from .model import BYOLNetworks, TargetPairs
-from .optim import set_learning_rate
+from .optim import group_learning_rates, set_learning_rate
 from .step import training_step
 
 
@@ -59,7 +59,8 @@ class GraphedStep:
         if self.graph is None:
             self._capture(batch)
         self._batch.copy_(batch)
-        self._lr.fill_(lr)
+        for group_lr, value in zip(self._lrs, group_learning_rates(self.optimizer, lr)):
+            group_lr.fill_(value)
         self._tau.fill_(tau)
         self.graph.replay()
         return self._loss, self._projections
@@ -92,9 +93,11 @@ class GraphedStep:
 
     def _capture(self, batch: torch.Tensor) -> None:
         self._batch = torch.empty_like(batch)
-        self._lr = torch.zeros((), device=batch.device)
+        # One device tensor per parameter group (the predictor's may take a multiple of the rest's rate).
+        self._lrs = [torch.zeros((), device=batch.device) for _ in self.optimizer.param_groups]
         self._tau = torch.zeros((), device=batch.device)
-        set_learning_rate(self.optimizer, self._lr)  # from now on every group reads this tensor
+        for group, group_lr in zip(self.optimizer.param_groups, self._lrs):
+            group["lr"] = group_lr  # from now on each group reads its tensor
         # Gradients set to None are made anew inside the capture, in the graph's own memory, and each
         # replay then writes them there.
         self.optimizer.zero_grad(set_to_none=True)

@@ -11,6 +11,8 @@ checkpoints written by either form resume with the other.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 
@@ -67,35 +69,58 @@ def _trust_ratios(params: list[torch.Tensor], grads: list[torch.Tensor], wd: flo
 
 
 def build_optimizer(
-    config: TrainConfig, parameters: list[nn.Parameter], device: torch.device | None = None
+    config: TrainConfig,
+    parameters: list[nn.Parameter],
+    device: torch.device | None = None,
+    predictor_parameters: Iterable[nn.Parameter] = (),
 ) -> torch.optim.Optimizer:
     """The config's optimiser over `parameters`; 1-D tensors (biases, norms) skip decay and LARS scaling.
+
+    With `config.predictor_lr_scale` other than 1, the tensors also in `predictor_parameters` get groups
+    of their own whose learning rate is that multiple of the rest's (`group_learning_rates`). At 1 there
+    are two groups, as there always were, so every saved optimiser state still loads.
 
     With `config.cuda_fast` or `config.cuda_graph` on a CUDA device, torch's fused kernels step SGD, Adam
     and AdamW: they keep their step counts on the device and take the learning rate as a device
     tensor, which a captured step needs. LARS does both in its plain form.
     """
-    decayed = [p for p in parameters if p.ndim > 1]
-    plain = [p for p in parameters if p.ndim <= 1]
     lr, wd = config.effective_lr, config.weight_decay
-    groups = [{"params": decayed, "weight_decay": wd}, {"params": plain, "weight_decay": 0.0}]
+    plain_extra = {"lars": False} if config.optimizer == "lars" else {}
+
+    def decayed_and_plain(share: list[nn.Parameter], **extra: float) -> list[dict]:
+        return [
+            {"params": [p for p in share if p.ndim > 1], "weight_decay": wd, **extra},
+            {"params": [p for p in share if p.ndim <= 1], "weight_decay": 0.0, **plain_extra, **extra},
+        ]
+
+    faster = {id(p) for p in predictor_parameters} if config.predictor_lr_scale != 1 else set()
+    groups = decayed_and_plain([p for p in parameters if id(p) not in faster])
+    if faster:
+        groups += decayed_and_plain([p for p in parameters if id(p) in faster], lr_scale=config.predictor_lr_scale)
     on_cuda = device is not None and device.type == "cuda"
     fused = {"fused": True} if on_cuda and (config.cuda_fast or config.cuda_graph) else {}
     # Adam and AdamW refuse to be captured unless built `capturable` (SGD has no such flag).
     adam_extra = {**fused, "capturable": True} if on_cuda and config.cuda_graph else fused
     if config.optimizer == "lars":
-        groups[1]["lars"] = False
-        return LARS(groups, lr=lr, momentum=config.momentum, weight_decay=wd)
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, **fused)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, **adam_extra)
-    if config.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=lr, **adam_extra)
-    raise ValueError(f"unknown optimizer {config.optimizer!r}")
+        optimizer = LARS(groups, lr=lr, momentum=config.momentum, weight_decay=wd)
+    elif config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=lr, momentum=config.momentum, **fused)
+    elif config.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(groups, lr=lr, **adam_extra)
+    elif config.optimizer == "adam":
+        optimizer = torch.optim.Adam(groups, lr=lr, **adam_extra)
+    else:
+        raise ValueError(f"unknown optimizer {config.optimizer!r}")
+    set_learning_rate(optimizer, lr)  # the predictor's groups start at their multiple too
+    return optimizer
 
 
-def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float | torch.Tensor) -> None:
-    """Every group's learning rate: a number, or a 0-d device tensor the captured step reads (graph_step.py)."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+def group_learning_rates(optimizer: torch.optim.Optimizer, lr: float) -> list[float]:
+    """Each group's learning rate when the schedule says `lr`: the predictor's groups take their multiple."""
+    return [lr * group.get("lr_scale", 1.0) for group in optimizer.param_groups]
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Every group's learning rate for the schedule's `lr` (the captured step fills device tensors instead: graph_step.py)."""
+    for group, group_lr in zip(optimizer.param_groups, group_learning_rates(optimizer, lr)):
+        group["lr"] = group_lr

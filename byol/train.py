@@ -271,14 +271,14 @@ def _train(
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     networks = networks.to(memory_format=memory_format)
     networks = world.sync_batch_norm(networks, device)  # statistics over the global batch (alone: unchanged)
-    optimizer = build_optimizer(config, networks.trainable_parameters(), device)
+    optimizer = build_optimizer(config, networks.trainable_parameters(), device, networks.predictor.parameters())
     forward_loss = world.data_parallel(networks, device)  # DDP averages the gradients (alone: forward_loss)
     # Listed once the networks are final (device, memory format, synced batch norm): see TargetPairs.
     pairs = target_pairs(networks.online_modules(), networks.target_modules())
     if device.type == "cuda" and config.cuda_fast:
         use_cuda_backend_speedups()
     loss_fn = torch.compile(forward_loss) if config.compile else forward_loss
-    views = byol_view_settings(config.crop_min_scale)
+    views = byol_view_settings(config.crop_min_scale, config.jitter_strength)
     view_size = config.training_view_size
     # The captured step takes the networks whole, so it is for one process (DDP wraps the forward).
     graphed = device.type == "cuda" and config.cuda_graph and world.world_size == 1

@@ -142,18 +142,20 @@ with st.expander(new_run_label, expanded=not summaries or source is not None, ic
         lr_decay_share = recipe_number(a1, "Learning-rate decay share", "lr_decay_share")
         view_resolution = recipe_number(a2, "Training view resolution", "view_resolution")
         crop_min_scale = recipe_number(a3, "Smallest crop share", "crop_min_scale")
-        eval_every = a1.number_input(
+        jitter_strength = recipe_number(a1, "Colour jitter strength", "jitter_strength")
+        predictor_lr_scale = recipe_number(a2, "Predictor learning-rate multiple", "predictor_lr_scale")
+        eval_every = a3.number_input(
             "kNN every (epochs)", value=base.eval_every, format="%g", step=None, key=key("eval"), help=HELP["eval_every"]
         )
-        eval_bank = a2.number_input(
+        eval_bank = a1.number_input(
             "kNN bank size (0 = all)", value=base.eval_bank_size, step=1000, key=key("bank"), help=HELP["eval_bank_size"]
         )
-        eval_query = a3.number_input(
+        eval_query = a2.number_input(
             "kNN test images (0 = all)", value=base.eval_query_size, step=1000, key=key("query"), help=HELP["eval_query_size"]
         )
-        knn_k = a1.number_input("kNN neighbours (k)", value=base.knn_k, step=10, key=key("k"), help=HELP["knn_k"])
+        knn_k = a3.number_input("kNN neighbours (k)", value=base.knn_k, step=10, key=key("k"), help=HELP["knn_k"])
         devices = list(DEVICES)
-        device_choice = a2.selectbox(
+        device_choice = a1.selectbox(
             "Device",
             devices,
             index=devices.index(base.device) if base.device in devices else 0,
@@ -161,7 +163,7 @@ with st.expander(new_run_label, expanded=not summaries or source is not None, ic
             help=HELP["device"],
         )
         precisions = list(PRECISIONS)
-        precision = a3.selectbox(
+        precision = a2.selectbox(
             "Precision",
             precisions,
             index=precisions.index(base.precision) if base.precision in precisions else 0,
@@ -190,6 +192,8 @@ with st.expander(new_run_label, expanded=not summaries or source is not None, ic
         lr_decay_share=lr_decay_share,
         view_resolution=view_resolution,
         crop_min_scale=crop_min_scale,
+        jitter_strength=jitter_strength,
+        predictor_lr_scale=predictor_lr_scale,
         eval_every=eval_every,
         eval_bank_size=eval_bank,
         eval_query_size=eval_query,

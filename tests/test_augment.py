@@ -1,5 +1,7 @@
 """BYOL's views: per-image randomness, valid ranges, asymmetric settings, and the device they live on."""
 
+from dataclasses import replace
+
 import torch
 
 from byol.augment import (
@@ -73,6 +75,30 @@ def test_crop_min_scale_sets_both_views_smallest_crop_and_nothing_else():
     assert view1.crop_scale == view2.crop_scale == (0.2, 1.0)
     assert byol_view_settings() == (VIEW1, VIEW2)  # the default is BYOL's own 0.08
     assert view2.solarize_p == VIEW2.solarize_p and view1.jitter_p == VIEW1.jitter_p
+
+
+def test_jitter_strength_scales_the_four_colour_ranges_of_both_views():
+    half = byol_view_settings(jitter_strength=0.5)
+    for view, field in zip(half, (VIEW1, VIEW2)):
+        assert (view.brightness, view.contrast, view.saturation, view.hue) == (0.2, 0.2, 0.1, 0.05)
+        assert (view.crop_scale, view.jitter_p, view.grayscale_p, view.solarize_p) == (
+            field.crop_scale,
+            field.jitter_p,
+            field.grayscale_p,
+            field.solarize_p,
+        )
+    assert byol_view_settings(jitter_strength=1.0) == (VIEW1, VIEW2)
+
+
+def test_jitter_strength_zero_leaves_colours_unchanged_and_strength_changes_them_more():
+    x = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    always = {"jitter_p": 1.0}
+    change = {}
+    for strength in (0.0, 0.5, 1.0):
+        view = replace(byol_view_settings(jitter_strength=strength)[0], **always)
+        change[strength] = (color_jitter(x, view, torch.Generator().manual_seed(6)) - x).abs().mean().item()
+    assert change[0.0] < 1e-5
+    assert 0.005 < change[0.5] < change[1.0]
 
 
 def test_flip_mirrors_the_image():

@@ -49,6 +49,8 @@ def test_lr_scales_with_batch_size():
         ("lr", 1e6, "Learning rate (lr) must be from 1e-07 to 100; got 1e+06."),
         ("tau_base", 1.5, "Target EMA rate (tau) (tau_base) must be from 0 to 1; got 1.5."),
         ("crop_min_scale", 0.0, "Smallest crop share (crop_min_scale) must be from 0.01 to 1; got 0."),
+        ("jitter_strength", 3.0, "Colour jitter strength (jitter_strength) must be from 0 to 2; got 3."),
+        ("predictor_lr_scale", 0.0, "Predictor learning-rate multiple (predictor_lr_scale) must be from 0.01 to 100; got 0."),
         ("lr_decay_share", 0.0, "Learning-rate decay share (lr_decay_share) must be from 0.01 to 1; got 0."),
         ("width", 0, "Backbone width (width)"),
         (

@@ -1,4 +1,5 @@
-"""The optimisers: LARS's vectorised step follows the per-tensor formula, and its state resumes."""
+"""The optimisers: LARS's vectorised step follows the per-tensor formula, its state resumes, and the
+predictor's learning rate can be a multiple of the rest's."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 
 from byol.config import preset
 from byol.model import BYOLNetworks
-from byol.optim import LARS, build_optimizer
+from byol.optim import LARS, build_optimizer, set_learning_rate
 
 
 def reference_lars_step(params, buffers, lr, momentum, wd, eta, eps, lars):
@@ -114,3 +115,54 @@ def test_fused_kernels_are_asked_for_only_on_cuda_with_the_switch(switch):
         assert build_optimizer(config, cuda_params, torch.device("cuda")).defaults["fused"]
         assert not build_optimizer(config.replace(**{switch: False}), cuda_params, torch.device("cuda")).defaults.get("fused")
         assert build_optimizer(config, cuda_params, torch.device("cuda")).defaults["capturable"] == (switch == "cuda_graph")
+
+
+def tiny_networks(config):
+    torch.manual_seed(0)
+    return BYOLNetworks.from_config(config)
+
+
+def one_step_moves(config) -> tuple[float, float]:
+    """How far one AdamW step moves the backbone's and the predictor's weights (mean absolute change)."""
+    nets = tiny_networks(config)
+    optimizer = build_optimizer(config, nets.trainable_parameters(), predictor_parameters=nets.predictor.parameters())
+    before = copy.deepcopy(nets)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    nets.forward_loss(x, x.flip(-1))[0].backward()
+    optimizer.step()
+
+    def moved(now, then) -> float:
+        return torch.cat([(a - b).abs().flatten() for a, b in zip(now.parameters(), then.parameters())]).mean().item()
+
+    return moved(nets.backbone, before.backbone), moved(nets.predictor, before.predictor)
+
+
+TINY = dict(width=4, projector_hidden=16, projector_dim=8, predictor_hidden=16, optimizer="adamw", weight_decay=0.0)
+
+
+def test_the_predictor_learns_at_its_multiple_and_the_rest_at_the_schedules_rate():
+    backbone_1, predictor_1 = one_step_moves(preset("cpu", **TINY))
+    backbone_10, predictor_10 = one_step_moves(preset("cpu", predictor_lr_scale=10.0, **TINY))
+    assert backbone_10 == pytest.approx(backbone_1, rel=1e-6)
+    assert predictor_10 == pytest.approx(10 * predictor_1, rel=0.05)  # Adam's first step is lr·sign(grad), nearly
+
+
+def test_the_schedule_sets_the_predictors_rate_as_its_multiple():
+    config = preset("cpu", predictor_lr_scale=3.0, **TINY)
+    nets = tiny_networks(config)
+    optimizer = build_optimizer(config, nets.trainable_parameters(), predictor_parameters=nets.predictor.parameters())
+    set_learning_rate(optimizer, 0.5)
+    predictor = {id(p) for p in nets.predictor.parameters()}
+    for group in optimizer.param_groups:
+        in_predictor = {id(p) in predictor for p in group["params"]}
+        assert len(in_predictor) == 1  # a group holds predictor tensors only, or none
+        assert group["lr"] == (1.5 if in_predictor == {True} else 0.5)
+
+
+def test_at_multiple_one_the_optimiser_keeps_its_two_groups_so_saved_states_still_load():
+    config = preset("cpu", **TINY)
+    nets = tiny_networks(config)
+    saved = build_optimizer(config, nets.trainable_parameters()).state_dict()  # built as before the multiple existed
+    optimizer = build_optimizer(config, nets.trainable_parameters(), predictor_parameters=nets.predictor.parameters())
+    assert len(optimizer.param_groups) == 2
+    optimizer.load_state_dict(saved)

@@ -154,8 +154,11 @@ def test_the_form_shows_the_presets_whole_recipe_and_launches_what_it_shows(runs
     widget(at, "number_input", "new_lr_decay_share_").set_value(0.5)
     widget(at, "number_input", "new_view_resolution_").set_value(1.0)
     widget(at, "number_input", "new_crop_min_scale_").set_value(0.2)
+    widget(at, "number_input", "new_jitter_strength_").set_value(0.5)
+    widget(at, "number_input", "new_predictor_lr_scale_").set_value(10.0)
     config = launch_named(at, runs_dir, "whole-recipe")
     assert (config.lr_decay_share, config.view_resolution, config.crop_min_scale) == (0.5, 1.0, 0.2)
+    assert (config.jitter_strength, config.predictor_lr_scale) == (0.5, 10.0)
 
 
 def test_a_new_run_can_start_from_a_finished_runs_settings(finished_run, runs_dir, app_test, fake_train):

@@ -68,11 +68,13 @@ def test_stop_finishes_the_step_and_leaves_a_loadable_checkpoint(tmp_path):
     assert (state["step"], state["epoch"], state["step_in_epoch"]) == (3, 0, 3)
 
 
-def test_resume_continues_at_the_same_step_and_matches_an_uninterrupted_run(tmp_path):
-    config, straight = new_run(tmp_path, epochs=3)
+# The faster predictor has optimiser groups of its own, which must come back from last.pt as they were.
+@pytest.mark.parametrize("recipe", [{}, {"predictor_lr_scale": 10.0}], ids=["preset", "faster-predictor"])
+def test_resume_continues_at_the_same_step_and_matches_an_uninterrupted_run(tmp_path, recipe):
+    config, straight = new_run(tmp_path, epochs=3, **recipe)
     train(config, straight)
 
-    _, resumed = new_run(tmp_path, epochs=3)
+    _, resumed = new_run(tmp_path, epochs=3, **recipe)
     stop = threading.Event()
     train(config, resumed, stop, lambda e: e.get("kind") == "step" and e["step"] == 6 and stop.set())
     # Simulate rows written after the checkpoint by a process that died: resume must drop them.

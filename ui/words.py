@@ -95,6 +95,14 @@ HELP: dict[str, str] = {
         "32-pixel images, about 1.6x faster. Maps, kNN and search always use whole images."
     ),
     "crop_min_scale": "Smallest share of an image a random crop may keep (0.08 = down to 8% of its area).",
+    "jitter_strength": (
+        "How strongly the training pictures' colours are changed, as a multiple of BYOL's (brightness and "
+        "contrast up to ±40%, saturation ±20%, hue ±0.1 of a turn). 0 = colours unchanged."
+    ),
+    "predictor_lr_scale": (
+        "The predictor's learning rate as a multiple of the rest's. Above 1 the predictor adapts faster, "
+        "which can help it keep up with a target that moves quickly (a small τ)."
+    ),
     "tau_base": "How slowly the target network (the moving average) follows the online one at the start; close to 1 = slowly.",
     "tau_schedule": "cosine: τ rises from its start value to 1 during training (BYOL's choice); fixed: τ stays the same.",
     "eval_every": "Epochs between kNN accuracy measurements (fractions allowed). More often: finer curves, slower training.",
