@@ -72,7 +72,11 @@ finished = [s for s in summaries if s.state == runs.FINISHED and s.best_knn is n
 showcase = demo or (max(finished, key=lambda s: s.best_knn) if finished else None)
 if showcase is not None:
     st.subheader(f"{'Demo run' if showcase is demo else 'Best finished run'}: {showcase.name}")
-    if showcase is demo:
+    if showcase is demo and demo.demo_summary:
+        st.markdown(demo.demo_summary)
+        with st.expander("How it was trained"):
+            st.caption(demo.demo)
+    elif showcase is demo:
         st.caption(demo.demo)
     chart, facts = st.columns([3, 1])
     chart.plotly_chart(

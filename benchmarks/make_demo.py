@@ -66,6 +66,28 @@ def training_minutes(rows: list[dict], pause_seconds: float = PAUSE_SECONDS) -> 
     return sum(later - earlier for earlier, later in zip(times, times[1:]) if later - earlier <= pause_seconds) / 60
 
 
+def duration_words(minutes: float) -> str:
+    """'40 minutes', 'about 7 hours': how long, as a person would say it."""
+    return f"{minutes:.0f} minutes" if minutes < 90 else f"about {minutes / 60:.0f} hours"
+
+
+def plain_summary(
+    epochs: int, minutes: float, machine: str, last_eval: dict, knn: float, random_init: float, pixels: float | None
+) -> str:
+    """What Home shows first: the demo's result in words a visitor who does not code can follow (the
+    label, beside it, keeps the recipe). `machine`'s first clause names the computer ("a 2-core Intel
+    Xeon, both cores, bf16 ..." -> "a 2-core Intel Xeon")."""
+    computer = machine.split(",")[0]
+    floor = f", comparing raw pixels {pixels:.0f}%" if pixels is not None else ""
+    return (
+        f"This network learned from CIFAR-10's training pictures without ever seeing their labels: {epochs} passes "
+        f"over them, {duration_words(minutes)} of training on {computer}. Asked to name the class of "
+        f"{last_eval.get('query_size', 10_000):,} new pictures by a vote of their {last_eval.get('k', 200)} most similar "
+        f"training pictures, it is right {knn:.0f}% of the time: the same network untrained {random_init:.0f}%{floor}, "
+        "guessing 10%."
+    )
+
+
 def demo_record(run_dir: Path, machine: str, trained_on: str, ships_artefacts: bool = False) -> dict:
     """demo.json's fields, every figure read from the run's status and metrics."""
     config = runs.read_config(run_dir)
@@ -97,6 +119,7 @@ def demo_record(run_dir: Path, machine: str, trained_on: str, ships_artefacts: b
         )
     )
     return {
+        "summary": plain_summary(config.epochs, minutes, machine, last, knn, random_init, pixels),
         "label": label,
         "machine": machine,
         "minutes": round(minutes, 1),

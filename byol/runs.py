@@ -402,6 +402,7 @@ class RunSummary:
     created: float
     world_size: int
     demo: str  # for a shipped demo run: how it was trained, in words (from demo.json); else ""
+    demo_summary: str  # for a shipped demo run: its result in plain words (demo.json's "summary"); else ""
 
 
 def is_shipped_demo(run_dir: Path) -> bool:
@@ -410,12 +411,12 @@ def is_shipped_demo(run_dir: Path) -> bool:
     return (Path(run_dir) / DEMO_RECORD).is_file()
 
 
-def _demo_label(run_dir: Path) -> str:
-    """The label of a shipped demo run: demo.json's "label" (a run without the file is no demo)."""
+def _demo_words(run_dir: Path) -> tuple[str, str]:
+    """A shipped demo run's label and plain summary from demo.json ("" and "" for a run that is no demo)."""
     record = read_json(run_dir / DEMO_RECORD, {})
     if not isinstance(record, dict) or not record:
-        return ""
-    return str(record.get("label") or "Demo run shipped with BYOL Studio.")
+        return "", ""
+    return str(record.get("label") or "Demo run shipped with BYOL Studio."), str(record.get("summary") or "")
 
 
 def summarize_run(run_dir: Path) -> RunSummary:
@@ -427,6 +428,7 @@ def summarize_run(run_dir: Path) -> RunSummary:
     steps = [r for r in rows if r.get("kind") == "step"]
     last_row = rows[-1] if rows else {}
     started = status.get("started")
+    demo_label, demo_summary = _demo_words(run_dir)
     return RunSummary(
         name=run_dir.name,
         path=run_dir,
@@ -448,7 +450,8 @@ def summarize_run(run_dir: Path) -> RunSummary:
         started=datetime.fromtimestamp(started, timezone.utc).astimezone().strftime("%Y-%m-%d %H:%M") if started else "",
         created=float(status.get("created") or (run_dir / "config.json").stat().st_mtime),
         world_size=int(status.get("world_size", 1) or 1),
-        demo=_demo_label(run_dir),
+        demo=demo_label,
+        demo_summary=demo_summary,
     )
 
 

@@ -50,6 +50,18 @@ def test_demo_run_comes_first(finished_run, runs_dir, app_test, tiny_config):
     assert any("25 epochs on one CPU core" in c.value for c in at.caption)  # labelled with how it was trained
 
 
+def test_a_demo_with_a_plain_summary_leads_with_it_and_keeps_the_recipe_one_click_away(runs_dir, app_test, tiny_config):
+    demo = runs.create_run(runs_dir, tiny_config(), "demo-run")
+    record = {"summary": "This network learned without labels; it is right 72% of the time.", "label": "AdamW, lr 0.004, τ 0.97."}
+    (demo / "demo.json").write_text(json.dumps(record))
+    at = app_test("app.py")
+    at.run()
+    assert not at.exception
+    assert any(record["summary"] in m.value for m in at.markdown)
+    how = [e for e in at.expander if e.label == "How it was trained"]
+    assert len(how) == 1 and any(record["label"] in c.value for c in how[0].caption)
+
+
 def test_interrupted_run_offers_resume(runs_dir, app_test, tiny_config, fake_train):
     fake_train.auto_release = True
     run = runs.create_run(runs_dir, tiny_config(), "left-behind")

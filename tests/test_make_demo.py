@@ -30,6 +30,10 @@ def test_a_finished_run_becomes_a_demo_with_its_own_figures(finished_run, runs_d
     config = runs.read_config(finished_run)  # the label states the recipe as trained: a fixed τ is not "from"
     assert ("τ from" in record["label"]) == (config.tau_schedule == "cosine")
     assert f"weight decay {config.weight_decay:g}" in record["label"]
+    # The summary Home leads with: the same figures, in words a visitor who does not code can follow.
+    summary = record["summary"]
+    assert f"{config.epochs} passes" in summary and f"right {evals[-1]['knn']:.0f}% of the time" in summary
+    assert "a test machine" in summary and not any(word in summary for word in ("lr ", "τ", "kNN", "epoch"))
     assert runs.read_status(out)["state"] == runs.FINISHED
     assert runs.resume_problem(out) is not None  # the dashboard will not offer to train it further
 
