@@ -12,7 +12,7 @@
 # "local/cifar10-jpg.tar.gz"]; not all of local/, whose scratch runs can pass the 64 MiB carry limit):
 #
 #   bash benchmarks/gpu.sh speed     # ~3 min: the step, the CUDA tests, the gpu preset's kNN curve
-#   bash benchmarks/gpu.sh quality   # ~6-8 min: complete 10-epoch schedules of 8 recipes and lightly's, 5 at once
+#   bash benchmarks/gpu.sh quality   # ~6-8 min: complete 10-epoch schedules of 9 recipes and lightly's, 5 at once
 #   bash benchmarks/gpu.sh demo      # ~4 min: trains a demo run and makes it a demo (make_demo.py)
 #   bash benchmarks/gpu.sh all       # speed, then quality and demo side by side (~8 min; fits one call)
 #

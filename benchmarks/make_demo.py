@@ -100,9 +100,10 @@ def demo_record(run_dir: Path, machine: str, trained_on: str, ships_artefacts: b
     minutes = training_minutes(rows)
     knn, random_init, pixels = last["knn"], first["knn"], last.get("pixel_knn")
     tau = f"τ {config.tau_base:g}" if config.tau_schedule == "fixed" else f"τ from {config.tau_base:g}"
+    predictor = f" ({config.predictor_lr_scale:g}× for the predictor)" if config.predictor_lr_scale != 1 else ""
     label = (
         f"Trained by the BYOL Studio team on the real CIFAR-10 ({trained_on}): a width-{config.width} ResNet-18 "
-        f"({config.preset or 'custom'} recipe: {config.optimizer}, lr {config.lr:g}, "
+        f"({config.preset or 'custom'} recipe: {config.optimizer}, lr {config.lr:g}{predictor}, "
         f"weight decay {config.weight_decay:g}, {tau}) for "
         f"{config.epochs} epochs, {minutes:.0f} minutes of training on {machine}. kNN accuracy {knn:.1f}% "
         f"(k={last.get('k', config.knn_k)}, {last.get('bank_size', '?'):,} training images as the bank, "

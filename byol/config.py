@@ -151,6 +151,9 @@ PRESETS: dict[str, TrainConfig] = {
         batch_size=256,
         tau_base=0.97,  # a faster-moving target than the field's 0.99: measured +5 kNN points after 2 epochs
         tau_schedule="fixed",  # the field's climb to 1 all but stops the target in a short run's last epochs
+        # A predictor that learns 3x faster keeps up with that fast target: 44.1 / 46.0% kNN (seeds 0 / 1) against
+        # 41.4 / 41.8% at 1x. 10x learned faster still (47.1%, seed 0) but kept the no-BN pair from collapsing.
+        predictor_lr_scale=3.0,
         eval_every=1.0,
         eval_bank_size=5000,
         eval_query_size=1000,

@@ -30,6 +30,7 @@ def test_a_finished_run_becomes_a_demo_with_its_own_figures(finished_run, runs_d
     config = runs.read_config(finished_run)  # the label states the recipe as trained: a fixed τ is not "from"
     assert ("τ from" in record["label"]) == (config.tau_schedule == "cosine")
     assert f"weight decay {config.weight_decay:g}" in record["label"]
+    assert ("for the predictor" in record["label"]) == (config.predictor_lr_scale != 1)
     # The summary Home leads with: the same figures, in words a visitor who does not code can follow.
     summary = record["summary"]
     assert f"{config.epochs} passes" in summary and f"right {evals[-1]['knn']:.0f}% of the time" in summary
