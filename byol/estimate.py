@@ -40,7 +40,7 @@ from .device import describe_device, resolve_device, use_bf16
 from .files import read_json, write_json_atomic
 from .images import IMAGE_EXTENSIONS
 from .model import BYOLNetworks
-from .optim import build_optimizer
+from .optim import optimizer_for
 from .step import training_step
 
 EVAL_COST_PER_IMAGE = 1 / 3  # an evaluation image costs this fraction of a training image (see above)
@@ -185,7 +185,7 @@ def _time_training_steps(config: TrainConfig, device: torch.device, deadline: fl
     bf16 = use_bf16(config.precision, device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     networks = BYOLNetworks.from_config(config).to(device).to(memory_format=memory_format)
-    optimizer = build_optimizer(config, networks.trainable_parameters(), device, networks.predictor.parameters())
+    optimizer = optimizer_for(config, networks, device)
     generator = torch.Generator(device=device).manual_seed(0)
     size = config.image_size
     networks.train()

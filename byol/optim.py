@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .config import TrainConfig
+from .model import BYOLNetworks
 
 
 class LARS(torch.optim.Optimizer):
@@ -113,6 +114,12 @@ def build_optimizer(
         raise ValueError(f"unknown optimizer {config.optimizer!r}")
     set_learning_rate(optimizer, lr)  # the predictor's groups start at their multiple too
     return optimizer
+
+
+def optimizer_for(config: TrainConfig, networks: BYOLNetworks, device: torch.device | None = None) -> torch.optim.Optimizer:
+    """The config's optimiser over the networks' trainable tensors, the predictor's at its multiple: what
+    training uses (and what the time estimate and the speed benchmark time)."""
+    return build_optimizer(config, networks.trainable_parameters(), device, networks.predictor.parameters())
 
 
 def group_learning_rates(optimizer: torch.optim.Optimizer, lr: float) -> list[float]:

@@ -63,7 +63,7 @@ from .graph_step import GraphedStep
 from .knn import effective_rank, eval_indices, extract_features, knn_accuracy, pixel_knn_accuracy
 from .lock import DeviceLock
 from .model import BYOLNetworks, projection_spread, target_pairs
-from .optim import build_optimizer, set_learning_rate
+from .optim import optimizer_for, set_learning_rate
 from .schedules import learning_rate, target_tau
 from .step import training_step  # looked up at call time: the fault tests replace it
 from .step_log import StepLog
@@ -271,7 +271,7 @@ def _train(
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     networks = networks.to(memory_format=memory_format)
     networks = world.sync_batch_norm(networks, device)  # statistics over the global batch (alone: unchanged)
-    optimizer = build_optimizer(config, networks.trainable_parameters(), device, networks.predictor.parameters())
+    optimizer = optimizer_for(config, networks, device)
     forward_loss = world.data_parallel(networks, device)  # DDP averages the gradients (alone: forward_loss)
     # Listed once the networks are final (device, memory format, synced batch norm): see TargetPairs.
     pairs = target_pairs(networks.online_modules(), networks.target_modules())
