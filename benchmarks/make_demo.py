@@ -72,7 +72,7 @@ def duration_words(minutes: float) -> str:
 
 
 def plain_summary(
-    epochs: int, minutes: float, machine: str, last_eval: dict, knn: float, random_init: float, pixels: float | None
+    epochs: int, minutes: float, machine: str, k: int, queries: int, knn: float, random_init: float, pixels: float | None
 ) -> str:
     """What Home shows first: the demo's result in words a visitor who does not code can follow (the
     label, beside it, keeps the recipe). `machine`'s first clause names the computer ("a 2-core Intel
@@ -82,7 +82,7 @@ def plain_summary(
     return (
         f"This network learned from CIFAR-10's training pictures without ever seeing their labels: {epochs} passes "
         f"over them, {duration_words(minutes)} of training on {computer}. Asked to name the class of "
-        f"{last_eval.get('query_size', 10_000):,} new pictures by a vote of their {last_eval.get('k', 200)} most similar "
+        f"{queries:,} new pictures by a vote of their {k} most similar "
         f"training pictures, it is right {knn:.0f}% of the time: the same network untrained {random_init:.0f}%{floor}, "
         "guessing 10%."
     )
@@ -99,6 +99,7 @@ def demo_record(run_dir: Path, machine: str, trained_on: str, ships_artefacts: b
     first, last = evals[0], evals[-1]
     minutes = training_minutes(rows)
     knn, random_init, pixels = last["knn"], first["knn"], last.get("pixel_knn")
+    k, queries = last.get("k", config.knn_k), last["query_size"]
     tau = f"τ {config.tau_base:g}" if config.tau_schedule == "fixed" else f"τ from {config.tau_base:g}"
     predictor = f" ({config.predictor_lr_scale:g}× for the predictor)" if config.predictor_lr_scale != 1 else ""
     label = (
@@ -106,8 +107,8 @@ def demo_record(run_dir: Path, machine: str, trained_on: str, ships_artefacts: b
         f"({config.preset or 'custom'} recipe: {config.optimizer}, lr {config.lr:g}{predictor}, "
         f"weight decay {config.weight_decay:g}, {tau}) for "
         f"{config.epochs} epochs, {minutes:.0f} minutes of training on {machine}. kNN accuracy {knn:.1f}% "
-        f"(k={last.get('k', config.knn_k)}, {last.get('bank_size', '?'):,} training images as the bank, "
-        f"{last.get('query_size', '?'):,} test images as queries) against {random_init:.1f}% for the untrained network"
+        f"(k={k}, {last.get('bank_size', '?'):,} training images as the bank, "
+        f"{queries:,} test images as queries) against {random_init:.1f}% for the untrained network"
         + (f" and {pixels:.1f}% for raw pixels." if pixels is not None else ".")
         + " Its images come from your own CIFAR-10: the Embeddings and Retrieval pages use a local copy at a "
         "documented place (or ask where one is)"
@@ -120,7 +121,7 @@ def demo_record(run_dir: Path, machine: str, trained_on: str, ships_artefacts: b
         )
     )
     return {
-        "summary": plain_summary(config.epochs, minutes, machine, last, knn, random_init, pixels),
+        "summary": plain_summary(config.epochs, minutes, machine, k, queries, knn, random_init, pixels),
         "label": label,
         "machine": machine,
         "minutes": round(minutes, 1),
