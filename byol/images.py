@@ -32,7 +32,10 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".
 # Bump when the decoded cache layout or the decoding itself changes, so old caches are not reused.
 CACHE_VERSION = 1
 
-MAX_UPLOAD_BYTES = 50 * 1024 * 1024
+# The largest picture the Retrieval page takes. The Streamlit server refuses bigger uploads by its own
+# setting, `server.maxUploadSize` in .streamlit/config.toml, which must say the same (tests/test_exposure.py).
+MAX_UPLOAD_MB = 50
+MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024
 MAX_UPLOAD_PIXELS = 50_000_000  # width x height; far above any photo's need, far below a decompression bomb
 
 
@@ -177,7 +180,7 @@ def query_from_upload(data: bytes, image_size: int = 32) -> torch.Tensor:
         raise ValueError("The uploaded file is empty (0 bytes). Choose a picture file, such as a .png or .jpg.")
     if len(data) > MAX_UPLOAD_BYTES:
         raise ValueError(
-            f"The file is {len(data) / 2**20:.0f} MB; files up to {MAX_UPLOAD_BYTES // 2**20} MB are accepted. "
+            f"The file is {len(data) / 2**20:.0f} MB; files up to {MAX_UPLOAD_MB} MB are accepted. "
             "The model looks at 32×32 pixels, so a small copy of the picture works just as well."
         )
     try:

@@ -82,9 +82,9 @@ with upload_tab:
     uploaded = st.file_uploader(
         "Upload a picture",
         key=f"ret-upload-{state['ret-upload-generation']}",
-        max_upload_size=50,
+        max_upload_size=images.MAX_UPLOAD_MB,
         on_change=use_upload,
-        help="Any common picture format (PNG, JPEG, GIF, BMP, WebP, TIFF), up to 50 MB. It is shrunk to "
+        help=f"Any common picture format (PNG, JPEG, GIF, BMP, WebP, TIFF), up to {images.MAX_UPLOAD_MB} MB. It is shrunk to "
         f"{config.image_size}×{config.image_size} pixels, the size the network was trained on.",
     )
 

@@ -9,11 +9,13 @@ AppTest cannot run the picture grid's script, so a click is what the grid's call
 import base64
 import io
 import json
+import tomllib
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from byol import cifar10, embed, neighbour_score, retrieval, runs
+from byol import cifar10, embed, images, neighbour_score, retrieval, runs
 from byol import data as datasets
 from byol.checkpoint import checkpoint_choices
 from byol.errors import UserError
@@ -23,6 +25,7 @@ from test_retrieval import small_data
 from ui import picture_grid
 
 PAGE = "pages/4_Retrieval.py"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -210,6 +213,15 @@ def test_an_uploaded_picture_is_searched_and_a_non_image_gets_a_plain_error(fini
     assert captions(at, "query: ") == ["query: your picture (red.png)"]
     assert len(captions(at, "neighbour ")) == 10  # the default k
     assert not any(metric.label.startswith("precision@") for metric in at.metric)  # an upload has no class
+
+
+def test_the_upload_box_takes_what_the_server_accepts(finished_run, app_test, quick):
+    # The server refuses uploads above its own `server.maxUploadSize`, whatever the box says: a box that
+    # promised more would let a picture through only to fail in transit, without a plain message.
+    at = ready_page(app_test)
+    server_limit = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())["server"]["maxUploadSize"]
+    assert at.file_uploader[0].proto.max_upload_size_mb == images.MAX_UPLOAD_MB == server_limit
+    assert f"up to {images.MAX_UPLOAD_MB} MB" in at.file_uploader[0].help
 
 
 def test_clicking_a_gallery_picture_replaces_an_upload(finished_run, app_test, quick):
