@@ -172,7 +172,7 @@ def results() -> None:
             return
         trained_col, random_col, pixel_col = st.columns(3)
         with trained_col:
-            st.markdown(f"**This checkpoint** ({choice.label.split(' · ')[0]})")
+            st.markdown(f"**This checkpoint** ({choice.point})")
             show_column(found, "neighbour")
         with random_col:
             st.markdown("**Random init** (the same network before training)")
