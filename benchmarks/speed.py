@@ -59,7 +59,7 @@ from lightly_byol import LightlyBYOL, PILImages, lightly_loader, lightly_step  #
 
 from byol.allocator import keep_freed_memory  # noqa: E402
 from byol.augment import byol_view_settings, byol_views_batch, plain_view  # noqa: E402
-from byol.config import PRESETS  # noqa: E402
+from byol.config import KNN_K, KNN_TEMPERATURE, PRESETS  # noqa: E402
 from byol.data import load_dataset  # noqa: E402
 from byol.device import bf16_available, describe_machine, resolve_device, use_cuda_backend_speedups  # noqa: E402
 from byol.graph_step import GraphedStep  # noqa: E402
@@ -557,14 +557,14 @@ def knn_features(data, bank_size: int, query_size: int, dim: int = 512) -> tuple
 def bench_knn(bank, bank_labels, queries, query_labels, args) -> dict:
     from sklearn.neighbors import KNeighborsClassifier
 
-    k = 200
+    k = KNN_K
     knn_predict(bank[:1000], bank_labels[:1000], queries[:100], 10, k)  # warm-up
     started = time.perf_counter()
-    predicted = knn_predict(bank, bank_labels, queries, 10, k, 0.1)
+    predicted = knn_predict(bank, bank_labels, queries, 10, k, KNN_TEMPERATURE)
     ours_s = time.perf_counter() - started
     ours_acc = 100 * float((predicted == query_labels).float().mean())
     started = time.perf_counter()
-    predicted_fp32 = knn_predict(bank, bank_labels, queries, 10, k, 0.1, fast=False)
+    predicted_fp32 = knn_predict(bank, bank_labels, queries, 10, k, KNN_TEMPERATURE, fast=False)
     fp32_s = time.perf_counter() - started
     fp32_acc = 100 * float((predicted_fp32 == query_labels).float().mean())
     same = 100 * float((predicted_fp32 == predicted).float().mean())

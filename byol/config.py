@@ -21,6 +21,12 @@ class ConfigError(UserError):
     """A bad configuration value; the message is a plain sentence meant for the user."""
 
 
+# The field's kNN monitor (InstDisc, MoCo's CIFAR demo, lightly, solo-learn): the 200 most similar training
+# images vote, each weighted by exp(cosine / 0.1). Every kNN figure here uses these unless a run says otherwise.
+KNN_K = 200
+KNN_TEMPERATURE = 0.1
+
+
 @dataclass
 class TrainConfig:
     # --- data -------------------------------------------------------------------------------
@@ -63,8 +69,8 @@ class TrainConfig:
     eval_every: float = 5.0  # epochs between kNN evaluations (fractions allowed for short runs)
     eval_bank_size: int = 0  # kNN bank: this many training images (0 = all)
     eval_query_size: int = 0  # kNN queries: this many test images (0 = all)
-    knn_k: int = 200
-    knn_temperature: float = 0.1
+    knn_k: int = KNN_K
+    knn_temperature: float = KNN_TEMPERATURE
     log_every: int = 10  # steps between logged loss rows
     checkpoint_minutes: float = 10.0  # also save last.pt at least this often (bounds work lost on a crash)
     # --- machine ----------------------------------------------------------------------------

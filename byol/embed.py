@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_backbone
+from .config import KNN_K, KNN_TEMPERATURE
 from .dataset import SPLITS, Dataset
 from .device import resolve_device
 from .errors import UserError
@@ -250,8 +251,8 @@ def missing_work(
     checkpoint: Path,
     level: frozenset[Artefact] = FULL,
     data: Dataset | None = None,
-    k: int = 200,
-    temperature: float = 0.1,
+    k: int = KNN_K,
+    temperature: float = KNN_TEMPERATURE,
 ) -> list[Artefact]:
     """Which of the artefacts in `level` a checkpoint still lacks, in `Artefact` order (empty = ready).
 
@@ -407,7 +408,9 @@ class KnnResult:
     query_size: int
 
 
-def checkpoint_knn(run_dir: Path, checkpoint: Path, k: int = 200, temperature: float = 0.1, recompute: bool = False) -> KnnResult:
+def checkpoint_knn(
+    run_dir: Path, checkpoint: Path, k: int = KNN_K, temperature: float = KNN_TEMPERATURE, recompute: bool = False
+) -> KnnResult:
     """kNN accuracy from the saved embeddings: all training images vote, every test image is a query.
 
     Computed once per (k, temperature) and kept in `<checkpoint>-knn.json` beside the embeddings.
@@ -459,7 +462,7 @@ def checkpoint_knn(run_dir: Path, checkpoint: Path, k: int = 200, temperature: f
     return result
 
 
-def saved_knn_votes(run_dir: Path, checkpoint: Path, k: int = 200, temperature: float = 0.1) -> np.ndarray | None:
+def saved_knn_votes(run_dir: Path, checkpoint: Path, k: int = KNN_K, temperature: float = KNN_TEMPERATURE) -> np.ndarray | None:
     """Each test image's kNN-voted class (int64, test-split order) as `checkpoint_knn` saved it; None when not computed."""
     row = _saved_knn(run_dir, checkpoint).get(_knn_key(k, temperature), {})
     predicted = row.get("predicted") if isinstance(row, dict) else None

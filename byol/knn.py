@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import plain_view
+from .config import KNN_K, KNN_TEMPERATURE
 from .device import bf16_available
 from .files import read_json, write_json_atomic
 
@@ -68,8 +69,8 @@ def knn_predict(
     bank_labels: torch.Tensor,
     queries: torch.Tensor,
     num_classes: int,
-    k: int = 200,
-    temperature: float = 0.1,
+    k: int = KNN_K,
+    temperature: float = KNN_TEMPERATURE,
     chunk_size: int = 512,
     fast: bool | None = None,
 ) -> torch.Tensor:
@@ -110,8 +111,8 @@ def knn_accuracy(
     queries: torch.Tensor,
     query_labels: torch.Tensor,
     num_classes: int,
-    k: int = 200,
-    temperature: float = 0.1,
+    k: int = KNN_K,
+    temperature: float = KNN_TEMPERATURE,
 ) -> float:
     """Share of queries whose kNN vote equals their label, in percent."""
     predicted = knn_predict(bank, bank_labels, queries, num_classes, k, temperature)

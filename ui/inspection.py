@@ -15,7 +15,7 @@ import streamlit as st
 from byol import data as datasets
 from byol import embed, retrieval, run_images, tasks
 from byol.checkpoint import CheckpointChoice, checkpoint_choices
-from byol.config import TrainConfig
+from byol.config import KNN_K, KNN_TEMPERATURE, TrainConfig
 from byol.dataset import DataError, Dataset
 from byol.runs import RunError, RunSummary, default_runs_dir, list_runs, read_config, set_data_source
 from ui import common
@@ -150,7 +150,12 @@ def task_key(level: frozenset[embed.Artefact], checkpoint: Path) -> str:
 
 
 def prepare_task(
-    run_dir: Path, checkpoint: Path, level: frozenset[embed.Artefact], data: Dataset, k: int = 200, temperature: float = 0.1
+    run_dir: Path,
+    checkpoint: Path,
+    level: frozenset[embed.Artefact],
+    data: Dataset,
+    k: int = KNN_K,
+    temperature: float = KNN_TEMPERATURE,
 ) -> tuple[Callable[[tasks.Report], None], str]:
     """The background work that computes the checkpoint's artefacts in `level`, and its label for the
     runner (run it under `task_key(level, checkpoint)`, so every page asking for it shares one task)."""
@@ -166,8 +171,8 @@ def ensure_prepared(
     checkpoint: Path,
     level: frozenset[embed.Artefact],
     data: Dataset,
-    k: int = 200,
-    temperature: float = 0.1,
+    k: int = KNN_K,
+    temperature: float = KNN_TEMPERATURE,
     what: str = "This page",
     key: str = "",
     stop: bool = True,
