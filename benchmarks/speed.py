@@ -63,6 +63,7 @@ from byol.config import KNN_K, KNN_TEMPERATURE, PRESETS  # noqa: E402
 from byol.data import load_dataset  # noqa: E402
 from byol.device import bf16_available, describe_machine, resolve_device, use_cuda_backend_speedups  # noqa: E402
 from byol.graph_step import GraphedStep  # noqa: E402
+from byol.embed import UMAP_SETTINGS  # noqa: E402
 from byol.knn import autocast_context, knn_predict  # noqa: E402
 from byol.model import BYOLNetworks, resnet18_cifar, target_pairs, update_target  # noqa: E402
 from byol.optim import optimizer_for  # noqa: E402
@@ -648,7 +649,7 @@ def bench_umap(features: torch.Tensor, args) -> dict:
     import umap
 
     points = features[: args.umap_points].numpy()
-    settings = dict(n_components=2, n_neighbors=15, min_dist=0.1, metric="cosine", random_state=0)  # as embed.py
+    settings = dict(n_components=2, random_state=0, **UMAP_SETTINGS)  # the app's maps
     umap.UMAP(**settings).fit_transform(points[:1000])  # warm-up: numba compiles its kernels here
     started = time.perf_counter()
     umap.UMAP(**settings).fit_transform(points)

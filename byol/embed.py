@@ -42,6 +42,9 @@ from .runs import EMBEDDINGS_FOLDER, LAST_CHECKPOINT
 
 FEATURE_CHUNK = 2048  # images per progress report while computing embeddings
 MIN_UMAP_POINTS = 20  # below this UMAP's neighbour graph breaks down; a plain 2-D projection is drawn instead
+# How every map is laid out (the single map and the training film alike): UMAP's usual 15 neighbours and
+# cosine distance, the similarity the network was trained with.
+UMAP_SETTINGS: dict[str, Any] = {"n_neighbors": 15, "min_dist": 0.1, "metric": "cosine"}
 
 Report = Callable[..., None]  # report(message=None, fraction=None), as tasks.TaskRunner passes it
 
@@ -362,7 +365,7 @@ def _save_map(run_dir: Path, checkpoint: Path) -> None:
     if len(features) >= MIN_UMAP_POINTS:
         import umap  # slow import (numba): only when a map is actually needed
 
-        reducer = umap.UMAP(n_components=2, n_neighbors=15, min_dist=0.1, metric="cosine", random_state=0)
+        reducer = umap.UMAP(n_components=2, random_state=0, **UMAP_SETTINGS)
         coordinates = reducer.fit_transform(features).astype(np.float32)
     else:
         coordinates = pca_2d(features).astype(np.float32)

@@ -120,12 +120,11 @@ def aligned_layout(features: list[np.ndarray], seed: int = 0) -> tuple[np.ndarra
         return np.stack(maps).astype(np.float32), "PCA"
     import umap  # slow import (numba): only when a film is actually drawn
 
-    neighbours = min(15, count - 1)
     if len(features) == 1:
-        reducer = umap.UMAP(n_neighbors=neighbours, min_dist=0.1, metric="cosine", random_state=seed)
+        reducer = umap.UMAP(random_state=seed, **embed.UMAP_SETTINGS)
         return reducer.fit_transform(features[0])[None].astype(np.float32), "UMAP"
     identity = {i: i for i in range(count)}
-    reducer = umap.AlignedUMAP(n_neighbors=neighbours, min_dist=0.1, metric="cosine", random_state=seed)
+    reducer = umap.AlignedUMAP(random_state=seed, **embed.UMAP_SETTINGS)
     with warnings.catch_warnings():  # the seed makes UMAP single-threaded, and it says so once per snapshot
         warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)
         maps = reducer.fit_transform(list(features), relations=[identity] * (len(features) - 1))
