@@ -47,6 +47,11 @@ def healthy_std(projector_dim: int) -> float:
     return 1.0 / math.sqrt(projector_dim)
 
 
+def collapse_line(projector_dim: int, fraction: float = DEFAULT_FRACTION) -> float:
+    """The spread below which a run counts as collapsing: `fraction` of the healthy level."""
+    return fraction * healthy_std(projector_dim)
+
+
 def smooth(values: Sequence[float | None], weight: float) -> list[float | None]:
     """Exponential moving average with start-up bias correction (TensorBoard's smoothing).
 
@@ -104,7 +109,7 @@ def find_collapse(
     only rows of kind "step" with a z_std are used.
     """
     steps, values = _steps_and_values(step_rows, "z_std")
-    threshold = fraction * healthy_std(projector_dim)
+    threshold = collapse_line(projector_dim, fraction)
     smoothed = smooth(values, smoothing)
     below = [v is not None and v < threshold for v in smoothed]
     i = 0

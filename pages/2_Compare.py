@@ -5,11 +5,11 @@ from __future__ import annotations
 import streamlit as st
 
 from byol import runs
-from byol.collapse import DEFAULT_FRACTION, criterion_text, describe_collapse, find_collapse, healthy_std
+from byol.collapse import DEFAULT_SMOOTHING, criterion_text, describe_collapse, find_collapse, healthy_std
 from byol.config import PRESET_HELP, PRESETS, preset, with_epochs
 from byol.device import gpu_recipe_on_cpu
 from byol.jobs import latest_pair, launch_problems
-from ui.charts import overlay_figure
+from ui.charts import add_spread_lines, overlay_figure
 from ui.common import (
     RUNS_TABLE_COLUMNS,
     config_differences,
@@ -107,7 +107,7 @@ c1, c2 = st.columns([3, 1])
 picked = c1.multiselect(
     "Runs", names, key="compare_runs", help=HELP["compare_runs"], format_func=lambda n: f"{n} · {state_text(by_name[n].state)}"
 )
-smoothing = c2.slider("Smoothing", 0.0, 0.99, 0.6, 0.01, key="compare_smoothing", help=HELP["smoothing"])
+smoothing = c2.slider("Smoothing", 0.0, 0.99, DEFAULT_SMOOTHING, 0.01, key="compare_smoothing", help=HELP["smoothing"])
 if not picked:
     st.info("Pick one or more runs above to draw their curves.", icon=":material/info:")
     st.stop()
@@ -129,18 +129,7 @@ right.plotly_chart(
 )
 spread = overlay_figure(metrics, "z_std", "Collapse meter", "spread (z_std)", smoothing=smoothing, markers=collapsed)
 for d in sorted({c.projector_dim for c in configs.values()}):
-    spread.add_hline(
-        y=healthy_std(d),
-        line=dict(color="#2b8a3e", dash="dash"),
-        annotation_text=f"healthy 1/√{d}",
-        annotation_position="top right",
-    )
-    spread.add_hline(
-        y=DEFAULT_FRACTION * healthy_std(d),
-        line=dict(color="#c92a2a", dash="dot"),
-        annotation_text=f"collapse line for d={d}",
-        annotation_position="bottom right",
-    )
+    add_spread_lines(spread, d)
 spread.update_yaxes(rangemode="tozero")
 left.plotly_chart(spread, key="overlay_spread")
 right.plotly_chart(

@@ -11,7 +11,7 @@ from typing import Sequence
 import pandas as pd
 import plotly.graph_objects as go
 
-from byol.collapse import DEFAULT_FRACTION, collapse_point, healthy_std, smooth
+from byol.collapse import DEFAULT_FRACTION, collapse_line, collapse_point, healthy_std, smooth
 
 PALETTE = ["#3b5bdb", "#e8590c", "#2b8a3e", "#c2255c", "#7048e8", "#0b7285", "#e67700", "#495057"]
 
@@ -97,12 +97,28 @@ def knn_figure(metrics: pd.DataFrame, baseline: float | None = None, pixel: floa
     return figure
 
 
+def add_spread_lines(figure: go.Figure, projector_dim: int, fraction: float = DEFAULT_FRACTION) -> None:
+    """The collapse meter's two reference lines: the healthy spread 1/√d and the collapse line under it."""
+    healthy = healthy_std(projector_dim)
+    figure.add_hline(
+        y=healthy,
+        line=dict(color="#2b8a3e", dash="dash"),
+        annotation_text=f"healthy 1/√{projector_dim} = {healthy:.3f}",
+        annotation_position="top right",
+    )
+    figure.add_hline(
+        y=collapse_line(projector_dim, fraction),
+        line=dict(color="#c92a2a", dash="dot"),
+        annotation_text=f"collapse line ({fraction:.0%} of healthy)",
+        annotation_position="bottom right",
+    )
+
+
 def collapse_figure(
     metrics: pd.DataFrame, projector_dim: int, smoothing: float = 0.0, fraction: float = DEFAULT_FRACTION
 ) -> go.Figure:
     """The collapse meter: projection spread with the healthy level 1/√d and the collapse threshold."""
     rows = _column(step_rows(metrics), "z_std")
-    healthy = healthy_std(projector_dim)
     figure = _base_figure("Collapse meter", "spread (z_std)", subtitle="projection spread; falling to 0 = collapse")
     figure.add_scatter(
         x=rows["epoch"],
@@ -113,18 +129,7 @@ def collapse_figure(
         customdata=rows["step"],
         hovertemplate="%{y:.4f} (step %{customdata})",
     )
-    figure.add_hline(
-        y=healthy,
-        line=dict(color="#2b8a3e", dash="dash"),
-        annotation_text=f"healthy 1/√{projector_dim} = {healthy:.3f}",
-        annotation_position="top right",
-    )
-    figure.add_hline(
-        y=fraction * healthy,
-        line=dict(color="#c92a2a", dash="dot"),
-        annotation_text=f"collapse line ({fraction:.0%} of healthy)",
-        annotation_position="bottom right",
-    )
+    add_spread_lines(figure, projector_dim, fraction)
     step = collapse_point(rows, projector_dim, fraction)
     if step is not None:
         epoch = float(rows.loc[rows["step"] == step, "epoch"].iloc[0])
