@@ -333,13 +333,45 @@ def validate(config: TrainConfig) -> TrainConfig:
     return config
 
 
+@dataclass(frozen=True)
+class StepPlan:
+    """How a run divides its data into steps: the arithmetic training, its time estimate and the checks share."""
+
+    images: int  # training images the run draws from: its subset, or all of them
+    images_per_process: int  # each process's equal share (a remainder is dropped)
+    steps_per_epoch: int  # full batches of each process's share (the last partial batch is dropped)
+    total_steps: int
+    warmup_steps: int
+    eval_interval: int  # steps between kNN evaluations
+    bank: int  # training images in the kNN bank
+    queries: int  # test images graded by the kNN
+
+
+def step_plan(config: TrainConfig, train_size: int, test_size: int, world_size: int = 1) -> StepPlan:
+    """The step plan of `config` on a data set of `train_size` / `test_size` images, over `world_size` processes."""
+    images = min(config.subset, train_size) if config.subset > 0 else train_size
+    per_process = images // world_size
+    steps_per_epoch = per_process // config.batch_size
+    return StepPlan(
+        images=images,
+        images_per_process=per_process,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=steps_per_epoch * config.epochs,
+        warmup_steps=round(config.warmup_epochs * steps_per_epoch),
+        eval_interval=max(1, round(config.eval_every * steps_per_epoch)),
+        bank=min(config.eval_bank_size or train_size, train_size),
+        queries=min(config.eval_query_size or test_size, test_size),
+    )
+
+
 def check_against_data(config: TrainConfig, train_size: int, test_size: int, world_size: int = 1) -> None:
     """The checks that need the data set's size (raised once the data is loaded, before training).
 
     With several processes (torchrun) each takes its own batch of `batch_size`, so the data must
     hold `batch_size × world_size` images.
     """
-    used = min(config.subset, train_size) if config.subset else train_size
+    plan = step_plan(config, train_size, test_size, world_size)
+    used = plan.images
     if world_size > 1 and config.batch_size * world_size > used:
         raise ConfigError(
             f"Batch size (batch_size) times the {world_size} processes must be at most the number of training "
@@ -349,8 +381,7 @@ def check_against_data(config: TrainConfig, train_size: int, test_size: int, wor
         raise ConfigError(
             f"Batch size (batch_size) must be at most the number of training images ({used}); got {config.batch_size}."
         )
-    bank = min(config.eval_bank_size or train_size, train_size)
-    if config.knn_k > bank:
-        raise ConfigError(f"kNN k (knn_k) must be at most the kNN bank size ({bank}); got {config.knn_k}.")
+    if config.knn_k > plan.bank:
+        raise ConfigError(f"kNN k (knn_k) must be at most the kNN bank size ({plan.bank}); got {config.knn_k}.")
     if test_size == 0:
         raise ConfigError("The data set has no test images, so kNN accuracy cannot be measured.")

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError, TrainConfig, validate
+from .config import ConfigError, TrainConfig, step_plan, validate
 from .data import ARCHIVE_EXTENSIONS, default_cache_dir
 from .device import describe_device, resolve_device, use_bf16
 from .files import read_json, write_json_atomic
@@ -264,16 +264,12 @@ def estimate_time(
         known = KNOWN_SIZES["cifar10"]
         notes.append("The data set's size could not be read without loading it, so CIFAR-10's 50,000/10,000 images are assumed.")
     train_size, test_size = known
-    used = min(config.subset, train_size) if config.subset else train_size
-    steps_per_epoch = max(1, used // config.batch_size)
-    train_images = steps_per_epoch * config.batch_size * config.epochs
+    plan = step_plan(config, train_size, test_size)
+    steps_per_epoch, bank, queries = plan.steps_per_epoch, plan.bank, plan.queries
+    train_images = plan.total_steps * config.batch_size
     train_seconds = train_images / images_per_s
 
-    total_steps = steps_per_epoch * config.epochs
-    eval_interval = max(1, round(config.eval_every * steps_per_epoch))
-    evaluations = 1 + math.ceil(total_steps / eval_interval)
-    bank = min(config.eval_bank_size or train_size, train_size)
-    queries = min(config.eval_query_size or test_size, test_size)
+    evaluations = 1 + math.ceil(plan.total_steps / plan.eval_interval)
     eval_seconds = evaluations * (bank + queries) * EVAL_COST_PER_IMAGE / images_per_s
 
     measured_how = (
@@ -305,5 +301,5 @@ def estimate_time(
 
 def rough_cpu_seconds(config: TrainConfig, train_size: int = 50_000) -> float:
     """A rule-of-thumb CPU training time (no measurement), only to warn before anything is measured."""
-    used = min(config.subset, train_size) if config.subset else train_size
+    used = step_plan(config, train_size, test_size=0).images
     return CPU_SECONDS_PER_IMAGE_WIDTH2 * config.width**2 * used * config.epochs

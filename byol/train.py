@@ -52,7 +52,7 @@ from .checkpoint import (
     save_checkpoint,
     snapshot_state,
 )
-from .config import ConfigError, TrainConfig, check_against_data, validate
+from .config import ConfigError, TrainConfig, check_against_data, step_plan, validate
 from .data import default_cache_dir, load_dataset
 from .dataset import DataError, Dataset
 from .device import device_key, resolve_device, use_bf16, use_cuda_backend_speedups
@@ -302,11 +302,9 @@ def _train(
                 view_size=view_size,
             )
 
-    steps_per_epoch = len(train_idx) // config.batch_size  # the last partial batch is dropped
+    plan = step_plan(config, len(data.train_labels), len(data.test_labels), world.world_size)
+    steps_per_epoch, total_steps = plan.steps_per_epoch, plan.total_steps
     global_batch = config.batch_size * world.world_size
-    total_steps = steps_per_epoch * config.epochs
-    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
-    eval_interval = max(1, round(config.eval_every * steps_per_epoch))
 
     step, epoch, start_in_epoch = 0, 0, 0
     last_path = run_dir / runs.LAST_CHECKPOINT
@@ -399,7 +397,9 @@ def _train(
         order = _epoch_order(len(train_idx), config.seed, epoch, world.rank).to(device)
         for i in range(start_in_epoch, steps_per_epoch):
             batch = train_images[order[i * config.batch_size : (i + 1) * config.batch_size]]
-            lr = learning_rate(step - offset, total_steps, config.peak_lr(world.world_size), warmup_steps, config.lr_decay_share)
+            lr = learning_rate(
+                step - offset, total_steps, config.peak_lr(world.world_size), plan.warmup_steps, config.lr_decay_share
+            )
             tau = target_tau(step - offset, total_steps, config.tau_base, config.tau_schedule)
             loss, projections = run_step(batch, lr, tau)
             step += 1
@@ -427,7 +427,7 @@ def _train(
             # A stop asked while logging (by an event callback) takes effect at this step too; `stopping`
             # is the same in every process, so they all skip or all join this agreement.
             stopping = stopping or world.any(stop.is_set())
-            if (step - offset) % eval_interval == 0 or step - offset == total_steps:
+            if (step - offset) % plan.eval_interval == 0 or step - offset == total_steps:
                 evaluate()
                 save_last(i + 1)
                 last_save = time.monotonic()

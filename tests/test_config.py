@@ -4,7 +4,17 @@ import math
 
 import pytest
 
-from byol.config import PRESETS, ConfigError, TrainConfig, check_against_data, config_errors, preset, validate, with_epochs
+from byol.config import (
+    PRESETS,
+    ConfigError,
+    TrainConfig,
+    check_against_data,
+    config_errors,
+    preset,
+    step_plan,
+    validate,
+    with_epochs,
+)
 
 
 def test_presets_are_valid_and_no_bn_differs_only_in_heads():
@@ -109,3 +119,16 @@ def test_gpu_recipe_on_cpu_is_the_wide_presets_on_a_machine_without_gpu():
     assert not gpu_recipe_on_cpu(PRESETS["gpu"], machine_is_cpu=False)
     assert not gpu_recipe_on_cpu(PRESETS["cpu"], machine_is_cpu=True)
     assert not gpu_recipe_on_cpu(PRESETS["gpu"].replace(device="cuda"), machine_is_cpu=True)  # refused elsewhere
+
+
+def test_step_plan_shares_the_images_evenly_and_drops_partial_batches():
+    config = preset(
+        "cpu", batch_size=32, epochs=3, subset=1000, warmup_epochs=1, eval_every=0.5, eval_bank_size=0, eval_query_size=300
+    )
+    plan = step_plan(config, train_size=5000, test_size=1000, world_size=3)
+    assert (plan.images, plan.images_per_process) == (1000, 333)  # the subset, then a third each (one left over)
+    assert (plan.steps_per_epoch, plan.total_steps) == (10, 30)  # 333 // 32: the last 13 images of a share wait
+    assert (plan.warmup_steps, plan.eval_interval) == (10, 5)
+    assert (plan.bank, plan.queries) == (5000, 300)  # bank size 0 = every training image
+    alone = step_plan(config.replace(subset=0), train_size=5000, test_size=1000)
+    assert (alone.images, alone.steps_per_epoch) == (5000, 156)
