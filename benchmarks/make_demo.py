@@ -219,12 +219,12 @@ def make_demo(
     if out.exists():
         raise SystemExit(f"{out} exists already: remove it first (a demo is written whole, never merged).")
     out.mkdir(parents=True)
-    for name in ("status.json", "metrics.jsonl"):
+    for name in (runs.STATUS_FILE, runs.METRICS_FILE):
         shutil.copy2(run_dir / name, out / name)
-    config = runs.read_json(run_dir / "config.json")  # as saved: this computer's local settings stay out
+    config = runs.read_json(run_dir / runs.CONFIG_FILE)  # as saved: this computer's local settings stay out
     if data is not None:
         config.update(data=data, data_root="")
-    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    (out / runs.CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     for snapshot in kept:
         shutil.copy2(snapshot, out / snapshot.name)
     (out / "demo.json").write_text(json.dumps(record, indent=2) + "\n")

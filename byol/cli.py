@@ -243,8 +243,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _existing_run(run_dir: Path) -> Path:
-    if not (run_dir / "config.json").is_file():
-        raise CommandError(f"{run_dir} is not a run folder (it has no config.json).")
+    if not runs.is_run_folder(run_dir):
+        raise CommandError(f"{run_dir} is not a run folder (it has no {runs.CONFIG_FILE}).")
     return run_dir
 
 

@@ -32,7 +32,6 @@ import time
 import weakref
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -147,7 +146,7 @@ class JobRunner:
         is queued or training.
         """
         run_dir = Path(run_dir)
-        if not (run_dir / "config.json").is_file():
+        if not runs.is_run_folder(run_dir):
             raise runs.RunError(f"{run_dir.name} is not a run folder.")
         with self._lock:
             if self._find(run_dir) is not None:
@@ -186,7 +185,7 @@ class JobRunner:
                         queue.remove(job)
                         runs.write_status(run_dir, runs.STOPPED, "Stopped before it started; resume to start it.")
                         return "dequeued"
-        state = runs.read_status(run_dir).get("state") if (run_dir / "config.json").is_file() else None
+        state = runs.read_status(run_dir).get("state") if runs.is_run_folder(run_dir) else None
         if state == runs.FINISHED:
             raise runs.RunError("This run has already finished; there is nothing to stop.")
         if state in runs.LIVE_STATES:
@@ -338,9 +337,7 @@ def _same(a: Path, b: Path) -> bool:
 
 def pair_base_name(config: TrainConfig) -> str:
     """`<time>-<preset>-<data>-pair`: the shared start of a BN-vs-no-BN pair's two names."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    data = config.data if config.data in ("cifar10", "synthetic") else (Path(config.data).name.split(".")[0] or "folder")
-    return f"{stamp}-{runs.slugify(config.preset or 'custom', 20)}-{runs.slugify(data, 20)}-pair"
+    return f"{runs.default_run_name(config)}-pair"
 
 
 def pair_partner(name: str) -> str | None:

@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import TrainConfig
+from .config import NAMED_SOURCES, TrainConfig
 from .errors import UserError
 from .files import read_json, write_atomic, write_json_atomic
 from .processes import process_alive, process_start_time
@@ -52,6 +52,9 @@ STALE_SECONDS = 60.0  # only used for runs whose process lives on another machin
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 
 # The run folder's file names; every module finds a run's files through these.
+CONFIG_FILE = "config.json"  # the TrainConfig as launched; a folder with one is a run folder
+STATUS_FILE = "status.json"  # state, message, pid and heartbeat
+METRICS_FILE = "metrics.jsonl"  # one JSON row per logged step or evaluation
 LAST_CHECKPOINT = "last.pt"  # everything needed to resume
 SNAPSHOT_GLOB = "step-*.pt"
 EMBEDDINGS_FOLDER = "embeddings"
@@ -61,6 +64,11 @@ LOCAL_SETTINGS = "local-settings.json"
 LOCAL_FIELDS = ("data", "data_root")  # the config fields a local setting may override
 # A shipped demo run holds this record of how it was trained (benchmarks/make_demo.py writes it).
 DEMO_RECORD = "demo.json"
+
+
+def is_run_folder(folder: Path) -> bool:
+    """Whether `folder` is a run folder: one with a config.json."""
+    return (Path(folder) / CONFIG_FILE).is_file()
 
 
 def snapshot_name(step: int) -> str:
@@ -121,13 +129,12 @@ def create_run(runs_dir: Path, config: TrainConfig, name: str | None = None) -> 
     except OSError as error:  # a file of that name, no permission, a read-only disk: say so, no traceback
         raise RunError(f"The runs folder {runs_dir} cannot be used: {error.strerror or error}.") from None
     remove_abandoned_staging(runs_dir)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = name or f"{stamp}-{slugify(config.preset or 'custom')}-{slugify(_data_label(config), 24)}"
+    base = name or default_run_name(config)
     staging = runs_dir / f".creating-{os.getpid()}-{time.monotonic_ns()}"
     staging.mkdir()
     try:
-        write_json_atomic(staging / "config.json", config.to_dict())
-        write_json_atomic(staging / "status.json", _status_record(QUEUED, "Waiting to start.", created=time.time()))
+        write_json_atomic(staging / CONFIG_FILE, config.to_dict())
+        write_json_atomic(staging / STATUS_FILE, _status_record(QUEUED, "Waiting to start.", created=time.time()))
         for attempt in range(1000):
             target = runs_dir / (base if attempt == 0 else f"{base}-{attempt + 1}")
             try:
@@ -156,15 +163,23 @@ def remove_abandoned_staging(runs_dir: Path) -> list[Path]:
     return removed
 
 
-def _data_label(config: TrainConfig) -> str:
-    if config.data in ("cifar10", "synthetic"):
-        return config.data
-    return Path(config.data).name.split(".")[0] or "folder"
+def default_run_name(config: TrainConfig) -> str:
+    """`<time>-<preset>-<data>`: the name of a run launched without one (at most 60 characters)."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{slugify(config.preset or 'custom', 20)}-{slugify(data_label(config.data), 24)}"
+
+
+def data_label(source: str) -> str:
+    """A data source in a few characters, for run names: a named source as it is, else the file or folder
+    name without its extensions ("cifar10-jpg" for .../cifar10-jpg.tar.gz)."""
+    if source.strip().lower() in NAMED_SOURCES:
+        return source
+    return Path(source).name.split(".")[0] or "folder"
 
 
 def read_config(run_dir: Path) -> TrainConfig:
     """The run's config, with this computer's local settings (where the images are) applied."""
-    values = read_json(Path(run_dir) / "config.json")
+    values = read_json(Path(run_dir) / CONFIG_FILE)
     if not isinstance(values, dict):
         raise RunError(f"The run {Path(run_dir).name} has no readable config.json.")
     local = read_json(Path(run_dir) / LOCAL_SETTINGS, {})
@@ -183,7 +198,7 @@ def set_data_source(run_dir: Path, data: str, data_root: str = "") -> None:
 
 def update_config(run_dir: Path, config: TrainConfig) -> None:
     """Replace config.json (a resume that extends the run to more epochs)."""
-    write_json_atomic(Path(run_dir) / "config.json", config.to_dict())
+    write_json_atomic(Path(run_dir) / CONFIG_FILE, config.to_dict())
 
 
 # --- status ----------------------------------------------------------------------------------
@@ -204,18 +219,18 @@ def _status_record(state: str, message: str = "", **fields: Any) -> dict[str, An
 
 def write_status(run_dir: Path, state: str, message: str = "", **fields: Any) -> dict[str, Any]:
     """Replace status.json, keeping fields such as `started` from the previous record."""
-    previous = read_json(Path(run_dir) / "status.json", {}) or {}
+    previous = read_json(Path(run_dir) / STATUS_FILE, {}) or {}
     record = {
         **{k: v for k, v in previous.items() if k in ("created", "started", "progress", "world_size")},
         **_status_record(state, message, **fields),
     }
-    write_json_atomic(Path(run_dir) / "status.json", record)
+    write_json_atomic(Path(run_dir) / STATUS_FILE, record)
     return record
 
 
 def touch_heartbeat(run_dir: Path, **fields: Any) -> None:
     """Refresh the heartbeat (and progress fields) of a live run without changing its state."""
-    path = Path(run_dir) / "status.json"
+    path = Path(run_dir) / STATUS_FILE
     record = read_json(path, {}) or {}
     if record.get("state") not in LIVE_STATES:
         return
@@ -225,7 +240,7 @@ def touch_heartbeat(run_dir: Path, **fields: Any) -> None:
 
 def read_status(run_dir: Path) -> dict[str, Any]:
     """status.json with the truth about liveness: a live state whose process is gone reads `interrupted`."""
-    record = read_json(Path(run_dir) / "status.json")
+    record = read_json(Path(run_dir) / STATUS_FILE)
     if not isinstance(record, dict) or "state" not in record:
         return {"state": INTERRUPTED, "message": "The run's status file is missing or damaged."}
     if record["state"] in LIVE_STATES and not _is_live(record):
@@ -255,7 +270,7 @@ def append_metrics(run_dir: Path, rows: list[dict[str, Any]], durable: bool = Tr
     if not rows:
         return
     text = "".join(json.dumps(_finite(row)) + "\n" for row in rows)
-    with open(Path(run_dir) / "metrics.jsonl", "a") as handle:
+    with open(Path(run_dir) / METRICS_FILE, "a") as handle:
         handle.write(text)
         handle.flush()
         if durable:
@@ -269,7 +284,7 @@ def _finite(row: dict[str, Any]) -> dict[str, Any]:
 
 def read_metric_rows(run_dir: Path) -> list[dict[str, Any]]:
     """All complete rows of metrics.jsonl; a torn last line (a kill mid-write) is skipped."""
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / METRICS_FILE
     rows = []
     try:
         with open(path) as handle:
@@ -294,7 +309,7 @@ def truncate_metrics(run_dir: Path, last_step: int) -> None:
     compare against the step the checkpoint was taken at.
     """
     rows = [r for r in read_metric_rows(run_dir) if int(r.get("step", 0)) <= last_step]
-    write_atomic(Path(run_dir) / "metrics.jsonl", lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows)), "w")
+    write_atomic(Path(run_dir) / METRICS_FILE, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows)), "w")
 
 
 def read_metrics(run_dir: Path) -> pd.DataFrame:
@@ -448,7 +463,7 @@ def summarize_run(run_dir: Path) -> RunSummary:
         last_z_std=steps[-1].get("z_std") if steps else None,
         disk_bytes=disk_bytes(run_dir),
         started=datetime.fromtimestamp(started, timezone.utc).astimezone().strftime("%Y-%m-%d %H:%M") if started else "",
-        created=float(status.get("created") or (run_dir / "config.json").stat().st_mtime),
+        created=float(status.get("created") or (run_dir / CONFIG_FILE).stat().st_mtime),
         world_size=int(status.get("world_size", 1) or 1),
         demo=demo_label,
         demo_summary=demo_summary,
@@ -462,7 +477,7 @@ def list_runs(runs_dir: Path | None = None) -> list[RunSummary]:
         return []
     summaries = []
     for folder in runs_dir.iterdir():
-        if folder.name.startswith(".") or not (folder / "config.json").is_file():
+        if folder.name.startswith(".") or not is_run_folder(folder):
             continue
         try:
             summaries.append(summarize_run(folder))
@@ -474,7 +489,7 @@ def list_runs(runs_dir: Path | None = None) -> list[RunSummary]:
 def delete_run(run_dir: Path, force: bool = False) -> None:
     """Remove a run folder; refuses a shipped demo run, and a live run unless `force` (one that never started)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
+    if not is_run_folder(run_dir):
         raise RunError(f"{run_dir.name} is not a run folder.")
     if is_shipped_demo(run_dir):
         raise RunError(f"{run_dir.name} is the demo run that comes with BYOL Studio; it is part of its files, so it is kept.")

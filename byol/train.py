@@ -164,7 +164,7 @@ def train(
     # The main process alone takes the lock and writes the run; the others share its refusal.
     lock = DeviceLock(run_dir.parent, device_key(device), run_dir.name)
     world.main_only(lock.acquire)
-    status_path = run_dir / "status.json"
+    status_path = run_dir / runs.STATUS_FILE
     status_before = status_path.read_bytes() if world.is_main and status_path.is_file() else None  # put back if refused
     status = StatusWriter(run_dir) if world.is_main else _SilentStatus()
     exit_request: BaseException | None = None  # KeyboardInterrupt or SystemExit, raised again at the end
