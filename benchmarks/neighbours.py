@@ -30,17 +30,20 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from byol import cifar10  # noqa: E402
 from byol.checkpoint import load_backbone, random_init_checkpoint  # noqa: E402
 from byol.data import load_dataset  # noqa: E402
 from byol.knn import extract_features, pixel_features  # noqa: E402
-from byol.neighbour_score import QUERY_SEED, mean_precision, neighbour_labels, score_indices  # noqa: E402
+from byol.neighbour_score import QUERIES, QUERY_SEED, K, mean_precision, neighbour_labels, score_indices  # noqa: E402
 from byol.retrieval import precision_at_k  # noqa: E402
 from byol.runs import list_snapshots  # noqa: E402
 
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
+DEFAULT_DATA = cifar10.local_copy()  # the real copy at a documented place, if any
 
 
-def pick_checkpoint(run_dir: Path, step: int | None) -> Path:
+def pick_snapshot(run_dir: Path, step: int | None) -> Path:
+    """A snapshot (step-*.pt), the last by default: the figures are of what a run keeps, never of a
+    last.pt that a later save will replace."""
     snapshots = list_snapshots(run_dir)
     if not snapshots:
         raise SystemExit(f"neighbours.py: no step-*.pt snapshots in {run_dir}")
@@ -57,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", help="a run folder (e.g. the shipped demo, checkpoints/demo-*)")
     parser.add_argument("--step", type=int, default=None, help="snapshot step (default: the last one)")
     parser.add_argument("--data", default="", help="the run's data set (default: the real copy, else the run's own)")
-    parser.add_argument("--queries", type=int, default=500)
-    parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--queries", type=int, default=QUERIES)
+    parser.add_argument("-k", type=int, default=K)
     parser.add_argument("--example", type=int, default=1016, help="test image whose neighbours are listed")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument("--json", default="", help="also write the figures to this file")
@@ -67,9 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     run_dir = Path(args.run)
-    checkpoint = pick_checkpoint(run_dir, args.step)
+    checkpoint = pick_snapshot(run_dir, args.step)
     backbone, config, info = load_backbone(checkpoint)
-    source = args.data or (str(DEFAULT_DATA) if DEFAULT_DATA.exists() else config.data)
+    source = args.data or (str(DEFAULT_DATA) if DEFAULT_DATA else config.data)
     data = load_dataset(source, config.data_root or None, image_size=config.image_size)
     classes = data.classes
     train_labels = data.train_labels.numpy()

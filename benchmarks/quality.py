@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from byol import runs  # noqa: E402
+from byol import cifar10, runs  # noqa: E402
 from byol.cli import CommandError, apply_overrides  # noqa: E402
 from byol.config import PRESETS, ConfigError, TrainConfig, validate, with_epochs  # noqa: E402
 from byol.data import load_dataset  # noqa: E402
@@ -53,7 +53,7 @@ from byol.knn import autocast_context, eval_indices, extract_features, knn_accur
 from byol.model import resnet18_cifar  # noqa: E402
 from byol.train import SUBSET_SEED, train  # noqa: E402
 
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
+DEFAULT_DATA = cifar10.local_copy()  # the real copy at a documented place, if any
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 SCRATCH_DIR = ROOT / "local" / "quality"
 LIGHTLY = "lightly-1.6.0"
@@ -506,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print("\n".join(VARIANTS[args.mode]))
         return 0
-    data = args.data or ("synthetic" if args.dry_run or not DEFAULT_DATA.exists() else str(DEFAULT_DATA))
+    data = args.data or ("synthetic" if args.dry_run or not DEFAULT_DATA else str(DEFAULT_DATA))
     try:
         variants = [parse_variant(v) for v in (args.variant or VARIANTS[args.mode])]
         if args.only:

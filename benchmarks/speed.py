@@ -57,13 +57,14 @@ sys.path.insert(0, str(ROOT))
 
 from lightly_byol import LightlyBYOL, PILImages, lightly_loader, lightly_step  # noqa: E402
 
+from byol import cifar10  # noqa: E402
 from byol.allocator import keep_freed_memory  # noqa: E402
 from byol.augment import byol_view_settings, byol_views_batch, plain_view  # noqa: E402
 from byol.config import KNN_K, KNN_TEMPERATURE, PRESETS  # noqa: E402
 from byol.data import load_dataset  # noqa: E402
 from byol.device import bf16_available, describe_machine, resolve_device, use_cuda_backend_speedups  # noqa: E402
-from byol.graph_step import GraphedStep  # noqa: E402
 from byol.embed import UMAP_SETTINGS  # noqa: E402
+from byol.graph_step import GraphedStep  # noqa: E402
 from byol.knn import autocast_context, knn_predict  # noqa: E402
 from byol.model import BYOLNetworks, resnet18_cifar, target_pairs, update_target  # noqa: E402
 from byol.optim import optimizer_for  # noqa: E402
@@ -71,7 +72,7 @@ from byol.retrieval import nearest_neighbours  # noqa: E402
 from byol.step import training_step  # noqa: E402
 from byol.synthetic import synthetic_dataset  # noqa: E402
 
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
+DEFAULT_DATA = cifar10.local_copy()  # the real copy at a documented place, if any
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 
 
@@ -746,7 +747,7 @@ def report(results: dict) -> str:
 
 
 def load_images(data_arg: str, quick: bool):
-    if data_arg == "synthetic" or (not data_arg and not DEFAULT_DATA.exists()) or quick:
+    if data_arg == "synthetic" or (not data_arg and not DEFAULT_DATA) or quick:
         return synthetic_dataset(), "synthetic"
     source = data_arg or str(DEFAULT_DATA)
     return load_dataset(source), source

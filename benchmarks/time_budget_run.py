@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from byol import runs  # noqa: E402
+from byol import cifar10, runs  # noqa: E402
 from byol.cli import apply_overrides  # noqa: E402
 from byol.config import preset, validate  # noqa: E402
 from byol.train import train  # noqa: E402
@@ -29,7 +29,13 @@ from byol.train import train  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="cpu")
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parent.parent.parent / "shared/data/cifar10-jpg.tar.gz"))
+    copy = cifar10.local_copy()
+    parser.add_argument(
+        "--data",
+        default=str(copy) if copy else None,
+        required=copy is None,
+        help="the data source (default: the real CIFAR-10 copy at a documented place, byol/cifar10.py)",
+    )
     parser.add_argument("--minutes", type=float, default=15.0)
     parser.add_argument(
         "--max-images",

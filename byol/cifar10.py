@@ -44,6 +44,11 @@ def local_copies() -> list[Path]:
     return [project / "data" / "cifar10-jpg.tar.gz", project.parent / "shared" / "data" / "cifar10-jpg.tar.gz"]
 
 
+def local_copy() -> Path | None:
+    """The first of `local_copies()` that exists, or None."""
+    return next((path for path in local_copies() if path.exists()), None)
+
+
 def with_local_copy(config: TrainConfig) -> TrainConfig | None:
     """`config` pointed at a local CIFAR-10 copy, for a run that names "cifar10"; None when it names
     something else or no copy lies at a documented place.
@@ -53,7 +58,7 @@ def with_local_copy(config: TrainConfig) -> TrainConfig | None:
     """
     if config.data.strip().lower() not in ("cifar10", "cifar-10"):
         return None
-    copy = next((path for path in local_copies() if path.exists()), None)
+    copy = local_copy()
     return config.replace(data=str(copy), data_root="") if copy else None
 
 

@@ -122,7 +122,8 @@ def link(page: str, label: str | None = None, query_params: dict[str, str] | Non
 
 def default_data_path() -> str:
     """The first local CIFAR-10 copy at a documented place (`cifar10.local_copies`), else ''."""
-    return next((str(path.resolve()) for path in cifar10.local_copies() if path.exists()), "")
+    copy = cifar10.local_copy()
+    return str(copy.resolve()) if copy else ""
 
 
 DATA_CHOICES = {
