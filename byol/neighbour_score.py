@@ -26,7 +26,6 @@ K = 10
 QUERY_SEED = 1016  # fixes the sample; any fixed number would do
 
 QUERY_CHUNK = 128  # queries per similarity block: 128 x 50,000 float32 is 25 MB
-BANK_CHUNK = 8192  # bank rows cast to float32 at a time (the pixel bank is float16)
 
 _scores = embed.LRU(16)
 
@@ -53,8 +52,9 @@ def neighbour_labels(bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndar
     for start in range(0, len(queries), QUERY_CHUNK):
         block = np.asarray(queries[start : start + QUERY_CHUNK], dtype=np.float32)
         similarity = np.empty((len(block), len(bank)), dtype=np.float32)
-        for row in range(0, len(bank), BANK_CHUNK):
-            similarity[:, row : row + BANK_CHUNK] = block @ np.asarray(bank[row : row + BANK_CHUNK], dtype=np.float32).T
+        chunk = retrieval.BANK_CHUNK
+        for row in range(0, len(bank), chunk):
+            similarity[:, row : row + chunk] = block @ np.asarray(bank[row : row + chunk], dtype=np.float32).T
         for i, row_similarity in enumerate(similarity):
             found[start + i] = bank_labels[retrieval.top_k(row_similarity, k)]
     return found

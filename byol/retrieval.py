@@ -28,6 +28,9 @@ from .dataset import Dataset
 from .files import file_key
 from .knn import pixel_features
 
+# Bank rows cast to float32 at a time by the exact searches: a float16 bank's float32 copy stays small.
+BANK_CHUNK = 8192
+
 _backbone_cache = embed.LRU(3)
 _pixel_bank_cache = embed.LRU(1)  # CIFAR-10's is 300 MB in float16: keep one data set's only
 _pixel_bank_lock = threading.Lock()
@@ -205,8 +208,8 @@ def pixel_neighbours(
     if query.shape[0] != bank.shape[1]:
         raise ValueError("The query image does not have the data set's image size.")
     similarity = np.empty(len(bank), dtype=np.float32)
-    for start in range(0, len(bank), 8192):
-        similarity[start : start + 8192] = bank[start : start + 8192].astype(np.float32) @ query
+    for start in range(0, len(bank), BANK_CHUNK):
+        similarity[start : start + BANK_CHUNK] = bank[start : start + BANK_CHUNK].astype(np.float32) @ query
     order = top_k(similarity, k, exclude_train_index)
     labels = data.train_labels
     return [Neighbour(int(i), int(labels[i]), float(similarity[i])) for i in order]

@@ -65,7 +65,7 @@ def test_chunked_search_and_a_float16_bank_find_the_same_neighbours(monkeypatch)
     bank, queries = features[:500], features[500:]
     whole = neighbour_score.neighbour_labels(bank, labels[:500], queries, 10)
     monkeypatch.setattr(neighbour_score, "QUERY_CHUNK", 7)
-    monkeypatch.setattr(neighbour_score, "BANK_CHUNK", 33)
+    monkeypatch.setattr(retrieval, "BANK_CHUNK", 33)
     assert (neighbour_score.neighbour_labels(bank, labels[:500], queries, 10) == whole).all()
     half = neighbour_score.neighbour_labels(bank.astype(np.float16), labels[:500], queries, 10)
     assert (half == whole).mean() > 0.98  # float16 rounding may swap near-ties, nothing more
