@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from byol import embed, retrieval
+from byol import embed, neighbour_score, retrieval
 from byol.checkpoint import CheckpointError
 from ui import inspection, words
 from ui.common import page_setup
@@ -19,7 +19,6 @@ with st.expander("What am I looking at?"):
     st.markdown(words.explain("embedding", "umap", "knn", "checkpoint", "cosine"))
 
 NEIGHBOURS_SHOWN = 8
-GRID_LIMIT = 40
 
 # --- widgets and guards --------------------------------------------------------------------------
 run, choice, config, data = inspection.pick_run_checkpoint_and_data("emb")
@@ -48,7 +47,7 @@ first.metric(
     "precision), so its number can differ a little.",
 )
 linear_probe_metric(probe_column, run.path, choice.path, data)
-second.metric("Chance level", f"{100 / max(len(knn.classes), 1):.0f}%", help="What guessing a class at random would score.")
+second.metric("Chance level", f"{neighbour_score.chance(data):.0%}", help="What guessing a class at random would score.")
 third.metric(
     "Checkpoint",
     f"step {choice.step:,}" if choice.step is not None else choice.path.name,
@@ -107,7 +106,7 @@ if focus is None:
 
 shown = ([focus] if focus not in selected else []) + selected
 if len(shown) > 1:
-    inspection.selection_grid(data, shown, GRID_LIMIT)
+    inspection.selection_grid(data, shown)
 
 st.subheader(f"Test image #{focus} and its {NEIGHBOURS_SHOWN} nearest training images")
 st.caption(words.TERMS["neighbours"] + " " + words.TERMS["cosine"])
@@ -127,5 +126,8 @@ with result_col:
     inspection.image_grid(
         [data.train_images[n.train_index] for n in found], inspection.neighbour_captions(found, data.classes), columns=4, scale=4
     )
-same = sum(n.label == query_label for n in found)
-st.caption(f"{same} of {len(found)} neighbours are {data.classes[query_label]} images (precision@{len(found)}).")
+precision = retrieval.precision_at_k([n.label for n in found], query_label)
+st.caption(
+    f"{round(precision * len(found))} of {len(found)} neighbours are {data.classes[query_label]} images "
+    f"(precision@{len(found)} {precision:.0%})."
+)

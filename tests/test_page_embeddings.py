@@ -135,6 +135,11 @@ def test_the_first_visit_computes_the_map_by_itself_and_a_point_shows_its_neighb
     assert any("query: test image #5" in c for image in at.image for c in image.captions)
     classes = quick.classes
     assert all(any(name in c for name in classes) for c in neighbour_captions)
+    # The count under them is the query's class among those 8 neighbours.
+    query_class = classes[int(quick.test_labels[5])]
+    same = sum(c.split(": ")[1].rsplit(" (", 1)[0] == query_class for c in neighbour_captions)
+    assert any(caption.value.startswith(f"{same} of 8 neighbours are {query_class} images") for caption in at.caption)
+    assert next(m for m in at.metric if m.label == "Chance level").value == f"{1 / len(classes):.0%}"
 
 
 def test_while_another_computation_runs_the_map_page_asks_instead_of_queueing(finished_run, app_test, quick):

@@ -27,7 +27,6 @@ from ui import inspection
 
 FRAME_SECONDS = 1.2  # between frames while playing: long enough to see where the points went
 THUMBNAIL_SCALE = 8  # 32 x 32 pixels shown as 256 x 256, each pixel a sharp square
-GRID_LIMIT = 40
 BY_CLASS, BY_VOTE = "class", "kNN vote right or wrong"
 RIGHT_COLOUR, WRONG_COLOUR, UNKNOWN_COLOUR = "#9ab8d6", "#d62728", "#b0b0b0"
 
@@ -238,7 +237,7 @@ def _player(run: RunSummary, data: Dataset, film: map_film.Film, votes: list, ti
         with picture_col:
             _picture(film, data, picked, frame_votes)
         if len(picked) > 1:
-            inspection.selection_grid(data, picked, GRID_LIMIT)
+            inspection.selection_grid(data, picked)
 
     player()
 

@@ -413,7 +413,11 @@ def neighbour_captions(found: Sequence[retrieval.Neighbour], classes: Sequence[s
     return [f"{prefix} {i}: {classes[n.label]} ({n.similarity:.{decimals}f})" for i, n in enumerate(found, start=1)]
 
 
-def selection_grid(data: Dataset, shown: Sequence[int], limit: int = 40) -> None:
+# At most this many selected pictures under a map (four rows): enough to see what a lasso caught.
+SELECTION_SHOWN = 40
+
+
+def selection_grid(data: Dataset, shown: Sequence[int], limit: int = SELECTION_SHOWN) -> None:
     """Selected test images under a heading with their count, 10 a row; an even spread of `limit` when there are more."""
     import numpy as np
 
