@@ -83,20 +83,12 @@ def test_interrupted_run_offers_resume(runs_dir, app_test, tiny_config, fake_tra
 
 
 def test_display_helpers():
-    import numpy as np
-
-    from ui.common import fmt_bytes, fmt_duration, fmt_pct, upscale
+    from ui.common import fmt_bytes, fmt_duration, fmt_pct
 
     assert fmt_duration(42) == "42 s" and fmt_duration(720) == "12 min" and fmt_duration(3 * 3600 + 300) == "3 h 05 min"
     assert fmt_duration(60 * 3600) == "2 days 12 h" and fmt_duration(None) == "–"
     assert fmt_pct(None) == "–" and fmt_pct(61.234) == "61.2%"
     assert fmt_bytes(1_500_000) == "1.5 MB"
-    image = np.zeros((3, 32, 32), dtype=np.uint8)
-    image[0, 0, 0] = 255
-    big = upscale(image, 4)
-    assert big.size == (128, 128)
-    pixels = np.asarray(big)
-    assert (pixels[:4, :4, 0] == 255).all() and pixels[4, 4, 0] == 0  # nearest neighbour: sharp blocks
 
 
 def test_the_sidebars_first_entry_is_home(runs_dir, app_test):

@@ -7,8 +7,7 @@ module holds the rendering pieces they share, so the pages stay short:
 - `get_runner()`: the server's one JobRunner, held in `st.cache_resource`;
 - `plain_errors()`: catches the library's plain errors and shows `st.error(message)` instead of a
   traceback;
-- `run_picker()`, `state_badge()`, `fmt_*()`: runs and numbers as people read them;
-- `upscale()`: 32x32 images enlarged with nearest-neighbour sampling, so pixels stay sharp.
+- `run_picker()`, `state_badge()`, `fmt_*()`: runs and numbers as people read them.
 
 Nothing here trains or measures: it only reads run folders through byol.runs and draws.
 """
@@ -20,10 +19,8 @@ import math
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import numpy as np
 import pandas as pd
 import streamlit as st
-from PIL import Image
 
 from byol import cifar10, jobs, runs
 from byol.config import PRESETS, TrainConfig
@@ -291,24 +288,6 @@ def _show(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
-
-
-# --- images ----------------------------------------------------------------------------------
-def upscale(image: Any, scale: int = 4) -> Image.Image:
-    """A small image enlarged `scale` times with nearest-neighbour sampling (crisp pixels).
-
-    Accepts a PIL image, or a uint8 array/tensor shaped HxWx3, 3xHxW or HxW.
-    """
-    if not isinstance(image, Image.Image):
-        array = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
-        if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
-            array = array.transpose(1, 2, 0)
-        if array.ndim == 3 and array.shape[-1] == 1:
-            array = array[..., 0]
-        if array.dtype != np.uint8:
-            array = np.clip(array * (255 if array.max() <= 1.0 else 1), 0, 255).astype(np.uint8)
-        image = Image.fromarray(array)
-    return image.resize((image.width * scale, image.height * scale), Image.NEAREST)
 
 
 def preset_label(name: str) -> str:
