@@ -33,7 +33,7 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".
 CACHE_VERSION = 1
 
 # The largest picture the Retrieval page takes. The Streamlit server refuses bigger uploads by its own
-# setting, `server.maxUploadSize` in .streamlit/config.toml, which must say the same (tests/test_exposure.py).
+# setting, `server.maxUploadSize` in .streamlit/config.toml, which must say the same (tests/test_page_retrieval.py checks).
 MAX_UPLOAD_MB = 50
 MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024
 MAX_UPLOAD_PIXELS = 50_000_000  # width x height; far above any photo's need, far below a decompression bomb
