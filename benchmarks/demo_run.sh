@@ -16,8 +16,8 @@
 #
 # After finish, the new demo replaces the old one and benchmarks/demo-run/ is deleted (by hand: both
 # are commits). A successor needs a new DEMO_RUN_NAME: make_demo.py refuses to write over a demo.
-# The data is the real copy at ../shared/data. The shipped demo was trained before the cpu preset's
-# predictor learned at 3x the rest's rate; a successor started now gets the 3x predictor.
+# The data is the real copy at ../shared/data. The shipped demo was trained with the cpu preset's
+# AdamW form at the 1x predictor; a successor started now gets the preset as it is: SGD, the 3x predictor.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
