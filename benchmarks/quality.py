@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from byol import cifar10, runs  # noqa: E402
+from byol import cifar10, collapse, runs  # noqa: E402
 from byol.cli import CommandError, apply_overrides  # noqa: E402
 from byol.config import PRESETS, ConfigError, TrainConfig, validate, with_epochs  # noqa: E402
 from byol.data import load_dataset  # noqa: E402
@@ -209,6 +209,9 @@ def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
         "random_init_knn": evals[0]["knn"] if evals and evals[0]["step"] == 0 else None,
         "pixel_knn": evals[0].get("pixel_knn") if evals else None,
         "images_per_s": speeds[len(speeds) // 2] if speeds else None,
+        # The Compare page's verdict, so a collapse pair's table says which run collapsed (GPU scratch
+        # runs stay on that machine; only the table comes back).
+        "collapse": collapse.describe_collapse(collapse.find_collapse(rows, config.projector_dim)),
         "run_dir": str(run_dir),
         "config": config.to_dict(),
     }
@@ -436,8 +439,8 @@ def report(results: dict[str, Any]) -> str:
     if results.get("lightly_skipped"):
         lines += [f"Reference row skipped: {results['lightly_skipped']}", ""]
     lines += [
-        "| variant | overrides | " + " | ".join(f"ep {e:g}" for e in epochs) + " | final kNN | minutes | images/s |",
-        "|---|---|" + "---:|" * len(epochs) + "---:|---:|---:|",
+        "| variant | overrides | " + " | ".join(f"ep {e:g}" for e in epochs) + " | final kNN | collapse | minutes | images/s |",
+        "|---|---|" + "---:|" * len(epochs) + "---:|---|---:|---:|",
     ]
     for r in rows:
         by_epoch = {e: k for e, k in r["curve"]}
@@ -446,11 +449,16 @@ def report(results: dict[str, Any]) -> str:
         minutes = "–" if r["minutes"] is None else f"{r['minutes']:.1f}"
         speed = "–" if r["images_per_s"] is None else f"{r['images_per_s']:.0f}"
         overrides = ", ".join(r["overrides"]) or "(base)"
-        lines.append(f"| {r['name']} | {overrides} | " + " | ".join(cells) + f" | {final} | {minutes} | {speed} |")
+        lines.append(
+            f"| {r['name']} | {overrides} | "
+            + " | ".join(cells)
+            + f" | {final} | {r.get('collapse') or '–'} | {minutes} | {speed} |"
+        )
     lines += [
         "",
         "Minutes: the whole train() call (data from the cache, every evaluation included); images/s: the "
-        "median logged training speed. Variants that ran at once shared the machine.",
+        "median logged training speed. Variants that ran at once shared the machine. Collapse: the Compare "
+        "page's criterion on the run's projection spread (lightly's row logs none).",
     ]
     return "\n".join(lines) + "\n"
 

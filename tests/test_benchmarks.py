@@ -55,6 +55,11 @@ def test_quality_dry_run_trains_every_variant_and_writes_its_table(tmp_path):
     assert numbers["random_init_knn"] is not None and numbers["pixel_knn"] is not None
     table = (tmp_path / "quality-cpu-dry.md").read_text()
     assert "| fast-lr | lr=8e-3 |" in table and "DRY RUN" in table
+    # Each of our runs carries the Compare page's collapse verdict into the table (lightly's logs no spread).
+    assert "| final kNN | collapse |" in table
+    for name in ("base", "fast-lr"):
+        assert rows[name]["collapse"] == "no" or rows[name]["collapse"].startswith("at step "), rows[name]["collapse"]
+        assert f"| {rows[name]['collapse']} |" in table
     # --reuse: a second call with the same scratch folder reads the finished runs instead of training again
     assert quality.main([*argv, "--reuse"] if lightly else [*argv, "--no-lightly", "--reuse"]) == 0
     again = json.loads((tmp_path / "quality-cpu-dry.json").read_text())
