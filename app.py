@@ -8,6 +8,7 @@ from __future__ import annotations
 import streamlit as st
 
 from byol import runs
+from byol.jobs import latest_pair
 from ui.charts import knn_figure
 from ui.common import (
     RUNS_TABLE_COLUMNS,
@@ -67,7 +68,7 @@ if not summaries:
     st.stop()
 
 # --- something worth showing -----------------------------------------------------------------
-demo = next((s for s in summaries if s.demo), None)
+demo = runs.main_demo(summaries)
 finished = [s for s in summaries if s.state == runs.FINISHED and s.best_knn is not None]
 showcase = demo or (max(finished, key=lambda s: s.best_knn) if finished else None)
 if showcase is not None:
@@ -89,6 +90,18 @@ if showcase is not None:
         st.metric("Raw pixels", fmt_pct(showcase.pixel_knn), help="kNN accuracy comparing raw pixels: the floor to beat.")
         link("train", "Open this run", query_params={"run": showcase.name})
         link("embeddings", "See its map", query_params={"run": showcase.name})
+
+# --- the batch-norm experiment, shipped already run ------------------------------------------
+shipped_pair = latest_pair([s.name for s in summaries if s.demo])
+if shipped_pair is not None:
+    with_bn, without_bn = (next(s for s in summaries if s.name == name) for name in shipped_pair)
+    st.subheader("Watch BYOL fail: the batch-norm experiment, already run")
+    st.markdown(
+        f"Two more runs came with BYOL Studio: the same recipe trained twice from the same start, once without "
+        f"batch norm in its projector and predictor. With it, kNN accuracy reached {fmt_pct(with_bn.best_knn)}. "
+        + (without_bn.demo_summary or "")
+    )
+    link("compare", "Compare the two runs")
 
 # --- runs left behind by a previous server ---------------------------------------------------
 interrupted = [s for s in summaries if s.state == runs.INTERRUPTED and not runs.resume_problem(s.path, s.state)]

@@ -30,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from byol import embed, map_film, probe, run_images, runs, shipped  # noqa: E402
+from byol.collapse import Collapse, describe_collapse, find_collapse  # noqa: E402
 
 
 def spread(items: list, count: int) -> list:
@@ -72,17 +73,38 @@ def duration_words(minutes: float) -> str:
 
 
 def plain_summary(
-    epochs: int, minutes: float, machine: str, k: int, queries: int, knn: float, random_init: float, pixels: float | None
+    epochs: int,
+    minutes: float,
+    machine: str,
+    k: int,
+    queries: int,
+    knn: float,
+    random_init: float,
+    pixels: float | None,
+    collapse: Collapse | None = None,
 ) -> str:
     """What Home shows first: the demo's result in words a visitor who does not code can follow (the
     label, beside it, keeps the recipe). `machine`'s first clause names the computer ("a 2-core Intel
-    Xeon, both cores, bf16 ..." -> "a 2-core Intel Xeon")."""
+    Xeon, both cores, bf16 ..." -> "a 2-core Intel Xeon"). A run that collapsed (`collapse`, the
+    Compare page's verdict) says so before its figures: they are those of a failure."""
     computer = machine.split(",")[0]
     floor = f", comparing raw pixels {pixels:.0f}%" if pixels is not None else ""
+    training = f"{epochs} passes over them, {duration_words(minutes)} of training on {computer}."
+    if collapse is None:
+        story = f"This network learned from CIFAR-10's training pictures without ever seeing their labels: {training}"
+    else:
+        recovery = (
+            f"it climbed partly out again at step {collapse.recovered_step:,}."
+            if collapse.recovered_step is not None
+            else "it never recovered."
+        )
+        story = (
+            f"This network trained on CIFAR-10's training pictures without ever seeing their labels: {training} "
+            f"At step {collapse.step:,} it collapsed: it came to give every picture nearly the same description, "
+            f"and {recovery}"
+        )
     return (
-        f"This network learned from CIFAR-10's training pictures without ever seeing their labels: {epochs} passes "
-        f"over them, {duration_words(minutes)} of training on {computer}. Asked to name the class of "
-        f"{queries:,} new pictures by a vote of their {k} most similar "
+        f"{story} Asked to name the class of {queries:,} new pictures by a vote of their {k} most similar "
         f"training pictures, it is right {knn:.0f}% of the time: the same network untrained {random_init:.0f}%{floor}, "
         "guessing 10%."
     )
@@ -120,8 +142,9 @@ def demo_record(run_dir: Path, machine: str, trained_on: str, ships_artefacts: b
             else " and compute the embeddings on first use."
         )
     )
+    collapse = find_collapse(rows, config.projector_dim)
     return {
-        "summary": plain_summary(config.epochs, minutes, machine, k, queries, knn, random_init, pixels),
+        "summary": plain_summary(config.epochs, minutes, machine, k, queries, knn, random_init, pixels, collapse),
         "label": label,
         "machine": machine,
         "minutes": round(minutes, 1),
@@ -130,6 +153,7 @@ def demo_record(run_dir: Path, machine: str, trained_on: str, ships_artefacts: b
         "random_init_knn": random_init,
         "pixel_knn": pixels,
         "trained_on": trained_on,
+        "collapsed": describe_collapse(collapse),  # the Compare page's verdict: "no", "at step 10", ...
     }
 
 

@@ -426,6 +426,13 @@ def is_shipped_demo(run_dir: Path) -> bool:
     return (Path(run_dir) / DEMO_RECORD).is_file()
 
 
+def main_demo(summaries: list[RunSummary]) -> RunSummary | None:
+    """The shipped demo to show first: the one with the best kNN accuracy. Beside it ship the Compare
+    page's batch-norm pair, whose run without batch norm collapsed and is no model to look inside."""
+    demos = [s for s in summaries if s.demo]
+    return max(demos, key=lambda s: s.best_knn if s.best_knn is not None else -math.inf) if demos else None
+
+
 def _demo_words(run_dir: Path) -> tuple[str, str]:
     """A shipped demo run's label and plain summary from demo.json ("" and "" for a run that is no demo)."""
     record = read_json(run_dir / DEMO_RECORD, {})
@@ -492,7 +499,7 @@ def delete_run(run_dir: Path, force: bool = False) -> None:
     if not is_run_folder(run_dir):
         raise RunError(f"{run_dir.name} is not a run folder.")
     if is_shipped_demo(run_dir):
-        raise RunError(f"{run_dir.name} is the demo run that comes with BYOL Studio; it is part of its files, so it is kept.")
+        raise RunError(f"{run_dir.name} is a run that comes with BYOL Studio; it is part of its files, so it is kept.")
     if not force and read_status(run_dir).get("state") in LIVE_STATES:
         raise RunError(f"The run {run_dir.name} is still queued or training; stop it before deleting it.")
     shutil.rmtree(run_dir)

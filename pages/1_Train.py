@@ -327,7 +327,7 @@ with c_resume:
         st.rerun()
 with c_delete:
     if runs.is_shipped_demo(run_dir):
-        st.caption("This is the demo run that comes with BYOL Studio: it is part of its files, so it cannot be deleted here.")
+        st.caption("This run comes with BYOL Studio: it is part of its files, so it cannot be deleted here.")
     elif state not in runs.LIVE_STATES:
         sure = st.checkbox("Yes, delete this run", key=f"confirm_delete_{picked.name}", help=HELP["confirm_delete"])
         if st.button(

@@ -165,6 +165,11 @@ st.dataframe(
     },
 )
 st.caption(criterion_text())
+shipped = [name for name in picked if by_name[name].demo]
+if shipped:
+    with st.expander("These runs came with BYOL Studio: how they were trained"):
+        for name in shipped:
+            st.caption(f"**{name}**: {by_name[name].demo}")
 
 # --- settings --------------------------------------------------------------------------------
 st.subheader("Settings that differ")

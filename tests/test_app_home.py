@@ -6,6 +6,7 @@ import json
 
 from byol import runs
 from byol.files import write_json_atomic
+from ui.common import pick_default_run
 
 
 def texts(at) -> str:
@@ -60,6 +61,36 @@ def test_a_demo_with_a_plain_summary_leads_with_it_and_keeps_the_recipe_one_clic
     assert any(record["summary"] in m.value for m in at.markdown)
     how = [e for e in at.expander if e.label == "How it was trained"]
     assert len(how) == 1 and any(record["label"] in c.value for c in how[0].caption)
+
+
+def ship_a_demo_and_a_batch_norm_pair(finished_run, runs_dir, tiny_config) -> None:
+    """The checkpoints/ of a fresh checkout: the main demo (with a kNN curve) and a newer shipped pair."""
+    (finished_run / "demo.json").write_text(json.dumps({"label": "The main demo."}))
+    for name, words in (("demo-pair-bn", "It learned."), ("demo-pair-no-bn", "It collapsed at step 10 and never recovered.")):
+        (runs.create_run(runs_dir, tiny_config(), name) / "demo.json").write_text(json.dumps({"summary": words}))
+
+
+def test_the_shipped_batch_norm_pair_gets_its_own_section_and_home_still_shows_the_main_demo(
+    finished_run, runs_dir, app_test, tiny_config
+):
+    ship_a_demo_and_a_batch_norm_pair(finished_run, runs_dir, tiny_config)
+    at = app_test("app.py")
+    at.run()
+    assert not at.exception
+    assert any("Demo run: tiny-finished" in s.value for s in at.subheader)  # not the newer, collapsed one
+    assert any("batch-norm experiment, already run" in s.value for s in at.subheader)
+    assert any("collapsed at step 10 and never recovered" in m.value for m in at.markdown)  # the no-BN run's own words
+
+
+def test_the_pages_open_on_the_users_newest_run_else_on_the_main_demo(finished_run, runs_dir, tiny_config):
+    ship_a_demo_and_a_batch_norm_pair(finished_run, runs_dir, tiny_config)
+    summaries = runs.list_runs(runs_dir)
+    assert summaries[0].name.startswith("demo-pair")  # the newest runs: the pair
+    assert summaries[pick_default_run(summaries)].name == "tiny-finished"  # not the collapsed one
+    runs.create_run(runs_dir, tiny_config(), "mine")
+    summaries = runs.list_runs(runs_dir)
+    assert summaries[pick_default_run(summaries)].name == "mine"
+    assert summaries[pick_default_run(summaries, wanted="demo-pair-no-bn")].name == "demo-pair-no-bn"
 
 
 def test_interrupted_run_offers_resume(runs_dir, app_test, tiny_config, fake_train):

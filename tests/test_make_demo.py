@@ -39,6 +39,22 @@ def test_a_finished_run_becomes_a_demo_with_its_own_figures(finished_run, runs_d
     assert runs.resume_problem(out) is not None  # the dashboard will not offer to train it further
 
 
+def test_a_collapsed_run_says_so_first_and_records_the_compare_pages_verdict(finished_run):
+    healthy = make_demo.demo_record(finished_run, "m", "synthetic")
+    rows = runs.read_metric_rows(finished_run)
+    steps = [row for row in rows if row["kind"] == "step"]
+    assert len(steps) >= 5, "the tiny run logs too few steps to show a collapse"
+    for row in steps:  # every projection the same vector: a spread far under the collapse line
+        row["z_std"] = 1e-4
+    (finished_run / runs.METRICS_FILE).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    collapsed = make_demo.demo_record(finished_run, "m", "synthetic")
+    assert collapsed["collapsed"] == f"at step {steps[0]['step']:,}" and healthy["collapsed"] != collapsed["collapsed"]
+    summary = collapsed["summary"]
+    assert summary.startswith("This network trained") and f"At step {steps[0]['step']:,} it collapsed" in summary
+    assert "never recovered" in summary and summary.index("collapsed") < summary.index("right")
+    assert f"right {collapsed['knn']:.0f}% of the time" in summary  # the same figures as any demo's
+
+
 def test_snapshots_are_spread_and_cut_to_the_size_limit(tmp_path):
     assert make_demo.spread(list(range(11)), 5) == [0, 2, 5, 8, 10]  # evenly spread, ends included
     files = []

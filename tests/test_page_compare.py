@@ -12,6 +12,7 @@ from byol import runs
 from byol.collapse import Collapse, collapse_point, criterion_text, describe_collapse, find_collapse, healthy_std, smooth
 from byol.config import PRESETS
 from byol.jobs import shared_runner
+from helpers import shipped_pair
 
 PAGE = "pages/2_Compare.py"
 
@@ -102,6 +103,26 @@ def test_two_runs_overlay_and_differences(finished_run, runs_dir, app_test):
     at.multiselect(key="compare_runs").set_value([]).run()
     assert not at.exception
     assert any("Pick one or more runs" in str(e.value) for e in at.info)
+
+
+def test_a_fresh_checkout_opens_on_the_shipped_pair_and_shows_its_collapse(runs_dir, app_test):
+    """The batch-norm pair ships already trained (the cpu preset, with and without batch norm in the
+    heads): the page opens on it, and what it shows is the collapse the experiment is about."""
+    pair = shipped_pair()
+    for run_dir in pair:
+        shutil.copytree(run_dir, runs_dir / run_dir.name)
+    at = app_test(PAGE)
+    at.run()
+    assert not at.exception
+    assert at.multiselect(key="compare_runs").value == [p.name for p in pair]
+    verdict = at.dataframe[0].value.set_index("Run")
+    with_bn, without_bn = (verdict.loc[p.name] for p in pair)
+    assert with_bn["BN in heads"] == "yes" and with_bn["Collapsed"] == "no"
+    assert without_bn["BN in heads"] == "no" and without_bn["Collapsed"].startswith("at step")
+    assert "recovered" not in without_bn["Collapsed"]  # plain SGD keeps it collapsed
+    assert with_bn["Best kNN %"] - without_bn["Best kNN %"] >= 15  # issue 11's gap, in kNN accuracy
+    assert list(at.dataframe[1].value["setting"]) == ["head_bn"]  # the one difference
+    assert any(e.label.startswith("These runs came with BYOL Studio") for e in at.expander)
 
 
 def test_bn_experiment_launches_a_pair(runs_dir, app_test, fake_train):

@@ -167,14 +167,19 @@ def state_text(state: str) -> str:
 
 
 def pick_default_run(summaries: Sequence[runs.RunSummary], wanted: str | None = None) -> int:
-    """Index of the run to show first: `wanted` (e.g. ?run=), else a training one, else the newest."""
+    """Index of the run to show first: `wanted` (e.g. ?run=), else a training one, else the newest of
+    the user's own, else the main shipped demo (not the collapsed half of the shipped batch-norm pair)."""
     names = [s.name for s in summaries]
     if wanted in names:
         return names.index(wanted)
     for i, summary in enumerate(summaries):
         if summary.state == runs.RUNNING:
             return i
-    return 0
+    for i, summary in enumerate(summaries):
+        if not summary.demo:
+            return i
+    demo = runs.main_demo(list(summaries))
+    return names.index(demo.name) if demo else 0
 
 
 def run_picker(summaries: Sequence[runs.RunSummary], key: str, label: str = "Run") -> runs.RunSummary | None:
