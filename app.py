@@ -8,6 +8,7 @@ from __future__ import annotations
 import streamlit as st
 
 from byol import runs
+from byol.collapse import find_collapse
 from byol.jobs import latest_pair
 from ui.charts import knn_figure
 from ui.common import (
@@ -95,11 +96,25 @@ if showcase is not None:
 shipped_pair = latest_pair([s.name for s in summaries if s.demo])
 if shipped_pair is not None:
     with_bn, without_bn = (next(s for s in summaries if s.name == name) for name in shipped_pair)
+    collapse = find_collapse(runs.read_metric_rows(without_bn.path), runs.read_config(without_bn.path).projector_dim)
+    if collapse is None:
+        failure = f"Without it, kNN accuracy reached {fmt_pct(without_bn.best_knn)}."
+    else:
+        recovery = (
+            "and never recovered"
+            if collapse.recovered_step is None
+            else f"and climbed partly out again at step {collapse.recovered_step:,}"
+        )
+        failure = (
+            f"Without it, the network collapsed at step {collapse.step:,}: it came to give every picture nearly the "
+            f"same description, {recovery}. Its kNN accuracy ended at {fmt_pct(without_bn.latest_knn)}, against "
+            f"{fmt_pct(without_bn.pixel_knn)} for raw pixels."
+        )
     st.subheader("Watch BYOL fail: the batch-norm experiment, already run")
     st.markdown(
-        f"Two more runs came with BYOL Studio: the same recipe trained twice from the same start, once without "
-        f"batch norm in its projector and predictor. With it, kNN accuracy reached {fmt_pct(with_bn.best_knn)}. "
-        + (without_bn.demo_summary or "")
+        "Two more runs came with BYOL Studio: the same recipe trained twice from the same start, once without "
+        f"batch norm in its projector and predictor. With batch norm, kNN accuracy reached {fmt_pct(with_bn.best_knn)}. "
+        + failure
     )
     link("compare", "Compare the two runs")
 
