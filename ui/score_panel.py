@@ -42,7 +42,7 @@ def neighbour_score_panel(run_dir: Path, checkpoint: Path, data: Dataset) -> Non
         this_col.metric(
             "This checkpoint",
             f"{trained:.0%}",
-            delta=f"{100 * (trained - pixels):+.0f} points over raw pixels",
+            delta=f"{100 * (trained - pixels):+.0f} points against raw pixels",  # the sign sets the arrow
             delta_color="normal",
             help="The network at the point in training picked above.",
         )
