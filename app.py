@@ -8,7 +8,7 @@ from __future__ import annotations
 import streamlit as st
 
 from byol import runs
-from byol.collapse import find_collapse
+from byol.collapse import collapse_story, find_collapse
 from byol.jobs import latest_pair
 from ui.charts import knn_figure
 from ui.common import (
@@ -100,15 +100,9 @@ if shipped_pair is not None:
     if collapse is None:
         failure = f"Without it, kNN accuracy reached {fmt_pct(without_bn.best_knn)}."
     else:
-        recovery = (
-            "and never recovered"
-            if collapse.recovered_step is None
-            else f"and climbed partly out again at step {collapse.recovered_step:,}"
-        )
         failure = (
-            f"Without it, the network collapsed at step {collapse.step:,}: it came to give every picture nearly the "
-            f"same description, {recovery}. Its kNN accuracy ended at {fmt_pct(without_bn.latest_knn)}, against "
-            f"{fmt_pct(without_bn.pixel_knn)} for raw pixels."
+            f"Without it, the network {collapse_story(collapse)}. Its kNN accuracy ended at "
+            f"{fmt_pct(without_bn.latest_knn)}, against {fmt_pct(without_bn.pixel_knn)} for raw pixels."
         )
     st.subheader("Watch BYOL fail: the batch-norm experiment, already run")
     st.markdown(

@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from byol import embed, map_film, probe, run_images, runs, shipped  # noqa: E402
-from byol.collapse import Collapse, describe_collapse, find_collapse  # noqa: E402
+from byol.collapse import Collapse, collapse_story, describe_collapse, find_collapse  # noqa: E402
 
 
 def spread(items: list, count: int) -> list:
@@ -93,15 +93,9 @@ def plain_summary(
     if collapse is None:
         story = f"This network learned from CIFAR-10's training pictures without ever seeing their labels: {training}"
     else:
-        recovery = (
-            f"it climbed partly out again at step {collapse.recovered_step:,}."
-            if collapse.recovered_step is not None
-            else "it never recovered."
-        )
         story = (
             f"This network trained on CIFAR-10's training pictures without ever seeing their labels: {training} "
-            f"At step {collapse.step:,} it collapsed: it came to give every picture nearly the same description, "
-            f"and {recovery}"
+            f"It {collapse_story(collapse)}."
         )
     return (
         f"{story} Asked to name the class of {queries:,} new pictures by a vote of their {k} most similar "

@@ -138,6 +138,17 @@ def collapse_point(
     return found.step if found else None
 
 
+def collapse_story(found: Collapse) -> str:
+    """The collapse told to a visitor who does not code, to follow "the network" or "it": "collapsed at
+    step 15: it came to give every picture nearly the same description, and never recovered"."""
+    recovery = (
+        "and never recovered"
+        if found.recovered_step is None
+        else f"and climbed partly out again at step {found.recovered_step:,}"
+    )
+    return f"collapsed at step {found.step:,}: it came to give every picture nearly the same description, {recovery}"
+
+
 def describe_collapse(found: Collapse | None) -> str:
     """The collapse in table words: no / at step 1,200 / at step 1,200, recovered at step 3,400."""
     if found is None:

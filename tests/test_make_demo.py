@@ -50,7 +50,7 @@ def test_a_collapsed_run_says_so_first_and_records_the_compare_pages_verdict(fin
     collapsed = make_demo.demo_record(finished_run, "m", "synthetic")
     assert collapsed["collapsed"] == f"at step {steps[0]['step']:,}" and healthy["collapsed"] != collapsed["collapsed"]
     summary = collapsed["summary"]
-    assert summary.startswith("This network trained") and f"At step {steps[0]['step']:,} it collapsed" in summary
+    assert summary.startswith("This network trained") and f"It collapsed at step {steps[0]['step']:,}" in summary
     assert "never recovered" in summary and summary.index("collapsed") < summary.index("right")
     assert f"right {collapsed['knn']:.0f}% of the time" in summary  # the same figures as any demo's
 

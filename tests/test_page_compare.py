@@ -9,7 +9,16 @@ import shutil
 import pytest
 
 from byol import runs
-from byol.collapse import Collapse, collapse_point, criterion_text, describe_collapse, find_collapse, healthy_std, smooth
+from byol.collapse import (
+    Collapse,
+    collapse_point,
+    collapse_story,
+    criterion_text,
+    describe_collapse,
+    find_collapse,
+    healthy_std,
+    smooth,
+)
 from byol.config import PRESETS
 from byol.jobs import shared_runner
 from helpers import shipped_pair
@@ -62,6 +71,13 @@ def test_eval_rows_and_missing_values_are_ignored():
     d = 4
     mixed = rows([0.5, None, 0.001, 0.001, 0.001, 0.001, 0.001]) + [{"kind": "eval", "step": 999, "knn": 10.0}]
     assert collapse_point(mixed, d, smoothing=0.0) == 30
+
+
+def test_a_collapse_is_told_in_plain_words_with_its_recovery_if_any():
+    assert collapse_story(Collapse(15, None)) == (
+        "collapsed at step 15: it came to give every picture nearly the same description, and never recovered"
+    )
+    assert collapse_story(Collapse(1200, 3400)).endswith("and climbed partly out again at step 3,400")
 
 
 def test_smooth_and_criterion_text():
