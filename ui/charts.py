@@ -140,7 +140,7 @@ def collapse_figure(
 
 def rank_figure(metrics: pd.DataFrame) -> go.Figure:
     rows = _column(eval_rows(metrics), "effective_rank")
-    figure = _base_figure("Effective rank", "effective rank", subtitle="directions the features use; higher = richer")
+    figure = _base_figure("Effective rank", "effective rank", subtitle="directions the backbone features spread over")
     figure.add_scatter(
         x=rows["epoch"],
         y=rows["effective_rank"],

@@ -46,8 +46,10 @@ GLOSSARY: dict[str, str] = {
         "training stays near 1/√d (d = projector output size); a collapsing one falls towards 0."
     ),
     "Effective rank": (
-        "How many independent directions the features really use (from 1 up to the feature size). "
-        "A sudden drop towards 1 is another sign of collapse."
+        "How many independent directions the backbone's features (the ones kNN and retrieval use) really "
+        "spread over, from 1 up to the feature size, measured at each evaluation. It counts directions, not "
+        "how useful they are: when only the projector collapses, as in the shipped run without batch norm, "
+        "the backbone's rank can even rise. A drop towards 1 means the features themselves collapsed."
     ),
     "kNN accuracy": (
         "How well the features sort images without any extra training: each test image gets the most "
