@@ -84,8 +84,8 @@ HELP: dict[str, str] = {
     "predictor_hidden": "Hidden layer size of the predictor (the online side's guessing network).",
     "optimizer": (
         "The update rule. LARS is BYOL's usual choice with big batches; plain SGD learned fastest in the cpu "
-        "recipe's short runs. There a run without batch norm stays collapsed with SGD and climbs back out "
-        "with AdamW."
+        "recipe's short runs. There a run without batch norm stays collapsed with SGD, or climbs out only "
+        "late with its accuracy far behind, and climbs back out early with AdamW."
     ),
     "weight_decay": (
         "A pull of all weights towards zero at every step. AdamW multiplies it by the learning rate, "
