@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from byol import runs
+from byol import demos, runs
 from byol.collapse import collapse_story, find_collapse
-from byol.jobs import latest_pair
 from ui.charts import knn_figure
 from ui.common import (
     RUNS_TABLE_COLUMNS,
@@ -69,7 +68,7 @@ if not summaries:
     st.stop()
 
 # --- something worth showing -----------------------------------------------------------------
-demo = runs.main_demo(summaries)
+demo = demos.main_demo(summaries)
 finished = [s for s in summaries if s.state == runs.FINISHED and s.best_knn is not None]
 showcase = demo or (max(finished, key=lambda s: s.best_knn) if finished else None)
 if showcase is not None:
@@ -93,9 +92,9 @@ if showcase is not None:
         link("embeddings", "See its map", query_params={"run": showcase.name})
 
 # --- the batch-norm experiment, shipped already run ------------------------------------------
-shipped_pair = latest_pair([s.name for s in summaries if s.demo])
+shipped_pair = demos.shipped_pair(summaries)
 if shipped_pair is not None:
-    with_bn, without_bn = (next(s for s in summaries if s.name == name) for name in shipped_pair)
+    with_bn, without_bn = shipped_pair
     collapse = find_collapse(runs.read_metric_rows(without_bn.path), runs.read_config(without_bn.path).projector_dim)
     if collapse is None:
         failure = f"Without it, kNN accuracy reached {fmt_pct(without_bn.best_knn)}."

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from byol import embed, map_film, probe, run_images, runs, shipped  # noqa: E402
+from byol import demos, embed, map_film, probe, run_images, runs, shipped  # noqa: E402
 from byol.collapse import Collapse, collapse_story, describe_collapse, find_collapse  # noqa: E402
 
 
@@ -201,7 +201,7 @@ def ship_into(demo: Path, max_mb: float) -> list[Path]:
     a device call brings back). When the demo would then pass `max_mb` in the repository, nothing is
     shipped and the label is left as it was.
     """
-    record = json.loads((demo / runs.DEMO_RECORD).read_text())
+    record = json.loads((demo / demos.DEMO_RECORD).read_text())
     files = ship_artefacts(demo)
     size_mb = tracked_bytes(demo) / 2**20
     if size_mb > max_mb:
@@ -211,7 +211,7 @@ def ship_into(demo: Path, max_mb: float) -> list[Path]:
             "shipped. Keep fewer snapshots (--steps), or ship none."
         )
     record.update(demo_record(demo, record["machine"], record["trained_on"], ships_artefacts=True))
-    (demo / runs.DEMO_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    (demo / demos.DEMO_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return files
 
 
@@ -245,7 +245,7 @@ def make_demo(
     (out / runs.CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     for snapshot in kept:
         shutil.copy2(snapshot, out / snapshot.name)
-    (out / runs.DEMO_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    (out / demos.DEMO_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return kept + (ship_into(out, max_mb) if ships_artefacts else [])
 
 
@@ -271,7 +271,7 @@ def main() -> None:
     if args.ship_into is not None:
         files = ship_into(args.ship_into, args.max_mb)
         print(f"Shipped {len(files)} files into {args.ship_into}: {tracked_bytes(args.ship_into) / 2**20:.1f} MB in all")
-        print(json.loads((args.ship_into / runs.DEMO_RECORD).read_text())["label"])
+        print(json.loads((args.ship_into / demos.DEMO_RECORD).read_text())["label"])
         return
     if args.run_dir is None or args.out is None or args.machine is None:
         parser.error("making a demo needs RUN_DIR, --out and --machine (or --ship-into DEMO)")
@@ -288,7 +288,7 @@ def main() -> None:
     )
     size = sum(f.stat().st_size for f in kept) / 2**20
     print(f"Wrote {args.out}: {len(kept)} files ({', '.join(f.name for f in kept)}), {size:.1f} MB")
-    print(json.loads((args.out / runs.DEMO_RECORD).read_text())["label"])
+    print(json.loads((args.out / demos.DEMO_RECORD).read_text())["label"])
 
 
 if __name__ == "__main__":

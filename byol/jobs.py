@@ -40,11 +40,11 @@ from .config import PRECISIONS, ConfigError, TrainConfig, config_errors
 from .data import layout_problem
 from .device import device_key, resolve_device, use_bf16
 from .errors import UserError
+from .pairs import pair_names
 from .train import INTERRUPTED_MESSAGE, plain_error, train
 
 log = logging.getLogger(__name__)
 
-PAIR_SUFFIX_BN, PAIR_SUFFIX_NO_BN = "-bn", "-no-bn"
 SHUTDOWN_WAIT_SECONDS = 30.0  # how long a normal server exit waits for trainings to save and stop
 
 
@@ -124,16 +124,17 @@ class JobRunner:
         check_launchable(with_bn)
         check_launchable(without_bn)
         base = name or pair_base_name(config)
-        runs.check_run_name(base + PAIR_SUFFIX_NO_BN)
+        runs.check_run_name(pair_names(base)[1])
         with self._lock:  # no other launch can slip in between the two halves
             for attempt in range(1, 1000):
                 candidate = base if attempt == 1 else f"{base}-{attempt}"
-                if not any((self.runs_dir / (candidate + s)).exists() for s in (PAIR_SUFFIX_BN, PAIR_SUFFIX_NO_BN)):
+                if not any((self.runs_dir / n).exists() for n in pair_names(candidate)):
                     base = candidate
                     break
-            first = self.launch(with_bn, base + PAIR_SUFFIX_BN)
+            name_bn, name_no_bn = pair_names(base)
+            first = self.launch(with_bn, name_bn)
             try:
-                second = self.launch(without_bn, base + PAIR_SUFFIX_NO_BN)
+                second = self.launch(without_bn, name_no_bn)
             except Exception:
                 self.stop(first)
                 raise
@@ -338,28 +339,6 @@ def _same(a: Path, b: Path) -> bool:
 def pair_base_name(config: TrainConfig) -> str:
     """`<time>-<preset>-<data>-pair`: the shared start of a BN-vs-no-BN pair's two names."""
     return f"{runs.default_run_name(config)}-pair"
-
-
-def pair_partner(name: str) -> str | None:
-    """The other half of a BN pair's run name, or None when `name` is not part of one."""
-    if name.endswith(PAIR_SUFFIX_NO_BN):
-        return name[: -len(PAIR_SUFFIX_NO_BN)] + PAIR_SUFFIX_BN
-    if name.endswith(PAIR_SUFFIX_BN):
-        return name[: -len(PAIR_SUFFIX_BN)] + PAIR_SUFFIX_NO_BN
-    return None
-
-
-def latest_pair(names: list[str]) -> tuple[str, str] | None:
-    """The first (newest, when `names` is newest first) complete BN pair: (with BN, without BN)."""
-    present = set(names)
-    for name in names:
-        partner = pair_partner(name)
-        if partner in present:
-            bn, no_bn = (
-                (name, partner) if name.endswith(PAIR_SUFFIX_BN) and not name.endswith(PAIR_SUFFIX_NO_BN) else (partner, name)
-            )
-            return bn, no_bn
-    return None
 
 
 # --- one runner per runs folder and process --------------------------------------------------

@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import demos
 from .config import NAMED_SOURCES, TrainConfig
 from .errors import UserError
 from .files import read_json, write_atomic, write_json_atomic
@@ -62,8 +63,6 @@ EMBEDDINGS_FOLDER = "embeddings"
 # shipped demo run's config.json is tracked by git; .gitignore covers this file.
 LOCAL_SETTINGS = "local-settings.json"
 LOCAL_FIELDS = ("data", "data_root")  # the config fields a local setting may override
-# A shipped demo run holds this record of how it was trained (benchmarks/make_demo.py writes it).
-DEMO_RECORD = "demo.json"
 
 
 def is_run_folder(folder: Path) -> bool:
@@ -420,27 +419,6 @@ class RunSummary:
     demo_summary: str  # for a shipped demo run: its result in plain words (demo.json's "summary"); else ""
 
 
-def is_shipped_demo(run_dir: Path) -> bool:
-    """Whether the run is a demo shipped with BYOL Studio: one that holds a demo.json. Git tracks its
-    folder, so the app and the command line may add ignored files to it but never remove it."""
-    return (Path(run_dir) / DEMO_RECORD).is_file()
-
-
-def main_demo(summaries: list[RunSummary]) -> RunSummary | None:
-    """The shipped demo to show first: the one with the best kNN accuracy. Beside it ship the Compare
-    page's batch-norm pair, whose run without batch norm collapsed and is no model to look inside."""
-    demos = [s for s in summaries if s.demo]
-    return max(demos, key=lambda s: s.best_knn if s.best_knn is not None else -math.inf) if demos else None
-
-
-def _demo_words(run_dir: Path) -> tuple[str, str]:
-    """A shipped demo run's label and plain summary from demo.json ("" and "" for a run that is no demo)."""
-    record = read_json(run_dir / DEMO_RECORD, {})
-    if not isinstance(record, dict) or not record:
-        return "", ""
-    return str(record.get("label") or "Demo run shipped with BYOL Studio."), str(record.get("summary") or "")
-
-
 def summarize_run(run_dir: Path) -> RunSummary:
     run_dir = Path(run_dir)
     config = read_config(run_dir)
@@ -450,7 +428,7 @@ def summarize_run(run_dir: Path) -> RunSummary:
     steps = [r for r in rows if r.get("kind") == "step"]
     last_row = rows[-1] if rows else {}
     started = status.get("started")
-    demo_label, demo_summary = _demo_words(run_dir)
+    demo_label, demo_summary = demos.demo_words(run_dir)
     return RunSummary(
         name=run_dir.name,
         path=run_dir,
@@ -498,7 +476,7 @@ def delete_run(run_dir: Path, force: bool = False) -> None:
     run_dir = Path(run_dir)
     if not is_run_folder(run_dir):
         raise RunError(f"{run_dir.name} is not a run folder.")
-    if is_shipped_demo(run_dir):
+    if demos.is_shipped_demo(run_dir):
         raise RunError(f"{run_dir.name} is a run that comes with BYOL Studio; it is part of its files, so it is kept.")
     if not force and read_status(run_dir).get("state") in LIVE_STATES:
         raise RunError(f"The run {run_dir.name} is still queued or training; stop it before deleting it.")

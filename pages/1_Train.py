@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from byol import runs
+from byol import demos, runs
 from byol.config import DEVICES, OPTIMIZERS, PRECISIONS, PRESET_HELP, PRESETS, TAU_SCHEDULES, TrainConfig
 from byol.device import gpu_recipe_on_cpu
 from byol.estimate import estimate_time, rough_cpu_seconds
@@ -326,7 +326,7 @@ with c_resume:
         st.session_state["new_from_run"] = picked.name
         st.rerun()
 with c_delete:
-    if runs.is_shipped_demo(run_dir):
+    if demos.is_shipped_demo(run_dir):
         st.caption("This run comes with BYOL Studio: it is part of its files, so it cannot be deleted here.")
     elif state not in runs.LIVE_STATES:
         sure = st.checkbox("Yes, delete this run", key=f"confirm_delete_{picked.name}", help=HELP["confirm_delete"])

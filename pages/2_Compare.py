@@ -8,7 +8,8 @@ from byol import runs
 from byol.collapse import DEFAULT_SMOOTHING, criterion_text, describe_collapse, find_collapse, healthy_std
 from byol.config import PRESET_HELP, PRESETS, preset, with_epochs
 from byol.device import gpu_recipe_on_cpu
-from byol.jobs import latest_pair, launch_problems
+from byol.jobs import launch_problems
+from byol.pairs import latest_pair
 from ui.charts import add_spread_lines, overlay_figure
 from ui.common import (
     RUNS_TABLE_COLUMNS,

@@ -14,9 +14,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from byol import runs
+from byol import demos, runs
 from byol.config import TrainConfig, preset
-from byol.jobs import latest_pair
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,17 +36,16 @@ def another_computation_under_way() -> Iterator[None]:
 def shipped_demo() -> Path:
     """The main demo run that ships with the repository, the one Home shows (beside it ships the
     Compare page's batch-norm pair, whose folders hold a demo.json too)."""
-    demo = runs.main_demo(runs.list_runs(REPO / "checkpoints"))
+    demo = demos.main_demo(runs.list_runs(REPO / "checkpoints"))
     assert demo is not None, "no demo run in checkpoints/"
     return demo.path
 
 
 def shipped_pair() -> tuple[Path, Path]:
     """The shipped batch-norm pair's run folders: (with batch norm, without)."""
-    demos = [s.name for s in runs.list_runs(REPO / "checkpoints") if s.demo]
-    pair = latest_pair(demos)
-    assert pair is not None, f"no batch-norm pair among the shipped demos {demos}"
-    return REPO / "checkpoints" / pair[0], REPO / "checkpoints" / pair[1]
+    pair = demos.shipped_pair(runs.list_runs(REPO / "checkpoints"))
+    assert pair is not None, "no batch-norm pair among the shipped demos"
+    return pair[0].path, pair[1].path
 
 
 def fresh_checkout(demo: Path, dest: Path) -> Path:

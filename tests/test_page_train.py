@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from byol import runs
+from byol import demos, runs
 from byol.config import PRESETS, preset
 from byol.device import resolve_device, use_bf16
 from byol.estimate import speed_key
@@ -211,7 +211,7 @@ def test_delete_needs_confirmation(finished_run, app_test):
 
 
 def test_a_shipped_demo_run_offers_no_delete(finished_run, app_test):
-    (finished_run / runs.DEMO_RECORD).write_text('{"label": "a demo"}')
+    (finished_run / demos.DEMO_RECORD).write_text('{"label": "a demo"}')
     at = app_test(PAGE)
     at.run()
     assert not at.exception

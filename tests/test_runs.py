@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from byol import runs
+from byol import demos, runs
 from helpers import shipped_demo, tiny_config
 
 
@@ -42,7 +42,7 @@ def test_a_demo_runs_local_settings_are_ignored_by_git():
 def test_delete_keeps_a_shipped_demo_run_and_removes_any_other(tmp_path):
     """A run with a demo.json ships with the repository: deleting it would change tracked files."""
     demo, plain = (runs.create_run(tmp_path, tiny_config(), name) for name in ("demo", "plain"))
-    (demo / runs.DEMO_RECORD).write_text('{"label": "a demo"}')
+    (demo / demos.DEMO_RECORD).write_text('{"label": "a demo"}')
     for run_dir in (demo, plain):
         runs.write_status(run_dir, runs.FINISHED)
     files = sorted(path.name for path in demo.iterdir())

@@ -22,7 +22,7 @@ from typing import Any, Iterator, Sequence
 import pandas as pd
 import streamlit as st
 
-from byol import cifar10, jobs, runs
+from byol import cifar10, demos, jobs, runs
 from byol.config import PRESETS, TrainConfig
 from byol.errors import UserError
 from ui.words import GLOSSARY, HELP
@@ -178,7 +178,7 @@ def pick_default_run(summaries: Sequence[runs.RunSummary], wanted: str | None = 
     for i, summary in enumerate(summaries):
         if not summary.demo:
             return i
-    demo = runs.main_demo(list(summaries))
+    demo = demos.main_demo(list(summaries))
     return names.index(demo.name) if demo else 0
 
 
