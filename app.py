@@ -8,7 +8,7 @@ from __future__ import annotations
 import streamlit as st
 
 from byol import demos, runs
-from byol.collapse import collapse_story, find_collapse
+from byol.collapse import collapse_story
 from ui.charts import knn_figure
 from ui.common import (
     RUNS_TABLE_COLUMNS,
@@ -95,7 +95,7 @@ if showcase is not None:
 shipped_pair = demos.shipped_pair(summaries)
 if shipped_pair is not None:
     with_bn, without_bn = shipped_pair
-    collapse = find_collapse(runs.read_metric_rows(without_bn.path), runs.read_config(without_bn.path).projector_dim)
+    collapse = without_bn.collapse
     if collapse is None:
         failure = f"Without it, kNN accuracy reached {fmt_pct(without_bn.best_knn)}."
     else:

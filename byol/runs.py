@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import demos
+from .collapse import Collapse, find_collapse
 from .config import NAMED_SOURCES, TrainConfig
 from .errors import UserError
 from .files import read_json, write_atomic, write_json_atomic
@@ -411,6 +412,7 @@ class RunSummary:
     pixel_knn: float | None
     last_loss: float | None
     last_z_std: float | None
+    collapse: Collapse | None  # the Compare page's collapse verdict on its step rows; None = no collapse (yet)
     disk_bytes: int
     started: str
     created: float
@@ -446,6 +448,7 @@ def summarize_run(run_dir: Path) -> RunSummary:
         pixel_knn=next((r["pixel_knn"] for r in reversed(evals) if r.get("pixel_knn") is not None), None),
         last_loss=steps[-1].get("loss") if steps else None,
         last_z_std=steps[-1].get("z_std") if steps else None,
+        collapse=find_collapse(steps, config.projector_dim),
         disk_bytes=disk_bytes(run_dir),
         started=datetime.fromtimestamp(started, timezone.utc).astimezone().strftime("%Y-%m-%d %H:%M") if started else "",
         created=float(status.get("created") or (run_dir / CONFIG_FILE).stat().st_mtime),

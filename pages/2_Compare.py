@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from byol import runs
-from byol.collapse import DEFAULT_SMOOTHING, criterion_text, describe_collapse, find_collapse, healthy_std
+from byol.collapse import DEFAULT_SMOOTHING, criterion_text, describe_collapse, healthy_std
 from byol.config import PRESET_HELP, PRESETS, preset, with_epochs
 from byol.device import gpu_recipe_on_cpu
 from byol.jobs import launch_problems
@@ -116,7 +116,7 @@ if not picked:
 
 metrics = {name: runs.read_metrics(by_name[name].path) for name in picked}
 configs = {name: runs.read_config(by_name[name].path) for name in picked}
-collapses = {name: find_collapse(metrics[name], configs[name].projector_dim) for name in picked}
+collapses = {name: by_name[name].collapse for name in picked}  # read with the runs, by one rule
 collapsed = {name: c.step if c else None for name, c in collapses.items()}  # chart markers
 
 # --- curves ----------------------------------------------------------------------------------

@@ -90,6 +90,9 @@ def test_the_shipped_batch_norm_pair_gets_its_own_section_and_home_still_shows_t
     assert any("Demo run: tiny-finished" in s.value for s in at.subheader)  # not the newer, collapsed one
     assert any("batch-norm experiment, already run" in s.value for s in at.subheader)
     assert any("collapsed at step" in m.value and "never recovered" in m.value for m in at.markdown)
+    table = at.dataframe[0].value.set_index("Run")
+    assert table.loc["demo-pair-no-bn", "Collapsed"].startswith("at step")  # the table says which one collapsed
+    assert table.loc["demo-pair-bn", "Collapsed"] == "no"
 
 
 def test_the_pages_open_on_the_users_newest_run_else_on_the_main_demo(finished_run, runs_dir, tiny_config):

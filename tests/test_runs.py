@@ -74,3 +74,15 @@ def test_snapshots_are_labelled_with_their_step_epoch_and_knn(tmp_path):
         (run_dir / f"step-{step:08d}.pt").write_bytes(b"")
     labels = [s.label for s in runs.list_snapshots(run_dir)]
     assert labels == ["step 0", "step 488 (epoch 10), kNN 47.8%"]
+
+
+def test_a_runs_summary_says_whether_and_when_it_collapsed(tmp_path):
+    """The verdict Home's table and Compare show, from the logged projection spread alone."""
+    config = tiny_config()
+    healthy = 1 / config.projector_dim**0.5
+    for name, spreads in (("healthy", [healthy] * 30), ("collapsed", [healthy] * 10 + [1e-4] * 20)):
+        run_dir = runs.create_run(tmp_path, config, name)
+        runs.append_metrics(run_dir, [{"kind": "step", "step": 10 * i, "z_std": z} for i, z in enumerate(spreads)])
+    assert runs.summarize_run(tmp_path / "healthy").collapse is None
+    collapse = runs.summarize_run(tmp_path / "collapsed").collapse
+    assert collapse is not None and 100 <= collapse.step <= 150 and collapse.recovered_step is None

@@ -23,6 +23,7 @@ import pandas as pd
 import streamlit as st
 
 from byol import cifar10, demos, jobs, runs
+from byol.collapse import describe_collapse
 from byol.config import PRESETS, TrainConfig
 from byol.errors import UserError
 from ui.words import GLOSSARY, HELP
@@ -215,6 +216,7 @@ def runs_table(summaries: Sequence[runs.RunSummary]) -> pd.DataFrame:
             "Latest kNN %": s.latest_knn,
             "Best kNN %": s.best_knn,
             "BN in heads": "yes" if s.head_bn else "no",
+            "Collapsed": describe_collapse(s.collapse),
             "Data": short_data(s.data),
             "Disk": fmt_bytes(s.disk_bytes),
             "Started": s.started or "not yet",
@@ -229,6 +231,9 @@ RUNS_TABLE_COLUMNS = {
     "Latest kNN %": st.column_config.NumberColumn(format="%.1f", help="kNN accuracy at the newest measurement"),
     "Best kNN %": st.column_config.NumberColumn(format="%.1f", help="Highest kNN accuracy measured so far"),
     "Status": st.column_config.TextColumn(help="waiting, training, finished, stopped, failed or interrupted"),
+    "Collapsed": st.column_config.TextColumn(
+        help="Whether the run collapsed (came to give every picture nearly the same description), by the Compare page's measure"
+    ),
     "Processes": st.column_config.NumberColumn(help="Training processes (torchrun from the command line): one per GPU"),
 }
 
