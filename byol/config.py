@@ -131,9 +131,9 @@ PRESETS: dict[str, TrainConfig] = {
         width=16,
         # Plain SGD with momentum, lightly's CIFAR settings (lr 0.12 per 256, weight decay 5e-4): 50.4% kNN on a
         # complete schedule (seed 0) against AdamW's 44.1% (lr 4e-3, weight decay 0.05), ahead from epoch 1.
-        # Without batch norm in the heads it stays collapsed (32.6%, under raw pixels; seed 1: 34.1%, its spread
-        # back over the line only from epoch 6) where AdamW climbs back out (42.3%), so the Compare page's
-        # experiment shows the collapse in kNN too. Half and twice the
+        # Without batch norm in the heads it stays collapsed (32.6%, under raw pixels; seeds 1 and 2: 34.1% and
+        # 33.0%, their spread back over the line only from epoch 6) where AdamW climbs back out (42.3%), so the
+        # Compare page's experiment shows the collapse in kNN too. Half and twice the
         # rate reached 44.6% and 47.5% (lr 0.06 and 0.24, the same seed).
         optimizer="sgd",
         lr=0.12,
