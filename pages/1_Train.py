@@ -286,10 +286,11 @@ st.caption(
     )
 )
 
-# Controls
-c_stop, c_resume, c_delete = st.columns(3)
-with c_stop:
-    if state in runs.LIVE_STATES:
+# Controls: Stop while the run is live (no empty column otherwise), Resume or Train further, Delete
+live = state in runs.LIVE_STATES
+c_stop, c_resume, c_delete = st.columns(3) if live else (None, *st.columns(2))
+if c_stop is not None:
+    with c_stop:
         if managed:
             if st.button(
                 "Stop",
@@ -417,7 +418,6 @@ def show_run(run_path: str, live_at_start: bool) -> None:
     )
 
 
-live = state in runs.LIVE_STATES
 st.fragment(run_every=LIVE_REFRESH_SECONDS if live else None)(show_run)(picked.name, live)
 
 st.divider()
