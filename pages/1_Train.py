@@ -306,7 +306,7 @@ if c_stop is not None:
             st.caption("This run trains in another process (the command line?): stop it there with Ctrl-C.")
 with c_resume:
     resume_problem = runs.resume_problem(run_dir, state)
-    if resume_problem and state not in runs.LIVE_STATES:
+    if resume_problem and not live:
         st.caption(resume_problem)
     elif state in runs.RESUMABLE_STATES or state == runs.FINISHED:
         minimum = config.epochs + 1 if state == runs.FINISHED else config.epochs
@@ -318,7 +318,7 @@ with c_resume:
             with plain_errors():
                 runner.resume(run_dir, epochs=int(total))
                 st.rerun()
-    if state not in runs.LIVE_STATES and st.button(
+    if not live and st.button(
         "New run with these settings",
         key="copy_settings",
         icon=":material/content_copy:",
@@ -329,7 +329,7 @@ with c_resume:
 with c_delete:
     if demos.is_shipped_demo(run_dir):
         st.caption("This run comes with BYOL Studio: it is part of its files, so it cannot be deleted here.")
-    elif state not in runs.LIVE_STATES:
+    elif not live:
         sure = st.checkbox("Yes, delete this run", key=f"confirm_delete_{picked.name}", help=HELP["confirm_delete"])
         if st.button(
             "Delete run",
