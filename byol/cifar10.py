@@ -31,6 +31,14 @@ CLASS_NAMES_CIFAR10: list[str] = [
 ]
 
 
+NAMES = ("cifar10", "cifar-10")  # the data source names that mean torchvision's download
+
+
+def is_named(source: str) -> bool:
+    """Whether a data source names CIFAR-10 itself (torchvision's download), not a folder or archive."""
+    return source.strip().lower() in NAMES
+
+
 def local_copies() -> list[Path]:
     """The documented places of a local CIFAR-10 copy (an ImageFolder tree or an archive of one).
 
@@ -56,7 +64,7 @@ def with_local_copy(config: TrainConfig) -> TrainConfig | None:
     A shipped demo run names "cifar10", which torchvision cannot download without internet; with
     the copy at hand the pages open on the demo without asking where its images are.
     """
-    if config.data.strip().lower() not in ("cifar10", "cifar-10"):
+    if not is_named(config.data):
         return None
     copy = local_copy()
     return config.replace(data=str(copy), data_root="") if copy else None

@@ -122,10 +122,9 @@ def load_for(config: TrainConfig) -> Dataset:
 
 def _source_kind(source: str) -> str:
     # The two keywords win over a folder of the same name; "./synthetic" still reaches such a folder.
-    key = source.strip().lower()
-    if key in ("cifar10", "cifar-10"):
+    if cifar10.is_named(source):
         return "cifar10"
-    if key == "synthetic":
+    if source.strip().lower() == "synthetic":
         return "synthetic"
     return "path"
 
