@@ -21,6 +21,7 @@ from ui.common import (
     runs_dir,
     runs_table,
 )
+from ui.neighbour_strip import neighbour_strip
 
 page_setup("Home", ":material/home:")
 
@@ -90,6 +91,7 @@ if showcase is not None:
         st.metric("Raw pixels", fmt_pct(showcase.pixel_knn), help="kNN accuracy comparing raw pixels: the floor to beat.")
         link("train", "Open this run", query_params={"run": showcase.name})
         link("embeddings", "See its map", query_params={"run": showcase.name})
+    neighbour_strip(showcase)
 
 # --- the batch-norm experiment, shipped already run ------------------------------------------
 shipped_pair = demos.shipped_pair(summaries)

@@ -71,6 +71,15 @@ def gallery_indices(
     return chosen
 
 
+def sample_queries(labels: Sequence[int] | np.ndarray | torch.Tensor, count: int, seed: int = 0) -> list[int]:
+    """`count` test images of different classes drawn at random (all classes when there are fewer),
+    in class order; the same draw for the same seed. Drawn, never picked to look good."""
+    one_per_class = gallery_indices(labels, 1, seed)
+    rng = np.random.default_rng([seed, count])  # a stream of its own, not gallery_indices' draws again
+    chosen = rng.choice(len(one_per_class), size=min(int(count), len(one_per_class)), replace=False)
+    return [one_per_class[i] for i in sorted(chosen)]
+
+
 def _as_image_tensor(image: torch.Tensor | np.ndarray) -> torch.Tensor:
     tensor = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
     if tensor.dtype != torch.uint8 or tensor.ndim != 3 or tensor.shape[0] != 3:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import shutil
 
-from byol import runs
+from byol import cifar10, embed, retrieval, runs
+from byol import data as datasets
+from byol.checkpoint import checkpoint_choices
 from byol.files import write_json_atomic
+from test_retrieval import small_data
+from ui import neighbour_strip
 from ui.common import pick_default_run
 
 
@@ -141,3 +145,52 @@ def test_the_sidebars_first_entry_is_home(runs_dir, app_test):
     assert not at.exception
     labels = [link.proto.label for link in at.sidebar.get("page_link")]
     assert labels == ["Home", "Train", "Compare", "Embeddings", "Retrieval"]
+
+
+def strip_rows(at) -> list[tuple[str, list[str]]]:
+    """The neighbour strip as shown: (query caption, its neighbours' captions) per row."""
+    shown = [image.captions for image in at.image]
+    return [(shown[i][0], shown[i + 1]) for i in range(0, len(shown) - 1, 2) if shown[i][0].startswith("#")]
+
+
+def test_the_showcase_shows_its_neighbours_in_pictures_once_its_search_bank_is_ready(finished_run, app_test, monkeypatch):
+    data = small_data()
+    monkeypatch.setattr(datasets, "load_for", lambda config: data)
+    retrieval.clear_caches()
+    at = app_test("app.py").run()
+    assert not at.exception
+    assert not strip_rows(at)  # Home computes no search bank: it points to the page that does
+    assert any(neighbour_strip.NOT_READY in c.value for c in at.caption)
+
+    embed.prepare_checkpoint(finished_run, checkpoint_choices(finished_run)[-1].path, None, data, level=embed.BANK)
+    at = app_test("app.py").run()
+    assert not at.exception
+    rows = strip_rows(at)
+    assert len(rows) == neighbour_strip.ROWS
+    counts = [c.value for c in at.caption if "nearest by raw pixels" in c.value]
+    for (query, neighbours), count in zip(rows, counts):
+        assert len(neighbours) == neighbour_strip.NEIGHBOURS
+        assert all(n[:2] in ("✓ ", "✗ ") for n in neighbours)
+        query_class = query.split(" ", 1)[1]
+        assert all((n[2:] == query_class) == n.startswith("✓") for n in neighbours)  # ✓ means the same class
+        assert count.startswith(f"{sum(n.startswith('✓') for n in neighbours)} of {neighbour_strip.NEIGHBOURS} ")
+    assert len({query.split(" ")[1] for query, _ in rows}) == len(rows)  # of different classes
+    typical = [m.value for m in at.markdown if m.value.startswith("How typical are these?")]
+    assert len(typical) == 1 and "by raw pixels" in typical[0]  # the score over many pictures, under the few
+
+    draws = {tuple(query for query, _ in rows)}
+    for _ in range(3):
+        at.button(key="home-strip-more").click().run()
+        assert not at.exception
+        draws.add(tuple(query for query, _ in strip_rows(at)))
+    assert len(draws) > 1  # the button draws other pictures
+
+
+def test_the_strip_downloads_nothing_for_a_run_whose_images_are_not_here(finished_run, app_test, monkeypatch):
+    runs.set_data_source(finished_run, "cifar10")  # a demo naming CIFAR-10, on a computer without a copy
+    downloads = []
+    monkeypatch.setattr(cifar10, "load", lambda *args, **kwargs: downloads.append(args))
+    at = app_test("app.py").run()
+    assert not at.exception
+    assert downloads == [] and not strip_rows(at)
+    assert any(neighbour_strip.NOT_READY in c.value for c in at.caption)

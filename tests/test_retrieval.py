@@ -304,6 +304,18 @@ def test_gallery_picks_a_few_per_class_reproducibly():
     assert len(only) == 10 and all(labels[i] == 2 for i in only)
 
 
+def test_sampled_queries_are_of_different_classes_and_reproducible():
+    labels = np.arange(100) % 10
+    picks = retrieval.sample_queries(labels, 3, seed=4)
+    classes = [int(labels[i]) for i in picks]
+    assert len(picks) == 3 and len(set(classes)) == 3 and classes == sorted(classes)
+    assert picks == retrieval.sample_queries(labels, 3, seed=4)
+    draws = {tuple(retrieval.sample_queries(labels, 3, seed=seed)) for seed in range(10)}
+    assert len(draws) > 5  # another seed, another draw
+    everything = retrieval.sample_queries(labels, 25, seed=0)  # more than there are classes
+    assert sorted(int(labels[i]) for i in everything) == list(range(10))
+
+
 def test_thumbnail_upscales_with_sharp_pixels():
     image = torch.tensor([[[0, 255], [255, 0]]] * 3, dtype=torch.uint8)  # a 2x2 checkerboard
     picture = retrieval.thumbnail(image, scale=4)

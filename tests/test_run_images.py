@@ -40,3 +40,18 @@ def test_without_a_local_copy_the_download_error_says_what_to_do(cifar10_run, mo
     with pytest.raises(DataError, match="could not be downloaded"):
         run_images.run_data(cifar10_run)
     assert not (cifar10_run / runs.LOCAL_SETTINGS).exists()
+
+
+def test_images_at_hand_never_download(cifar10_run, monkeypatch):
+    monkeypatch.setenv("BYOL_CIFAR10_COPY", "")
+    calls = []
+    monkeypatch.setattr(cifar10, "load", lambda *args, **kwargs: calls.append(args))
+    assert run_images.load_run_images_at_hand(cifar10_run, runs.read_config(cifar10_run)) is None
+    assert calls == []  # not even tried: a download is something a person chooses
+
+
+def test_images_at_hand_come_from_a_local_copy(cifar10_run, tmp_path, monkeypatch):
+    copy = write_image_folder(tmp_path / "cifar-copy", train_per_class=4, test_per_class=2)
+    monkeypatch.setenv("BYOL_CIFAR10_COPY", str(copy))
+    config, data = run_images.load_run_images_at_hand(cifar10_run, runs.read_config(cifar10_run))
+    assert config.data == str(copy) and len(data.test_images) == 2 * len(data.classes)
