@@ -9,9 +9,11 @@ it is about 1/sqrt(d) (the "healthy level"); for a collapsed run it falls toward
 The criterion (`CRITERION` says it in words for the dashboard): a run collapses at the first logged
 step where its smoothed z_std falls below `fraction` x 1/sqrt(d) and then stays below for at least
 `min_points` logged rows in a row (so a single noisy dip is not called a collapse). If the spread
-later climbs back over the line, the run *recovered* at that step: on short CPU runs without batch
+later climbs back over the line, its spread came back at that step: on short CPU runs without batch
 norm the projections often collapse and then partly spread out again, and hiding that first
-collapse would hide the very thing the experiment is meant to show. Smoothing is the exponential
+collapse would hide the very thing the experiment is meant to show. A spread that came back is not a
+run that learned: the cpu recipe's run without batch norm spreads out again late and still ends at
+raw pixels' kNN accuracy, so the dashboard calls it "spread back", not a recovery. Smoothing is the exponential
 moving average that `smooth()` computes, the same one the dashboard draws.
 """
 
@@ -29,7 +31,8 @@ CRITERION = (
     "A run is marked as collapsed at the first logged step where its smoothed projection spread "
     "(z_std, exponential smoothing {smoothing:g}) falls below {fraction:.0%} of the healthy level "
     "1/√d (d = projector output size) and stays there for at least {min_points} logged points in a row; "
-    "it is marked as recovered if the spread later climbs back above that line."
+    "if the spread later climbs back above that line, it is marked as spread back (its kNN accuracy says whether "
+    "it learned anything after)."
 )
 
 
@@ -150,8 +153,8 @@ def collapse_story(found: Collapse) -> str:
 
 
 def describe_collapse(found: Collapse | None) -> str:
-    """The collapse in table words: no / at step 1,200 / at step 1,200, recovered at step 3,400."""
+    """The collapse in table words: no / at step 1,200 / at step 1,200, spread back at step 3,400."""
     if found is None:
         return "no"
     text = f"at step {found.step:,}"
-    return text + (f", recovered at step {found.recovered_step:,}" if found.recovered_step is not None else "")
+    return text + (f", spread back at step {found.recovered_step:,}" if found.recovered_step is not None else "")

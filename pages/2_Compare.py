@@ -39,7 +39,7 @@ st.markdown(
     "stays near the green 1/√d line, a collapsing one slides towards zero (marked ✕) and its loss "
     "falls towards 0, while its kNN accuracy falls far behind the healthy run's. With the cpu recipe "
     "(plain SGD) the run without batch norm stays collapsed, or climbs out only late with its kNN accuracy "
-    "far behind; with AdamW or LARS a run often climbs partly out again early (marked as a recovery), "
+    "far behind; with AdamW or LARS a run often climbs partly out again early (marked as spread back), "
     "and its kNN accuracy can then catch up."
 )
 

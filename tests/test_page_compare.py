@@ -62,7 +62,7 @@ def test_a_collapse_that_recovers_is_still_marked_with_its_recovery():
     values = [healthy] * 5 + [healthy * 0.05] * 10 + [healthy * 0.5] * 5
     found = find_collapse(rows(values), d, fraction=0.2, smoothing=0.0, min_points=5)
     assert found == Collapse(step=10 + 5 * 10, recovered_step=10 + 15 * 10)
-    assert describe_collapse(found) == "at step 60, recovered at step 160"
+    assert describe_collapse(found) == "at step 60, spread back at step 160"
     assert describe_collapse(find_collapse(rows(values[:15]), d, smoothing=0.0)) == "at step 60"
     assert describe_collapse(None) == "no"
 
