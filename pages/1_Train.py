@@ -7,7 +7,7 @@ import streamlit as st
 from byol import demos, runs
 from byol.config import DEVICES, OPTIMIZERS, PRECISIONS, PRESET_HELP, PRESETS, TAU_SCHEDULES, TrainConfig
 from byol.device import gpu_recipe_on_cpu
-from byol.estimate import estimate_time, rough_cpu_seconds
+from byol.estimate import rough_cpu_seconds
 from byol.jobs import launch_problems
 from ui.charts import collapse_figure, knn_figure, loss_figure, rank_figure
 from ui.common import (
@@ -26,6 +26,7 @@ from ui.common import (
     runs_dir,
     state_badge,
 )
+from ui.time_estimate import time_estimate
 from ui.words import HELP
 
 page_setup("Train", ":material/model_training:")
@@ -206,30 +207,16 @@ with st.expander(new_run_label, expanded=not summaries or source is not None, ic
         st.error(problem, icon=":material/error:")
 
     # --- honest time estimate ---
-    estimate = None
     if not problems:
-        with plain_errors():
-            estimate = estimate_time(config, measure=False)  # instant when measured before
-            if estimate is None and st.button("Estimate time", key="estimate", help=HELP["estimate"], icon=":material/timer:"):
-                if runner.current() is not None:
-                    st.caption("A training is running, so this measurement competes with it and reads slower than it will be.")
-                with st.spinner("Timing a few real training steps..."):
-                    estimate = estimate_time(config)
-            if estimate is not None:
-                st.info(
-                    f"**Estimated time: {fmt_duration(estimate.seconds)}** "
-                    f"(training {fmt_duration(estimate.train_seconds)}, kNN measurements {fmt_duration(estimate.eval_seconds)}).",
-                    icon=":material/timer:",
-                )
-                st.caption(estimate.assumptions)
-            if gpu_recipe_on_cpu(config, device["is_cpu"]):
-                hours = estimate.hours if estimate else rough_cpu_seconds(config) / 3600
-                how = "measured" if estimate else "by a rough rule; press Estimate time to measure"
-                st.warning(
-                    f"**This is a GPU recipe and this machine trains on its CPU: about {hours:,.0f} hours ({how}).** "
-                    "Pick the cpu preset (or a width of 16) to see learning within minutes.",
-                    icon=":material/warning:",
-                )
+        seconds = time_estimate([config], ["this run"], key="estimate", training_now=runner.current() is not None)
+        if gpu_recipe_on_cpu(config, device["is_cpu"]):
+            hours = (seconds if seconds is not None else rough_cpu_seconds(config)) / 3600
+            how = "measured" if seconds is not None else "by a rough rule; press Estimate time to measure"
+            st.warning(
+                f"**This is a GPU recipe and this machine trains on its CPU: about {hours:,.0f} hours ({how}).** "
+                "Pick the cpu preset (or a width of 16) to see learning within minutes.",
+                icon=":material/warning:",
+            )
 
     live_here = [p.name for p in runner.running()] + [p.name for p in runner.queue()]
     if live_here:
