@@ -40,7 +40,7 @@ from .config import PRECISIONS, ConfigError, TrainConfig, config_errors
 from .data import layout_problem
 from .device import device_key, resolve_device, use_bf16
 from .errors import UserError
-from .pairs import pair_names
+from .pairs import pair_configs, pair_names
 from .train import INTERRUPTED_MESSAGE, plain_error, train
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class JobRunner:
 
         Named `<base>-bn` and `<base>-no-bn`, so they pair up in listings; returns (with BN, without).
         """
-        with_bn, without_bn = config.replace(head_bn=True), config.replace(head_bn=False)
+        with_bn, without_bn = pair_configs(config)
         check_launchable(with_bn)
         check_launchable(without_bn)
         base = name or pair_base_name(config)

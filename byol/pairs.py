@@ -1,4 +1,4 @@
-"""The batch-norm experiment's run names: one recipe trained twice, `<base>-bn` and `<base>-no-bn`.
+"""The batch-norm experiment: one recipe trained twice (`pair_configs`), named `<base>-bn` and `<base>-no-bn`.
 
 The launcher (jobs.JobRunner.launch_pair_bn_experiment) names a pair this way; the Compare page,
 Home and the shipped demos find pairs by these names alone, so a pair trained from the command line
@@ -9,12 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .config import TrainConfig
+
 SUFFIX_BN, SUFFIX_NO_BN = "-bn", "-no-bn"
 
 
 def pair_names(base: str) -> tuple[str, str]:
     """The two run names of the pair whose shared start is `base`: (with batch norm, without)."""
     return base + SUFFIX_BN, base + SUFFIX_NO_BN
+
+
+def pair_configs(config: TrainConfig) -> tuple[TrainConfig, TrainConfig]:
+    """The experiment's two recipes: `config` with batch norm in the heads and without, all else (seed too) the same."""
+    return config.replace(head_bn=True), config.replace(head_bn=False)
 
 
 def pair_partner(name: str) -> str | None:

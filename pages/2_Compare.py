@@ -9,7 +9,7 @@ from byol.collapse import DEFAULT_SMOOTHING, criterion_text, describe_collapse, 
 from byol.config import PRESET_HELP, PRESETS, preset, with_epochs
 from byol.device import gpu_recipe_on_cpu
 from byol.jobs import launch_problems
-from byol.pairs import latest_pair
+from byol.pairs import latest_pair, pair_configs
 from ui.charts import add_spread_lines, overlay_figure
 from ui.common import (
     RUNS_TABLE_COLUMNS,
@@ -25,6 +25,7 @@ from ui.common import (
     runs_dir,
     state_text,
 )
+from ui.time_estimate import time_estimate
 from ui.words import HELP
 
 page_setup("Compare", ":material/compare_arrows:")
@@ -73,6 +74,13 @@ with st.expander("Run the batch-norm experiment", icon=":material/science:", exp
         st.warning(
             "This recipe is made for a GPU; on this CPU each run would take many hours. Pick the cpu recipe.",
             icon=":material/warning:",
+        )
+    if not problems:
+        time_estimate(
+            pair_configs(experiment),
+            ["with batch norm", "without"],
+            key="pair_estimate",
+            training_now=runner.current() is not None,
         )
     if st.button(
         "Launch both runs",

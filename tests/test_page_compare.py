@@ -19,9 +19,13 @@ from byol.collapse import (
     healthy_std,
     smooth,
 )
-from byol.config import PRESETS
+from byol.config import PRESETS, preset
+from byol.device import resolve_device, use_bf16
+from byol.estimate import estimate_time, speed_key
 from byol.jobs import shared_runner
+from byol.pairs import pair_configs
 from helpers import shipped_pair
+from ui.common import fmt_duration
 
 PAGE = "pages/2_Compare.py"
 
@@ -173,3 +177,35 @@ def test_bn_experiment_bad_input_is_a_plain_error(runs_dir, app_test):
     assert not at.exception
     assert "Epochs (epochs) must be from 1 to 10000; got 0." in [str(e.value) for e in at.error]
     assert at.button(key="launch_pair").disabled
+
+
+def test_bn_experiment_says_how_long_both_runs_take(runs_dir, app_test, session_cache_dir):
+    with_bn, without_bn = pair_configs(preset("cpu", data="synthetic"))
+    device = resolve_device("auto")
+    keys = [speed_key(config, device, use_bf16("auto", device)) for config in (with_bn, without_bn)]
+    speed_file = session_cache_dir / "speed.json"
+    before = speed_file.read_text() if speed_file.exists() else None
+    table = {k: v for k, v in (json.loads(before) if before else {}).items() if k not in keys}
+    try:
+        speed_file.write_text(json.dumps(table))
+        at = app_test(PAGE).run()
+        at.radio(key="pair_source").set_value("synthetic").run()
+        assert not at.exception
+        assert at.button(key="pair_estimate") is not None  # not measured here yet: one click measures
+        assert not [i for i in at.info if "Estimated time" in i.value]
+
+        for key, images_per_s in zip(keys, (1000.0, 500.0)):  # as if measured: the run without BN twice as slow
+            table[key] = {"images_per_s": images_per_s, "batch": with_bn.batch_size}
+        speed_file.write_text(json.dumps(table))
+        at.run()
+        assert not at.exception
+        shown = [i.value for i in at.info if "Estimated time" in i.value]
+        first, second = (estimate_time(config, measure=False) for config in (with_bn, without_bn))
+        assert second.seconds == pytest.approx(2 * first.seconds, rel=0.01)
+        assert len(shown) == 1 and f"**Estimated time: {fmt_duration(first.seconds + second.seconds)}**" in shown[0]
+        assert f"with batch norm {fmt_duration(first.seconds)}, without {fmt_duration(second.seconds)}" in shown[0]
+    finally:
+        if before is None:
+            speed_file.unlink(missing_ok=True)
+        else:
+            speed_file.write_text(before)

@@ -1,6 +1,17 @@
-"""The batch-norm experiment's names: each half finds the other, and the newest complete pair wins."""
+"""The batch-norm experiment: two recipes that differ in batch norm alone; each half's name finds the
+other, and the newest complete pair wins."""
 
-from byol.pairs import latest_pair, pair_names, pair_partner
+import dataclasses
+
+from byol.config import preset
+from byol.pairs import latest_pair, pair_configs, pair_names, pair_partner
+
+
+def test_the_two_recipes_differ_in_batch_norm_alone():
+    base = preset("cpu", seed=7, head_bn=False)
+    with_bn, without_bn = pair_configs(base)
+    assert (with_bn.head_bn, without_bn.head_bn) == (True, False)
+    assert dataclasses.replace(without_bn, head_bn=True) == with_bn  # the seed and all else the same
 
 
 def test_each_half_of_a_pair_names_the_other():
