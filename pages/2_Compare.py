@@ -10,7 +10,7 @@ from byol.config import PRESET_HELP, PRESETS, preset, with_epochs
 from byol.device import gpu_recipe_on_cpu
 from byol.jobs import launch_problems
 from byol.pairs import latest_pair, pair_configs
-from ui.charts import add_spread_lines, overlay_figure
+from ui.charts import add_knn_baselines, add_spread_lines, overlay_figure
 from ui.common import (
     RUNS_TABLE_COLUMNS,
     config_differences,
@@ -23,6 +23,7 @@ from ui.common import (
     plain_errors,
     preset_label,
     runs_dir,
+    shared_value,
     state_text,
 )
 from ui.time_estimate import time_estimate
@@ -133,10 +134,12 @@ left.plotly_chart(
     overlay_figure(metrics, "loss", "Loss (log scale)", "loss", smoothing=smoothing, log_y=True, markers=collapsed),
     key="overlay_loss",
 )
-right.plotly_chart(
-    overlay_figure(metrics, "knn", "kNN accuracy", "kNN accuracy (%)", kind="eval"),
-    key="overlay_knn",
+knn_chart = overlay_figure(metrics, "knn", "kNN accuracy", "kNN accuracy (%)", kind="eval")
+# The baselines are drawn when every picked run measured the same one (the same bank, queries and start).
+add_knn_baselines(
+    knn_chart, shared_value(by_name[n].baseline_knn for n in picked), shared_value(by_name[n].pixel_knn for n in picked)
 )
+right.plotly_chart(knn_chart, key="overlay_knn")
 spread = overlay_figure(metrics, "z_std", "Collapse meter", "spread (z_std)", smoothing=smoothing, markers=collapsed)
 for d in sorted({c.projector_dim for c in configs.values()}):
     add_spread_lines(spread, d)
@@ -159,6 +162,7 @@ for name in picked:
             "Collapsed": describe_collapse(collapses[name]),
             "Best kNN %": s.best_knn,
             "Random init %": s.baseline_knn,
+            "Raw pixels %": s.pixel_knn,
             "Last spread": s.last_z_std,
             "Healthy spread": healthy_std(configs[name].projector_dim),
             "Epochs": f"{fmt_number(s.epochs_done)} / {s.epochs_total}",
@@ -170,6 +174,7 @@ st.dataframe(
     column_config={
         **RUNS_TABLE_COLUMNS,
         "Random init %": st.column_config.NumberColumn(format="%.1f", help="kNN accuracy of the untrained network (step 0)"),
+        "Raw pixels %": st.column_config.NumberColumn(format="%.1f", help="kNN accuracy comparing raw pixels: the floor to beat"),
         "Last spread": st.column_config.NumberColumn(format="%.4f", help="z_std at the newest logged step"),
         "Healthy spread": st.column_config.NumberColumn(format="%.4f", help="1/√d for this run's projector size"),
     },

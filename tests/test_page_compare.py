@@ -25,7 +25,7 @@ from byol.estimate import estimate_time, speed_key
 from byol.jobs import shared_runner
 from byol.pairs import pair_configs
 from helpers import shipped_pair
-from ui.common import fmt_duration
+from ui.common import fmt_duration, shared_value
 
 PAGE = "pages/2_Compare.py"
 
@@ -139,8 +139,14 @@ def test_a_fresh_checkout_opens_on_the_shipped_pair_and_shows_its_collapse(runs_
     with_bn, without_bn = (verdict.loc[p.name] for p in pair)
     assert with_bn["BN in heads"] == "yes" and with_bn["Collapsed"] == "no"
     assert without_bn["BN in heads"] == "no" and without_bn["Collapsed"].startswith("at step")
-    assert "recovered" not in without_bn["Collapsed"]  # plain SGD keeps it collapsed
+    assert "spread back" not in without_bn["Collapsed"]  # plain SGD keeps it collapsed
     assert with_bn["Best kNN %"] - without_bn["Best kNN %"] >= 15  # issue 11's gap, in kNN accuracy
+    assert with_bn["Raw pixels %"] == without_bn["Raw pixels %"]  # one bank and queries: one floor
+    assert without_bn["Best kNN %"] - without_bn["Raw pixels %"] < 2  # it learned no more than pixels hold
+    charts = [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+    (knn_chart,) = [c for c in charts if "kNN accuracy" in json.dumps(c["layout"].get("title"))]
+    lines = [a["text"] for a in knn_chart["layout"]["annotations"]]
+    assert f"raw pixels {with_bn['Raw pixels %']:.1f}%" in lines and f"random init {with_bn['Random init %']:.1f}%" in lines
     assert list(at.dataframe[1].value["setting"]) == ["head_bn"]  # the one difference
     assert any(e.label.startswith("These runs came with BYOL Studio") for e in at.expander)
 
@@ -209,3 +215,11 @@ def test_bn_experiment_says_how_long_both_runs_take(runs_dir, app_test, session_
             speed_file.unlink(missing_ok=True)
         else:
             speed_file.write_text(before)
+
+
+def test_a_reference_line_is_drawn_only_for_a_value_every_run_shares():
+    assert shared_value([33.3, 33.3]) == 33.3
+    assert shared_value(iter([33.3, 33.3])) == 33.3  # a generator, as the page passes
+    assert shared_value([33.3, 41.1]) is None  # different banks: no one floor
+    assert shared_value([33.3, None]) is None  # one run never measured it
+    assert shared_value([]) is None

@@ -80,6 +80,12 @@ def knn_figure(metrics: pd.DataFrame, baseline: float | None = None, pixel: floa
         customdata=rows["step"],
         hovertemplate="%{y:.1f}% (step %{customdata})",
     )
+    add_knn_baselines(figure, baseline, pixel)
+    return figure
+
+
+def add_knn_baselines(figure: go.Figure, baseline: float | None, pixel: float | None) -> None:
+    """The kNN charts' reference lines: the untrained network (random init) and raw pixels, where known."""
     if baseline is not None:
         figure.add_hline(
             y=baseline,
@@ -94,7 +100,6 @@ def knn_figure(metrics: pd.DataFrame, baseline: float | None = None, pixel: floa
             annotation_text=f"raw pixels {pixel:.1f}%",
             annotation_position="top right",
         )
-    return figure
 
 
 def add_spread_lines(figure: go.Figure, projector_dim: int, fraction: float = DEFAULT_FRACTION) -> None:

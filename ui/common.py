@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import pandas as pd
 import streamlit as st
@@ -278,6 +278,13 @@ def fmt_duration(seconds: float | None) -> str:
         return f"{hours} h {minutes:02d} min"
     days, hours = divmod(hours, 24)
     return f"{days} days {hours} h"
+
+
+def shared_value(values: Iterable[float | None]) -> float | None:
+    """The one value every item of `values` has, else None (one is missing, or they differ): a reference
+    line drawn over several runs' curves must hold for all of them."""
+    found = list(values)
+    return found[0] if found and found[0] is not None and all(v == found[0] for v in found) else None
 
 
 def config_differences(configs: dict[str, TrainConfig]) -> pd.DataFrame:
