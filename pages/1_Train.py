@@ -6,8 +6,6 @@ import streamlit as st
 
 from byol import demos, runs
 from byol.config import DEVICES, OPTIMIZERS, PRECISIONS, PRESET_HELP, PRESETS, TAU_SCHEDULES, TrainConfig
-from byol.device import gpu_recipe_on_cpu
-from byol.estimate import rough_cpu_seconds
 from byol.jobs import launch_problems
 from ui.charts import collapse_figure, knn_figure, loss_figure, rank_figure
 from ui.common import (
@@ -208,15 +206,7 @@ with st.expander(new_run_label, expanded=not summaries or source is not None, ic
 
     # --- honest time estimate ---
     if not problems:
-        seconds = time_estimate([config], ["this run"], key="estimate", training_now=runner.current() is not None)
-        if gpu_recipe_on_cpu(config, device["is_cpu"]):
-            hours = (seconds if seconds is not None else rough_cpu_seconds(config)) / 3600
-            how = "measured" if seconds is not None else "by a rough rule; press Estimate time to measure"
-            st.warning(
-                f"**This is a GPU recipe and this machine trains on its CPU: about {hours:,.0f} hours ({how}).** "
-                "Pick the cpu preset (or a width of 16) to see learning within minutes.",
-                icon=":material/warning:",
-            )
+        time_estimate([config], ["this run"], key="estimate", training_now=runner.current() is not None)
 
     live_here = [p.name for p in runner.running()] + [p.name for p in runner.queue()]
     if live_here:

@@ -7,7 +7,6 @@ import streamlit as st
 from byol import runs
 from byol.collapse import DEFAULT_SMOOTHING, criterion_text, describe_collapse, healthy_std
 from byol.config import PRESET_HELP, PRESETS, preset, with_epochs
-from byol.device import gpu_recipe_on_cpu
 from byol.jobs import launch_problems
 from byol.pairs import latest_pair, pair_configs
 from ui.charts import add_knn_baselines, add_spread_lines, overlay_figure
@@ -15,7 +14,6 @@ from ui.common import (
     RUNS_TABLE_COLUMNS,
     config_differences,
     data_source_input,
-    device_facts,
     fmt_number,
     get_runner,
     link,
@@ -71,11 +69,6 @@ with st.expander("Run the batch-norm experiment", icon=":material/science:", exp
     problems = launch_problems(experiment)
     for problem in problems:
         st.error(problem, icon=":material/error:")
-    if gpu_recipe_on_cpu(experiment, device_facts()["is_cpu"]):
-        st.warning(
-            "This recipe is made for a GPU; on this CPU each run would take many hours. Pick the cpu recipe.",
-            icon=":material/warning:",
-        )
     if not problems:
         time_estimate(
             pair_configs(experiment),

@@ -7,6 +7,7 @@ import math
 import shutil
 
 import pytest
+import torch
 
 from byol import runs
 from byol.collapse import (
@@ -223,3 +224,13 @@ def test_a_reference_line_is_drawn_only_for_a_value_every_run_shares():
     assert shared_value([33.3, 41.1]) is None  # different banks: no one floor
     assert shared_value([33.3, None]) is None  # one run never measured it
     assert shared_value([]) is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the warning is for machines without a GPU")
+def test_the_gpu_pair_on_a_cpu_warns_in_hours_for_both_runs(runs_dir, app_test):
+    at = app_test(PAGE).run()
+    at.radio(key="pair_source").set_value("synthetic").run()
+    at.selectbox(key="pair_preset").set_value("gpu").run()
+    assert not at.exception
+    warnings = [w.value for w in at.warning]
+    assert any("hours for the 2 runs" in w and "cpu preset" in w for w in warnings), warnings
