@@ -33,6 +33,7 @@ def draw_again() -> None:
     st.session_state[SEED_KEY] = st.session_state.get(SEED_KEY, 0) + 1
 
 
+@st.fragment  # "Show other pictures" redraws the strip alone, not the whole Home page
 def neighbour_strip(summary: RunSummary) -> None:
     """The strip for `summary`'s newest checkpoint, or a line pointing to the Retrieval page."""
     choices = checkpoint_choices(summary.path)
