@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from byol.config import TrainConfig
+from byol.config import TrainConfig, source_kind
 from byol.dataset import DataError, Dataset
 from byol.images import resize_batch
 
@@ -31,12 +31,12 @@ CLASS_NAMES_CIFAR10: list[str] = [
 ]
 
 
-NAMES = ("cifar10", "cifar-10")  # the data source names that mean torchvision's download
+SIZES = (50_000, 10_000)  # (train, test) images
 
 
 def is_named(source: str) -> bool:
     """Whether a data source names CIFAR-10 itself (torchvision's download), not a folder or archive."""
-    return source.strip().lower() in NAMES
+    return source_kind(source) == "cifar10"
 
 
 def local_copies() -> list[Path]:

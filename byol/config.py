@@ -201,7 +201,9 @@ def with_epochs(config: TrainConfig, epochs: int) -> TrainConfig:
 
 # --- validation ------------------------------------------------------------------------------
 OPTIMIZERS = ("lars", "sgd", "adamw", "adam")
-NAMED_SOURCES = ("cifar10", "cifar-10", "synthetic")  # data sources that are names, not paths (see data.py)
+CIFAR10_SOURCES = ("cifar10", "cifar-10")  # names of torchvision's CIFAR-10 download (cifar10.py)
+SYNTHETIC_SOURCE = "synthetic"  # generated pictures, no files (synthetic.py)
+NAMED_SOURCES = (*CIFAR10_SOURCES, SYNTHETIC_SOURCE)  # data sources that are names, not paths (data.py)
 TAU_SCHEDULES = ("cosine", "fixed")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")  # and cuda:N for one GPU of several
@@ -282,12 +284,22 @@ def _check_number(name: str, value: Any) -> str | None:
     return None
 
 
+def source_kind(source: str) -> str:
+    """What a data source names: "cifar10", "synthetic" or "path" (a folder or archive).
+
+    The names win over a folder of the same name; "./synthetic" still reaches such a folder."""
+    key = source.strip().lower()
+    if key in CIFAR10_SOURCES:
+        return "cifar10"
+    return "synthetic" if key == SYNTHETIC_SOURCE else "path"
+
+
 def config_errors(config: TrainConfig) -> list[str]:
     """Every problem with `config`, each as one plain sentence (empty list = valid)."""
     errors = [e for name in _NUMERIC_RANGES if (e := _check_number(name, getattr(config, name)))]
     if not isinstance(config.data, str) or not config.data.strip():
         errors.append("Data source (data) must be 'cifar10', 'synthetic' or a path to an image folder.")
-    elif config.data.strip().lower() not in NAMED_SOURCES and not Path(config.data).expanduser().exists():
+    elif source_kind(config.data) == "path" and not Path(config.data).expanduser().exists():
         errors.append(
             f"Data source (data): there is no folder or archive at {config.data}. Give 'cifar10', 'synthetic', "
             "or the path of a folder with train/<class>/ and test/<class>/ images (or a .tar.gz/.zip of one)."

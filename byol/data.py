@@ -32,9 +32,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from byol import cifar10
+from byol import cifar10, synthetic
 from byol.cifar10 import CLASS_NAMES_CIFAR10  # noqa: F401  (kept importable from here)
-from byol.config import TrainConfig
+from byol.config import TrainConfig, source_kind
 from byol.dataset import DataError, Dataset
 from byol.images import IMAGE_EXTENSIONS, cache_key, decode_image, read_cache, write_cache
 from byol.synthetic import synthetic_dataset
@@ -60,11 +60,12 @@ def default_cache_dir() -> Path:
 
 def describe_source(source: str) -> str:
     """One plain line saying what `source` refers to, for status lines and run summaries."""
-    kind = _source_kind(source)
+    kind = source_kind(source)
     if kind == "cifar10":
         return "CIFAR-10 (torchvision download)"
     if kind == "synthetic":
-        return "synthetic (10 classes, 4,000 train / 1,000 test)"
+        train, test = synthetic.SIZES
+        return f"synthetic ({len(synthetic.SYNTHETIC_CLASSES)} classes, {train:,} train / {test:,} test)"
     path = Path(source).expanduser()
     if path.is_dir():
         return f"image folder {path}"
@@ -81,7 +82,7 @@ def layout_problem(source: str) -> str | None:
     fails. Named sources, missing paths (config validation says so) and tar archives (listing one
     means decompressing all of it) return None here and are checked when they load.
     """
-    if _source_kind(source) != "path":
+    if source_kind(source) != "path":
         return None
     path = Path(source).expanduser()
     try:
@@ -107,7 +108,7 @@ def load_dataset(source: str, root: str | None = None, cache_dir: Path | None = 
     if not isinstance(image_size, int) or image_size < 8:
         raise DataError(f"The image size must be a whole number of at least 8 pixels (got {image_size!r}).")
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    kind = _source_kind(source)
+    kind = source_kind(source)
     if kind == "synthetic":
         return synthetic_dataset(image_size=image_size)
     if kind == "cifar10":
@@ -118,15 +119,6 @@ def load_dataset(source: str, root: str | None = None, cache_dir: Path | None = 
 def load_for(config: TrainConfig) -> Dataset:
     """The data set a run trained on, as its config names it (pages cache this per process)."""
     return load_dataset(config.data, config.data_root or None, image_size=config.image_size)
-
-
-def _source_kind(source: str) -> str:
-    # The two keywords win over a folder of the same name; "./synthetic" still reaches such a folder.
-    if cifar10.is_named(source):
-        return "cifar10"
-    if source.strip().lower() == "synthetic":
-        return "synthetic"
-    return "path"
 
 
 # --------------------------------------------------------------------------------------------------

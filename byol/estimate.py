@@ -34,7 +34,8 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError, TrainConfig, step_plan, validate
+from . import cifar10, synthetic
+from .config import ConfigError, TrainConfig, source_kind, step_plan, validate
 from .data import ARCHIVE_EXTENSIONS, default_cache_dir
 from .device import describe_device, resolve_device, use_bf16
 from .files import read_json, write_json_atomic
@@ -50,7 +51,7 @@ WARMUP_STEPS, TIMED_STEPS = 2, 3
 CPU_SECONDS_PER_IMAGE_WIDTH2 = 8.7 / (128 * 64 * 64)
 CPU_MEASURE_BUDGET_S = 15.0  # seconds a CPU measurement may take, network construction included
 PROBE_BATCH = 16
-KNOWN_SIZES = {"cifar10": (50_000, 10_000), "cifar-10": (50_000, 10_000), "synthetic": (4_000, 1_000)}
+KNOWN_SIZES = {"cifar10": cifar10.SIZES, "synthetic": synthetic.SIZES}  # by config.source_kind
 
 
 @dataclass
@@ -76,9 +77,9 @@ def data_sizes(source: str) -> tuple[int, int] | None:
     Known for cifar10 and synthetic; a folder or archive is counted by listing it (a .tar.gz must
     be decompressed to list it: about a second for CIFAR-10), cached in memory per file version.
     """
-    key = source.strip().lower()
-    if key in KNOWN_SIZES:
-        return KNOWN_SIZES[key]
+    kind = source_kind(source)
+    if kind in KNOWN_SIZES:
+        return KNOWN_SIZES[kind]
     path = Path(source).expanduser()
     try:
         stat = path.stat()
@@ -299,7 +300,7 @@ def estimate_time(
     )
 
 
-def rough_cpu_seconds(config: TrainConfig, train_size: int = 50_000) -> float:
+def rough_cpu_seconds(config: TrainConfig, train_size: int = cifar10.SIZES[0]) -> float:
     """A rule-of-thumb CPU training time (no measurement), only to warn before anything is measured."""
     used = step_plan(config, train_size, test_size=0).images
     return CPU_SECONDS_PER_IMAGE_WIDTH2 * config.width**2 * used * config.epochs

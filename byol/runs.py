@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import demos
 from .collapse import Collapse, find_collapse
-from .config import NAMED_SOURCES, TrainConfig
+from .config import TrainConfig, source_kind
 from .errors import UserError
 from .files import read_json, write_atomic, write_json_atomic
 from .processes import process_alive, process_start_time
@@ -172,7 +172,7 @@ def default_run_name(config: TrainConfig) -> str:
 def data_label(source: str) -> str:
     """A data source in a few characters, for run names: a named source as it is, else the file or folder
     name without its extensions ("cifar10-jpg" for .../cifar10-jpg.tar.gz)."""
-    if source.strip().lower() in NAMED_SOURCES:
+    if source_kind(source) != "path":
         return source
     return Path(source).name.split(".")[0] or "folder"
 

@@ -34,7 +34,13 @@ SYNTHETIC_CLASSES: list[str] = [
 ]
 
 
-def synthetic_dataset(train_per_class: int = 400, test_per_class: int = 100, seed: int = 0, image_size: int = 32) -> Dataset:
+TRAIN_PER_CLASS, TEST_PER_CLASS = 400, 100  # the data source "synthetic"
+SIZES = (TRAIN_PER_CLASS * len(SYNTHETIC_CLASSES), TEST_PER_CLASS * len(SYNTHETIC_CLASSES))  # (train, test) images
+
+
+def synthetic_dataset(
+    train_per_class: int = TRAIN_PER_CLASS, test_per_class: int = TEST_PER_CLASS, seed: int = 0, image_size: int = 32
+) -> Dataset:
     """Deterministic synthetic data set: same arguments, identical tensors."""
     # Independent streams per split, so the test set does not change when the training set grows.
     train_images, train_labels = _synthetic_split(train_per_class, np.random.default_rng([seed, 0]), image_size)

@@ -11,6 +11,7 @@ from byol.config import (
     check_against_data,
     config_errors,
     preset,
+    source_kind,
     step_plan,
     validate,
     with_epochs,
@@ -132,3 +133,17 @@ def test_step_plan_shares_the_images_evenly_and_drops_partial_batches():
     assert (plan.bank, plan.queries) == (5000, 300)  # bank size 0 = every training image
     alone = step_plan(config.replace(subset=0), train_size=5000, test_size=1000)
     assert (alone.images, alone.steps_per_epoch) == (5000, 156)
+
+
+@pytest.mark.parametrize(
+    "source, kind",
+    [
+        ("cifar10", "cifar10"),
+        (" CIFAR-10 ", "cifar10"),
+        ("synthetic", "synthetic"),
+        ("./synthetic", "path"),
+        ("/data/c.tar.gz", "path"),
+    ],
+)
+def test_a_data_source_is_a_name_or_a_path(source, kind):
+    assert source_kind(source) == kind

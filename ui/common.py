@@ -217,7 +217,7 @@ def runs_table(summaries: Sequence[runs.RunSummary]) -> pd.DataFrame:
             "Best kNN %": s.best_knn,
             "BN in heads": "yes" if s.head_bn else "no",
             "Collapsed": describe_collapse(s.collapse),
-            "Data": short_data(s.data),
+            "Data": runs.data_label(s.data),
             "Disk": fmt_bytes(s.disk_bytes),
             "Started": s.started or "not yet",
         }
@@ -236,12 +236,6 @@ RUNS_TABLE_COLUMNS = {
     ),
     "Processes": st.column_config.NumberColumn(help="Training processes (torchrun from the command line): one per GPU"),
 }
-
-
-def short_data(source: str) -> str:
-    if source in ("cifar10", "synthetic"):
-        return source
-    return Path(source).name or source
 
 
 # --- numbers ---------------------------------------------------------------------------------
