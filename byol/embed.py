@@ -36,7 +36,7 @@ from .dataset import SPLITS, Dataset
 from .device import resolve_device
 from .errors import UserError
 from .files import file_key, read_json, write_atomic, write_json_atomic, write_npz_atomic
-from .knn import extract_features, knn_predict, per_class_accuracy
+from .knn import accuracy_percent, extract_features, knn_predict, per_class_accuracy
 from .run_images import run_data
 from .runs import EMBEDDINGS_FOLDER, LAST_CHECKPOINT
 
@@ -446,7 +446,7 @@ def checkpoint_knn(
         float(temperature),
     )
     labels = torch.from_numpy(queries.labels)
-    accuracy = 100.0 * float((predicted == labels).float().mean())
+    accuracy = accuracy_percent(predicted, labels)
     per_class = per_class_accuracy(predicted, labels, len(classes))
     result = KnnResult(accuracy, per_class, classes, int(k), float(temperature), len(bank.labels), len(queries.labels))
     cached[key] = {

@@ -116,7 +116,12 @@ def knn_accuracy(
 ) -> float:
     """Share of queries whose kNN vote equals their label, in percent."""
     predicted = knn_predict(bank, bank_labels, queries, num_classes, k, temperature)
-    return 100.0 * float((predicted == query_labels.cpu()).float().mean())
+    return accuracy_percent(predicted, query_labels)
+
+
+def accuracy_percent(predicted: torch.Tensor, labels: torch.Tensor) -> float:
+    """The share of predictions equal to their labels, in percent."""
+    return 100.0 * float((predicted.cpu() == labels.cpu()).float().mean())
 
 
 def per_class_accuracy(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:

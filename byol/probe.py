@@ -27,7 +27,7 @@ from . import embed
 from .dataset import Dataset
 from .errors import UserError
 from .files import read_json, write_json_atomic
-from .knn import per_class_accuracy
+from .knn import accuracy_percent, per_class_accuracy
 
 PROBE_C = 1.0  # inverse L2 strength; weak for 50k images, which is what a linear probe wants
 MAX_ITERATIONS = 1000
@@ -72,8 +72,9 @@ def fit_probe(train: embed.Embeddings, test: embed.Embeddings, c: float = PROBE_
         warnings.simplefilter("always", ConvergenceWarning)
         model.fit(scaler.transform(train.features), train.labels)
         predicted = model.predict(scaler.transform(test.features))
-    accuracy = 100.0 * float(np.mean(predicted == test.labels))
-    per_class = per_class_accuracy(torch.from_numpy(predicted), torch.from_numpy(test.labels), len(train.classes))
+    predicted, labels = torch.from_numpy(predicted), torch.from_numpy(test.labels)
+    accuracy = accuracy_percent(predicted, labels)
+    per_class = per_class_accuracy(predicted, labels, len(train.classes))
     return ProbeResult(
         accuracy,
         per_class,

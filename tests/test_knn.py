@@ -4,7 +4,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from byol.knn import effective_rank, eval_indices, knn_accuracy, knn_predict, per_class_accuracy, pixel_knn_accuracy
+from byol.knn import (
+    accuracy_percent,
+    effective_rank,
+    eval_indices,
+    knn_accuracy,
+    knn_predict,
+    per_class_accuracy,
+    pixel_knn_accuracy,
+)
 
 
 def separable(n_per_class=50, classes=5, dim=16, seed=0):
@@ -41,6 +49,7 @@ def test_weighted_votes_prefer_closer_neighbours():
 def test_per_class_accuracy():
     predicted, labels = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 1, 1])
     assert per_class_accuracy(predicted, labels, 2) == pytest.approx([100.0, 200 / 3])
+    assert accuracy_percent(predicted, labels) == pytest.approx(75.0)
 
 
 def test_effective_rank_spread_vs_collapsed():
