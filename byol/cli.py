@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import distributed, runs
-from .config import PRESETS, ConfigError, TrainConfig, preset, validate, with_epochs
+from .config import PRECISIONS, PRESETS, ConfigError, TrainConfig, preset, validate, with_epochs
 from .dataset import DataError
 from .errors import UserError
 from .lock import DeviceBusy
@@ -51,7 +51,7 @@ def build_parser(prog: str = "python -m byol") -> argparse.ArgumentParser:
     train.add_argument("--subset", type=int, help="train on this many training images (0 = all)")
     train.add_argument("--no-bn", action="store_true", help="remove batch norm from projector and predictor")
     train.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    train.add_argument("--precision", choices=["auto", "fp32", "bf16"])
+    train.add_argument("--precision", choices=PRECISIONS)
     train.add_argument("--seed", type=int)
     train.add_argument("--eval-every", type=float, help="epochs between kNN evaluations")
     train.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override any config field")
@@ -219,12 +219,13 @@ def _run_training(config: TrainConfig, run_dir: Path, world: distributed.World =
         progress.close()
         for s, handler in previous.items():
             signal.signal(s, handler)
+    exit_code = 0 if state in (runs.FINISHED, runs.STOPPED) else 1  # stopped on request is no failure
     if not world.is_main:  # the main process reports the run
-        return 0 if state in (runs.FINISHED, runs.STOPPED) else 1
+        return exit_code
     status = runs.read_status(run_dir)
     print(f"{state}: {status.get('message', '')}", file=sys.stderr)
     print(run_dir)
-    return 0 if state in (runs.FINISHED, runs.STOPPED) else 1
+    return exit_code
 
 
 def cmd_train(args: argparse.Namespace) -> int:

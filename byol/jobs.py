@@ -45,6 +45,8 @@ from .train import INTERRUPTED_MESSAGE, plain_error, train
 
 log = logging.getLogger(__name__)
 
+STOPPED_BEFORE_START = "Stopped before it started; resume to start it."  # a queued run's status when stopped
+
 SHUTDOWN_WAIT_SECONDS = 30.0  # how long a normal server exit waits for trainings to save and stop
 
 
@@ -184,7 +186,7 @@ class JobRunner:
                 for job in list(queue):
                     if _same(job.run_dir, run_dir):
                         queue.remove(job)
-                        runs.write_status(run_dir, runs.STOPPED, "Stopped before it started; resume to start it.")
+                        runs.write_status(run_dir, runs.STOPPED, STOPPED_BEFORE_START)
                         return "dequeued"
         state = runs.read_status(run_dir).get("state") if runs.is_run_folder(run_dir) else None
         if state == runs.FINISHED:
@@ -204,7 +206,7 @@ class JobRunner:
                 while queue:
                     job = queue.popleft()
                     try:
-                        runs.write_status(job.run_dir, runs.STOPPED, "Stopped before it started; resume to start it.")
+                        runs.write_status(job.run_dir, runs.STOPPED, STOPPED_BEFORE_START)
                     except OSError:
                         pass
             for job in self._current.values():
