@@ -22,6 +22,7 @@ from ui.common import (
     runs_table,
 )
 from ui.neighbour_strip import neighbour_strip
+from ui.words import HELP
 
 page_setup("Home", ":material/home:")
 
@@ -87,8 +88,8 @@ if showcase is not None:
     )
     with facts:
         st.metric("Best kNN accuracy", fmt_pct(showcase.best_knn), help="Highest kNN accuracy this run reached.")
-        st.metric("Untrained network", fmt_pct(showcase.baseline_knn), help="kNN accuracy at step 0: the random-init baseline.")
-        st.metric("Raw pixels", fmt_pct(showcase.pixel_knn), help="kNN accuracy comparing raw pixels: the floor to beat.")
+        st.metric("Untrained network", fmt_pct(showcase.baseline_knn), help=HELP["random_init_knn"])
+        st.metric("Raw pixels", fmt_pct(showcase.pixel_knn), help=HELP["pixel_knn"])
         link("train", "Open this run", query_params={"run": showcase.name})
         link("embeddings", "See its map", query_params={"run": showcase.name})
     neighbour_strip(showcase)

@@ -374,7 +374,7 @@ def show_run(run_path: str, live_at_start: bool) -> None:
         else f"{summary.latest_knn - summary.baseline_knn:+.1f} vs random init",
         help="kNN accuracy of the newest measurement; the delta is against the untrained network.",
     )
-    m5.metric("Raw pixels", fmt_pct(summary.pixel_knn), help="kNN accuracy on raw pixels: the floor to beat.")
+    m5.metric("Raw pixels", fmt_pct(summary.pixel_knn), help=HELP["pixel_knn"])
 
     metrics = runs.read_metrics(folder)
     if metrics.empty:

@@ -166,8 +166,8 @@ st.dataframe(
     hide_index=True,
     column_config={
         **RUNS_TABLE_COLUMNS,
-        "Random init %": st.column_config.NumberColumn(format="%.1f", help="kNN accuracy of the untrained network (step 0)"),
-        "Raw pixels %": st.column_config.NumberColumn(format="%.1f", help="kNN accuracy comparing raw pixels: the floor to beat"),
+        "Random init %": st.column_config.NumberColumn(format="%.1f", help=HELP["random_init_knn"]),
+        "Raw pixels %": st.column_config.NumberColumn(format="%.1f", help=HELP["pixel_knn"]),
         "Last spread": st.column_config.NumberColumn(format="%.4f", help="z_std at the newest logged step"),
         "Healthy spread": st.column_config.NumberColumn(format="%.4f", help="1/√d for this run's projector size"),
     },

@@ -69,6 +69,8 @@ GLOSSARY: dict[str, str] = {
 }
 
 HELP: dict[str, str] = {
+    "random_init_knn": "kNN accuracy of the untrained network (step 0): the random-init baseline training must beat.",
+    "pixel_knn": "kNN accuracy comparing raw pixels: the floor a learned description must beat.",
     "preset": "A ready-made recipe. Pick cpu on a computer without a GPU; the other fields start from the preset.",
     "data_source": "Which images to learn from. Labels are only used to measure kNN accuracy, never for training.",
     "data_path": "A folder with train/<class>/ and test/<class>/ images, or a .tar.gz/.zip archive of one.",
