@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from byol import runs
-from byol.collapse import DEFAULT_SMOOTHING, criterion_text, describe_collapse, healthy_std
+from byol.collapse import DEFAULT_SMOOTHING, criterion_text, healthy_std
 from byol.config import PRESET_HELP, PRESETS, preset, with_epochs
 from byol.jobs import launch_problems
 from byol.pairs import latest_pair, pair_configs
@@ -14,13 +14,13 @@ from ui.common import (
     RUNS_TABLE_COLUMNS,
     config_differences,
     data_source_input,
-    fmt_number,
     get_runner,
     link,
     page_setup,
     plain_errors,
     preset_label,
     runs_dir,
+    runs_table,
     shared_value,
     state_text,
 )
@@ -144,25 +144,26 @@ right.plotly_chart(
 )
 
 st.subheader("Verdict")
-rows = []
-for name in picked:
-    s = by_name[name]
-    rows.append(
-        {
-            "Run": name,
-            "Status": state_text(s.state),
-            "BN in heads": "yes" if configs[name].head_bn else "no",
-            "Collapsed": describe_collapse(collapses[name]),
-            "Best kNN %": s.best_knn,
-            "Random init %": s.baseline_knn,
-            "Raw pixels %": s.pixel_knn,
-            "Last spread": s.last_z_std,
-            "Healthy spread": healthy_std(configs[name].projector_dim),
-            "Epochs": f"{fmt_number(s.epochs_done)} / {s.epochs_total}",
-        }
-    )
+verdict = runs_table([by_name[name] for name in picked])  # each run as Home's table reads it, then the collapse figures
+verdict["Random init %"] = [by_name[name].baseline_knn for name in picked]
+verdict["Raw pixels %"] = [by_name[name].pixel_knn for name in picked]
+verdict["Last spread"] = [by_name[name].last_z_std for name in picked]
+verdict["Healthy spread"] = [healthy_std(configs[name].projector_dim) for name in picked]
 st.dataframe(
-    rows,
+    verdict[
+        [
+            "Run",
+            "Status",
+            "BN in heads",
+            "Collapsed",
+            "Best kNN %",
+            "Random init %",
+            "Raw pixels %",
+            "Last spread",
+            "Healthy spread",
+            "Epochs",
+        ]
+    ],
     hide_index=True,
     column_config={
         **RUNS_TABLE_COLUMNS,
