@@ -30,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from byol import demos, embed, map_film, probe, run_images, runs, shipped  # noqa: E402
+from byol.cifar10 import CLASS_NAMES_CIFAR10  # noqa: E402
 from byol.collapse import Collapse, collapse_story, describe_collapse, find_collapse  # noqa: E402
 
 
@@ -100,7 +101,7 @@ def plain_summary(
     return (
         f"{story} Asked to name the class of {queries:,} new pictures by a vote of their {k} most similar "
         f"training pictures, it is right {knn:.0f}% of the time: the same network untrained {random_init:.0f}%{floor}, "
-        "guessing 10%."
+        f"guessing {100 / len(CLASS_NAMES_CIFAR10):.0f}%."
     )
 
 
@@ -112,9 +113,11 @@ def demo_record(run_dir: Path, machine: str, trained_on: str, ships_artefacts: b
     evals = [row for row in rows if row.get("kind") == "eval"]
     if status.get("state") != runs.FINISHED or not evals:
         raise SystemExit(f"{run_dir} is not a finished run with kNN evaluations (state: {status.get('state')}).")
-    first, last = evals[0], evals[-1]
+    last = evals[-1]
     minutes = training_minutes(rows)
-    knn, random_init, pixels = last["knn"], first["knn"], last.get("pixel_knn")
+    knn, (random_init, pixels) = last["knn"], runs.knn_baselines(evals)
+    if random_init is None:
+        raise SystemExit(f"{run_dir} has no kNN evaluation at step 0 (the untrained network) to compare with.")
     k, queries = last.get("k", config.knn_k), last["query_size"]
     tau = f"τ {config.tau_base:g}" if config.tau_schedule == "fixed" else f"τ from {config.tau_base:g}"
     predictor = f" ({config.predictor_lr_scale:g}× for the predictor)" if config.predictor_lr_scale != 1 else ""

@@ -196,6 +196,7 @@ def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
     minutes = (time.perf_counter() - started) / 60
     rows = runs.read_metric_rows(run_dir)
     evals = [r for r in rows if r.get("kind") == "eval"]
+    random_init, pixels = runs.knn_baselines(evals)
     speeds = sorted(r["images_per_s"] for r in rows if r.get("kind") == "step" and r.get("images_per_s"))
     message = runs.read_status(run_dir).get("message", "")
     return {
@@ -206,8 +207,8 @@ def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
         "minutes": minutes,
         "curve": [[r["epoch"], r["knn"]] for r in evals],
         "final_knn": evals[-1]["knn"] if evals and state == runs.FINISHED else None,
-        "random_init_knn": evals[0]["knn"] if evals and evals[0]["step"] == 0 else None,
-        "pixel_knn": evals[0].get("pixel_knn") if evals else None,
+        "random_init_knn": random_init,
+        "pixel_knn": pixels,
         "images_per_s": speeds[len(speeds) // 2] if speeds else None,
         # The Compare page's verdict, so a collapse pair's table says which run collapsed (GPU scratch
         # runs stay on that machine; only the table comes back).

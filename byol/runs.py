@@ -421,6 +421,14 @@ class RunSummary:
     demo_summary: str  # for a shipped demo run: its result in plain words (demo.json's "summary"); else ""
 
 
+def knn_baselines(eval_rows: list[dict]) -> tuple[float | None, float | None]:
+    """What a run's kNN accuracy is read against, from its eval rows: the untrained network's (the
+    evaluation at step 0; None when the run has none) and raw pixels' (the newest measured)."""
+    random_init = eval_rows[0]["knn"] if eval_rows and eval_rows[0].get("step") == 0 else None
+    pixels = next((r["pixel_knn"] for r in reversed(eval_rows) if r.get("pixel_knn") is not None), None)
+    return random_init, pixels
+
+
 def summarize_run(run_dir: Path) -> RunSummary:
     run_dir = Path(run_dir)
     config = read_config(run_dir)
@@ -431,6 +439,7 @@ def summarize_run(run_dir: Path) -> RunSummary:
     last_row = rows[-1] if rows else {}
     started = status.get("started")
     demo_label, demo_summary = demos.demo_words(run_dir)
+    baseline_knn, pixel_knn = knn_baselines(evals)
     return RunSummary(
         name=run_dir.name,
         path=run_dir,
@@ -444,8 +453,8 @@ def summarize_run(run_dir: Path) -> RunSummary:
         step=int(last_row.get("step", 0) or 0),
         latest_knn=evals[-1]["knn"] if evals else None,
         best_knn=max(r["knn"] for r in evals) if evals else None,
-        baseline_knn=evals[0]["knn"] if evals and evals[0].get("step") == 0 else None,
-        pixel_knn=next((r["pixel_knn"] for r in reversed(evals) if r.get("pixel_knn") is not None), None),
+        baseline_knn=baseline_knn,
+        pixel_knn=pixel_knn,
         last_loss=steps[-1].get("loss") if steps else None,
         last_z_std=steps[-1].get("z_std") if steps else None,
         collapse=find_collapse(steps, config.projector_dim),

@@ -86,3 +86,14 @@ def test_a_runs_summary_says_whether_and_when_it_collapsed(tmp_path):
     assert runs.summarize_run(tmp_path / "healthy").collapse is None
     collapse = runs.summarize_run(tmp_path / "collapsed").collapse
     assert collapse is not None and 100 <= collapse.step <= 150 and collapse.recovered_step is None
+
+
+def test_knn_is_read_against_the_untrained_network_at_step_0_and_the_newest_pixel_figure():
+    rows = [
+        {"kind": "eval", "step": 0, "knn": 26.5, "pixel_knn": 33.0},
+        {"kind": "eval", "step": 100, "knn": 40.0},
+        {"kind": "eval", "step": 200, "knn": 45.0, "pixel_knn": 33.3},
+    ]
+    assert runs.knn_baselines(rows) == (26.5, 33.3)
+    assert runs.knn_baselines(rows[1:]) == (None, 33.3)  # no step-0 evaluation: no baseline
+    assert runs.knn_baselines([]) == (None, None)
