@@ -20,7 +20,6 @@ modification time, so a page that reruns on every click does not reload them.
 from __future__ import annotations
 
 import enum
-import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -36,7 +35,14 @@ from .dataset import SPLITS, Dataset
 from .device import resolve_device
 from .errors import UserError
 from .files import file_key, read_json, write_atomic, write_json_atomic, write_npz_atomic
-from .knn import accuracy_percent, extract_features, knn_predict, per_class_accuracy
+from .knn import (
+    accuracy_percent,
+    extract_features,
+    knn_predict,
+    per_class_accuracy,
+    per_class_from_json,
+    per_class_to_json,
+)
 from .run_images import run_data
 from .runs import EMBEDDINGS_FOLDER, LAST_CHECKPOINT
 
@@ -425,7 +431,7 @@ def checkpoint_knn(
         row = cached[key]
         return KnnResult(
             float(row["accuracy"]),
-            [float("nan") if v is None else float(v) for v in row["per_class"]],
+            per_class_from_json(row["per_class"]),
             list(row["classes"]),
             int(row["k"]),
             float(row["temperature"]),
@@ -451,7 +457,7 @@ def checkpoint_knn(
     result = KnnResult(accuracy, per_class, classes, int(k), float(temperature), len(bank.labels), len(queries.labels))
     cached[key] = {
         "accuracy": accuracy,
-        "per_class": [None if math.isnan(v) else v for v in per_class],
+        "per_class": per_class_to_json(per_class),
         "classes": classes,
         "k": int(k),
         "temperature": float(temperature),

@@ -9,6 +9,7 @@ it is the honest, cheap measure of what self-supervision learned.
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 
 import torch
@@ -131,6 +132,16 @@ def per_class_accuracy(predicted: torch.Tensor, labels: torch.Tensor, num_classe
         mask = labels == c
         result.append(100.0 * float((predicted[mask] == c).float().mean()) if mask.any() else float("nan"))
     return result
+
+
+def per_class_to_json(values: list[float]) -> list[float | None]:
+    """Per-class accuracies as a JSON file keeps them: a class without queries (NaN, which JSON lacks) as null."""
+    return [None if math.isnan(v) else v for v in values]
+
+
+def per_class_from_json(values: list[float | None]) -> list[float]:
+    """Per-class accuracies read back from JSON: null as NaN again."""
+    return [float("nan") if v is None else float(v) for v in values]
 
 
 def pixel_features(images: torch.Tensor, mean: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,7 +14,6 @@ the store's rule), so the dashboard shows it on the next visit without fitting a
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -27,7 +26,7 @@ from . import embed
 from .dataset import Dataset
 from .errors import UserError
 from .files import read_json, write_json_atomic
-from .knn import accuracy_percent, per_class_accuracy
+from .knn import accuracy_percent, per_class_accuracy, per_class_from_json, per_class_to_json
 
 PROBE_C = 1.0  # inverse L2 strength; weak for 50k images, which is what a linear probe wants
 MAX_ITERATIONS = 1000
@@ -97,7 +96,7 @@ def saved_probe(run_dir: Path, checkpoint: Path) -> ProbeResult | None:
     try:
         return ProbeResult(
             float(row["accuracy"]),
-            [float("nan") if v is None else float(v) for v in row["per_class"]],
+            per_class_from_json(row["per_class"]),
             [str(name) for name in row["classes"]],
             int(row["train_size"]),
             int(row["test_size"]),
@@ -146,7 +145,7 @@ def run_probe(
     )
     result = fit_probe(train, test)
     row = asdict(result)
-    row["per_class"] = [None if math.isnan(v) else v for v in result.per_class]  # JSON has no NaN
+    row["per_class"] = per_class_to_json(result.per_class)
     path = embed.probe_path(run_dir, checkpoint)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, row)

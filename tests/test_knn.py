@@ -107,3 +107,14 @@ def test_bf16_candidate_search_copes_with_nearly_parallel_features():
     # Only near-ties may flip (measured 98.75% here); without the bank mean removed it was 45%.
     assert (fast == exact).float().mean() >= 0.98
     assert (exact == query_labels).float().mean() > 0.3
+
+
+def test_per_class_figures_survive_json_with_a_class_that_had_no_queries():
+    import json
+    import math
+
+    from byol.knn import per_class_from_json, per_class_to_json
+
+    stored = json.loads(json.dumps(per_class_to_json([100.0, float("nan"), 50.0]), allow_nan=False))
+    restored = per_class_from_json(stored)
+    assert stored == [100.0, None, 50.0] and restored[0] == 100.0 and math.isnan(restored[1]) and restored[2] == 50.0
