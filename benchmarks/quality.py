@@ -47,11 +47,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from byol import cifar10, collapse, runs  # noqa: E402
 from byol.cli import CommandError, apply_overrides  # noqa: E402
 from byol.config import PRESETS, ConfigError, TrainConfig, validate, with_epochs  # noqa: E402
-from byol.data import load_dataset  # noqa: E402
+from byol.data import load_dataset, load_for  # noqa: E402
 from byol.device import describe_machine, resolve_device, use_bf16  # noqa: E402
-from byol.knn import autocast_context, eval_indices, extract_features, knn_accuracy  # noqa: E402
+from byol.knn import autocast_context, extract_features, knn_accuracy  # noqa: E402
 from byol.model import resnet18_cifar  # noqa: E402
-from byol.train import SUBSET_SEED, train  # noqa: E402
+from byol.train import chosen_images, train  # noqa: E402
 
 DEFAULT_DATA = cifar10.local_copy()  # the real copy at a documented place, if any
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -229,10 +229,8 @@ def run_lightly(spec: dict[str, Any]) -> dict[str, Any]:
     bf16 = use_bf16(config.precision, device)
     torch.manual_seed(config.seed)
     started = time.perf_counter()
-    data = load_dataset(config.data, config.data_root or None, image_size=config.image_size)
-    train_idx = eval_indices(len(data.train_labels), config.subset, seed=SUBSET_SEED)  # as train() picks them
-    bank_idx = eval_indices(len(data.train_labels), config.eval_bank_size)
-    query_idx = eval_indices(len(data.test_labels), config.eval_query_size)
+    data = load_for(config)
+    train_idx, bank_idx, query_idx = chosen_images(config, data)  # the images train() would use
     bank_images, bank_labels = data.train_images[bank_idx].to(device), data.train_labels[bank_idx]
     query_images, query_labels = data.test_images[query_idx].to(device), data.test_labels[query_idx]
 

@@ -53,7 +53,7 @@ from .checkpoint import (
     snapshot_state,
 )
 from .config import ConfigError, TrainConfig, check_against_data, step_plan, validate
-from .data import default_cache_dir, load_dataset
+from .data import default_cache_dir, load_for
 from .dataset import DataError, Dataset
 from .device import device_key, resolve_device, use_bf16, use_cuda_backend_speedups
 from .distributed import ALONE, World
@@ -256,12 +256,10 @@ def _train(
         data = world.together(lambda: _load_checked(config, world.world_size), leaders_first=True)
     except (ConfigError, DataError) as error:
         raise _Refused(error) from None
-    train_idx = eval_indices(len(data.train_labels), config.subset, seed=SUBSET_SEED)
+    train_idx, bank_idx, query_idx = chosen_images(config, data)
     # Each process holds its own share: every world_size-th image (equal shares; a remainder is dropped).
     train_idx = train_idx[world.rank :: world.world_size][: len(train_idx) // world.world_size]
     train_images = data.train_images[train_idx].to(device)
-    bank_idx = eval_indices(len(data.train_labels), config.eval_bank_size)
-    query_idx = eval_indices(len(data.test_labels), config.eval_query_size)
     eval_device = device if world.is_main else torch.device("cpu")  # kNN runs on the main process alone
     bank_images, bank_labels = data.train_images[bank_idx].to(eval_device), data.train_labels[bank_idx]
     query_images, query_labels = data.test_images[query_idx].to(eval_device), data.test_labels[query_idx]
@@ -471,9 +469,18 @@ def _resume_batch(saved: dict[str, Any], batch_size: int, global_batch: int, ste
     return min(-(-images // global_batch), steps_per_epoch)
 
 
+def chosen_images(config: TrainConfig, data: Dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Which images a run uses, as positions in their splits: the training images (`subset` of them, the
+    same for every run of that size), the kNN bank (training images) and the kNN queries (test images)."""
+    train_idx = eval_indices(len(data.train_labels), config.subset, seed=SUBSET_SEED)
+    bank_idx = eval_indices(len(data.train_labels), config.eval_bank_size)
+    query_idx = eval_indices(len(data.test_labels), config.eval_query_size)
+    return train_idx, bank_idx, query_idx
+
+
 def _load_checked(config: TrainConfig, world_size: int) -> Dataset:
     """The run's data set, once its size is known to fit the config (ConfigError / DataError if not)."""
-    data = load_dataset(config.data, config.data_root or None, image_size=config.image_size)
+    data = load_for(config)
     check_against_data(config, len(data.train_labels), len(data.test_labels), world_size)
     return data
 
