@@ -363,6 +363,16 @@ class StepPlan:
     bank: int  # training images in the kNN bank
     queries: int  # test images graded by the kNN
 
+    def evaluates_at(self, step: int) -> bool:
+        """Whether the kNN is measured after `step` (counted from the schedule's start): every
+        `eval_interval` steps and after the last one. Step 0, the untrained network, is measured too."""
+        return step % self.eval_interval == 0 or step == self.total_steps
+
+    @property
+    def evaluations(self) -> int:
+        """How many kNN measurements a whole run makes: at step 0, then at each step `evaluates_at`."""
+        return 1 + math.ceil(self.total_steps / self.eval_interval)
+
 
 def step_plan(config: TrainConfig, train_size: int, test_size: int, world_size: int = 1) -> StepPlan:
     """The step plan of `config` on a data set of `train_size` / `test_size` images, over `world_size` processes."""

@@ -24,7 +24,6 @@ Assumptions, also returned with every estimate so the dashboard can show them:
 
 from __future__ import annotations
 
-import math
 import tarfile
 import time
 import zipfile
@@ -270,7 +269,7 @@ def estimate_time(
     train_images = plan.total_steps * config.batch_size
     train_seconds = train_images / images_per_s
 
-    evaluations = 1 + math.ceil(plan.total_steps / plan.eval_interval)
+    evaluations = plan.evaluations
     eval_seconds = evaluations * (bank + queries) * EVAL_COST_PER_IMAGE / images_per_s
 
     measured_how = (

@@ -425,7 +425,7 @@ def _train(
             # A stop asked while logging (by an event callback) takes effect at this step too; `stopping`
             # is the same in every process, so they all skip or all join this agreement.
             stopping = stopping or world.any(stop.is_set())
-            if (step - offset) % plan.eval_interval == 0 or step - offset == total_steps:
+            if plan.evaluates_at(step - offset):
                 evaluate()
                 save_last(i + 1)
                 last_save = time.monotonic()

@@ -147,3 +147,11 @@ def test_step_plan_shares_the_images_evenly_and_drops_partial_batches():
 )
 def test_a_data_source_is_a_name_or_a_path(source, kind):
     assert source_kind(source) == kind
+
+
+@pytest.mark.parametrize("epochs, eval_every", [(10, 1.0), (3, 0.4), (5, 2.0), (1, 0.01)])
+def test_the_plan_counts_the_evaluations_training_makes(epochs, eval_every):
+    plan = step_plan(preset("cpu", epochs=epochs, eval_every=eval_every), 50_000, 10_000)
+    measured_after = [step for step in range(1, plan.total_steps + 1) if plan.evaluates_at(step)]
+    assert measured_after[-1] == plan.total_steps  # the finished network is always measured
+    assert plan.evaluations == 1 + len(measured_after)  # and the untrained one at step 0
