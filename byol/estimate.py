@@ -60,13 +60,19 @@ class Estimate:
     eval_seconds: float
     images_per_s: float  # measured training images per second
     measured_on: str  # the device, in words
-    assumptions: str  # what the number rests on, in plain sentences
+    measured_how: str  # how the speed was measured, one plain sentence
+    plan_notes: str  # what the run's schedule adds up to, in plain sentences
     from_cache: bool  # the speed came from speed.json (measured earlier), not a fresh measurement
     measured_batch: int  # batch size the speed was measured at
 
     @property
     def hours(self) -> float:
         return self.seconds / 3600
+
+    @property
+    def assumptions(self) -> str:
+        """What the number rests on: the measurement, then the schedule."""
+        return f"{self.measured_how} {self.plan_notes}"
 
 
 # --- data size -------------------------------------------------------------------------------
@@ -280,7 +286,6 @@ def estimate_time(
         + "."
     )
     notes = [
-        measured_how,
         f"Training: {train_images:,} images ({steps_per_epoch:,} steps of {config.batch_size} per epoch × {config.epochs} epochs).",
         f"Evaluation: {evaluations} kNN measurements of {bank:,} + {queries:,} images, each image counted "
         f"as {EVAL_COST_PER_IMAGE:.2g} of a training image.",
@@ -293,7 +298,8 @@ def estimate_time(
         eval_seconds=eval_seconds,
         images_per_s=images_per_s,
         measured_on=describe_device(device),
-        assumptions=" ".join(notes),
+        measured_how=measured_how,
+        plan_notes=" ".join(notes),
         from_cache=from_cache,
         measured_batch=batch,
     )

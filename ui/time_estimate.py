@@ -46,7 +46,9 @@ def time_estimate(configs: Sequence[TrainConfig], names: Sequence[str], key: str
         st.info(
             f"**Estimated time: {fmt_duration(seconds)}** for the runs one after the other ({parts}).", icon=":material/timer:"
         )
-        st.caption(" ".join(f"{name.capitalize()}: {e.assumptions}" for name, e in zip(names, measured)))
+        speeds = " ".join(f"{name.capitalize()}: {e.measured_how}" for name, e in zip(names, measured))
+        plans = list(dict.fromkeys(e.plan_notes for e in measured))  # the pair's runs share one schedule: said once
+        st.caption(f"{speeds} {' '.join(plans)}")
 
     if any(gpu_recipe_on_cpu(config, device_facts()["is_cpu"]) for config in configs):
         hours = (seconds if seconds is not None else sum(rough_cpu_seconds(config) for config in configs)) / 3600
