@@ -49,9 +49,9 @@ from byol.cli import CommandError, apply_overrides  # noqa: E402
 from byol.config import PRESETS, ConfigError, TrainConfig, validate, with_epochs  # noqa: E402
 from byol.data import load_dataset, load_for  # noqa: E402
 from byol.device import describe_machine, resolve_device, use_bf16  # noqa: E402
-from byol.knn import autocast_context, extract_features, knn_accuracy  # noqa: E402
+from byol.knn import autocast_context, chosen_images, extract_features, knn_accuracy  # noqa: E402
 from byol.model import resnet18_cifar  # noqa: E402
-from byol.train import chosen_images, train  # noqa: E402
+from byol.train import train  # noqa: E402
 
 DEFAULT_DATA = cifar10.local_copy()  # the real copy at a documented place, if any
 RESULTS_DIR = ROOT / "benchmarks" / "results"

@@ -3,7 +3,8 @@
 The kNN monitor is the field's (InstDisc / solo-learn / lightly): L2-normalised features, cosine
 similarity, the k most similar bank images vote for their class with weight exp(sim / T).
 Bank = training split without augmentation, queries = test split. It needs no labels to train, so
-it is the honest, cheap measure of what self-supervision learned.
+it is the honest, cheap measure of what self-supervision learned. `chosen_images` fixes which
+images a run trains on and grades with, so runs of the same sizes share them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import plain_view
-from .config import KNN_K, KNN_TEMPERATURE
+from .config import KNN_K, KNN_TEMPERATURE, TrainConfig
+from .dataset import Dataset
 from .device import bf16_available
 from .files import read_json, write_json_atomic
 
@@ -172,6 +174,18 @@ def eval_indices(total: int, size: int, seed: int = 1234) -> torch.Tensor:
         return torch.arange(total)
     generator = torch.Generator().manual_seed(seed)
     return torch.randperm(total, generator=generator)[:size].sort().values
+
+
+SUBSET_SEED = 4321  # fixed, so runs that train on a subset of the same size see the same images
+
+
+def chosen_images(config: TrainConfig, data: Dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Which images a run uses, as positions in their splits: the training images (`subset` of them, the
+    same for every run of that size), the kNN bank (training images) and the kNN queries (test images)."""
+    train_idx = eval_indices(len(data.train_labels), config.subset, seed=SUBSET_SEED)
+    bank_idx = eval_indices(len(data.train_labels), config.eval_bank_size)
+    query_idx = eval_indices(len(data.test_labels), config.eval_query_size)
+    return train_idx, bank_idx, query_idx
 
 
 def pixel_knn_accuracy(

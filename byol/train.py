@@ -60,7 +60,7 @@ from .distributed import ALONE, World
 from .errors import plain_message
 from .files import remove_stale_temporaries, write_atomic
 from .graph_step import GraphedStep
-from .knn import effective_rank, eval_indices, extract_features, knn_accuracy, pixel_knn_accuracy
+from .knn import chosen_images, effective_rank, extract_features, knn_accuracy, pixel_knn_accuracy
 from .lock import DeviceLock
 from .model import BYOLNetworks, projection_spread, target_pairs
 from .optim import optimizer_for, set_learning_rate
@@ -70,7 +70,6 @@ from .step_log import StepLog
 
 EventCallback = Callable[[dict[str, Any]], None]
 INTERRUPTED_MESSAGE = "Training was interrupted (the process was asked to exit). Resume to continue."
-SUBSET_SEED = 4321  # fixed, so runs that train on a subset of the same size see the same images
 
 
 class TrainingDiverged(RuntimeError):
@@ -467,15 +466,6 @@ def _resume_batch(saved: dict[str, Any], batch_size: int, global_batch: int, ste
     """
     images = saved.get("images_in_epoch", saved["step_in_epoch"] * batch_size)
     return min(-(-images // global_batch), steps_per_epoch)
-
-
-def chosen_images(config: TrainConfig, data: Dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Which images a run uses, as positions in their splits: the training images (`subset` of them, the
-    same for every run of that size), the kNN bank (training images) and the kNN queries (test images)."""
-    train_idx = eval_indices(len(data.train_labels), config.subset, seed=SUBSET_SEED)
-    bank_idx = eval_indices(len(data.train_labels), config.eval_bank_size)
-    query_idx = eval_indices(len(data.test_labels), config.eval_query_size)
-    return train_idx, bank_idx, query_idx
 
 
 def _load_checked(config: TrainConfig, world_size: int) -> Dataset:

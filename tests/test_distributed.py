@@ -28,7 +28,7 @@ from torch import nn
 from byol import runs
 from byol.checkpoint import load_backbone, load_checkpoint
 from byol.data import load_dataset
-from byol.knn import eval_indices, extract_features, knn_accuracy
+from byol.knn import chosen_images, extract_features, knn_accuracy
 from byol.schedules import learning_rate
 from byol.train import train
 from distributed_worker import batch_norm_inputs
@@ -179,8 +179,7 @@ def test_knn_measured_by_two_processes_equals_one_process_on_the_same_weights(tw
     config = runs.read_config(run_dir)
     backbone, _, _ = load_backbone(run_dir / "last.pt")
     data = load_dataset(config.data)
-    bank_idx = eval_indices(len(data.train_labels), config.eval_bank_size)
-    query_idx = eval_indices(len(data.test_labels), config.eval_query_size)
+    _, bank_idx, query_idx = chosen_images(config, data)
     bank = extract_features(backbone, data.train_images[bank_idx], channels_last=config.channels_last)
     queries = extract_features(backbone, data.test_images[query_idx], channels_last=config.channels_last)
     knn = knn_accuracy(
