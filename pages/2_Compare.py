@@ -118,8 +118,8 @@ if not picked:
 
 metrics = {name: runs.read_metrics(by_name[name].path) for name in picked}
 configs = {name: runs.read_config(by_name[name].path) for name in picked}
-collapses = {name: by_name[name].collapse for name in picked}  # read with the runs, by one rule
-collapsed = {name: c.step if c else None for name, c in collapses.items()}  # chart markers
+# Chart markers: each run's collapse step, read with the run by the one rule (RunSummary.collapse).
+collapsed = {name: by_name[name].collapse.step if by_name[name].collapse else None for name in picked}
 
 # --- curves ----------------------------------------------------------------------------------
 left, right = st.columns(2)

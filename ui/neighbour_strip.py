@@ -30,7 +30,7 @@ NOT_READY = "Pick a test picture on **Find similar images** to see which trainin
 
 
 def draw_again() -> None:
-    st.session_state[SEED_KEY] = st.session_state.get(SEED_KEY, 0) + 1
+    st.session_state[SEED_KEY] += 1  # set by the strip before its button is drawn
 
 
 @st.fragment  # "Show other pictures" redraws the strip alone, not the whole Home page

@@ -50,7 +50,8 @@ def time_estimate(configs: Sequence[TrainConfig], names: Sequence[str], key: str
         plans = list(dict.fromkeys(e.plan_notes for e in measured))  # the pair's runs share one schedule: said once
         st.caption(f"{speeds} {' '.join(plans)}")
 
-    if any(gpu_recipe_on_cpu(config, device_facts()["is_cpu"]) for config in configs):
+    machine_is_cpu = device_facts()["is_cpu"]
+    if any(gpu_recipe_on_cpu(config, machine_is_cpu) for config in configs):
         hours = (seconds if seconds is not None else sum(rough_cpu_seconds(config) for config in configs)) / 3600
         how = "measured" if seconds is not None else "by a rough rule; press Estimate time to measure"
         what = "this run" if len(configs) == 1 else f"the {len(configs)} runs"
