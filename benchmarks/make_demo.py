@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from byol import demos, embed, map_film, probe, run_images, runs, shipped  # noqa: E402
+from byol import demos, embed, map_film, metric_rows, probe, run_images, runs, shipped  # noqa: E402
 from byol.cifar10 import CLASS_NAMES_CIFAR10  # noqa: E402
 from byol.collapse import Collapse, collapse_story, describe_collapse, find_collapse  # noqa: E402
 
@@ -110,7 +110,7 @@ def demo_record(run_dir: Path, machine: str, trained_on: str, ships_artefacts: b
     config = runs.read_config(run_dir)
     status = runs.read_status(run_dir)
     rows = runs.read_metric_rows(run_dir)
-    evals = [row for row in rows if row.get("kind") == "eval"]
+    evals = metric_rows.eval_rows(rows)
     if status.get("state") != runs.FINISHED or not evals:
         raise SystemExit(f"{run_dir} is not a finished run with kNN evaluations (state: {status.get('state')}).")
     last = evals[-1]

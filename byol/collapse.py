@@ -23,6 +23,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
+from .metric_rows import is_step
+
 DEFAULT_FRACTION = 0.2
 DEFAULT_SMOOTHING = 0.6
 DEFAULT_MIN_POINTS = 5
@@ -83,7 +85,7 @@ def _steps_and_values(step_rows: Any, column: str) -> tuple[list[int], list[floa
         rows = step_rows
     steps, values = [], []
     for row in rows:
-        if row.get("kind", "step") != "step":
+        if not is_step(row):
             continue
         value = row.get(column)
         if value is None or (isinstance(value, float) and not math.isfinite(value)):

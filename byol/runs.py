@@ -6,7 +6,7 @@ thread or the command line):
     <runs dir>/<run name>/
       config.json     the TrainConfig at launch (updated when a resume extends the run)
       status.json     state, message, pid, heartbeat, progress
-      metrics.jsonl   one JSON object per line: {"kind": "step", ...} or {"kind": "eval", ...}
+      metrics.jsonl   one JSON object per line, a training step or an evaluation (byol.metric_rows)
       last.pt         newest full checkpoint (resume from here)
       step-*.pt       online backbone at each evaluation point
       embeddings/     exported features and UMAP coordinates
@@ -34,6 +34,7 @@ from .collapse import Collapse, find_collapse
 from .config import TrainConfig, source_kind
 from .errors import UserError
 from .files import read_json, write_atomic, write_json_atomic
+from .metric_rows import eval_rows, is_eval, step_rows
 from .processes import process_alive, process_start_time
 
 if TYPE_CHECKING:  # for the annotation only: read_metrics imports pandas when called, importing byol.runs does not load it
@@ -313,7 +314,7 @@ def truncate_metrics(run_dir: Path, last_step: int) -> None:
 
 
 def read_metrics(run_dir: Path) -> pd.DataFrame:
-    """metrics.jsonl as a DataFrame (column `kind` is "step" or "eval"); empty with the key columns when absent."""
+    """metrics.jsonl as a DataFrame (column `kind` is metric_rows.STEP or EVAL); empty with the key columns when absent."""
     import pandas as pd
 
     rows = read_metric_rows(run_dir)
@@ -335,7 +336,7 @@ class Snapshot:
 def list_snapshots(run_dir: Path) -> list[Snapshot]:
     """Evaluation-point checkpoints (`step-*.pt`), oldest first, labelled with their epoch and kNN."""
     run_dir = Path(run_dir)
-    evals = {int(r["step"]): r for r in read_metric_rows(run_dir) if r.get("kind") == "eval"}
+    evals = {int(r["step"]): r for r in read_metric_rows(run_dir) if is_eval(r)}
     snapshots = []
     for path in sorted(run_dir.glob(SNAPSHOT_GLOB)):
         try:
@@ -434,8 +435,8 @@ def summarize_run(run_dir: Path) -> RunSummary:
     config = read_config(run_dir)
     status = read_status(run_dir)
     rows = read_metric_rows(run_dir)
-    evals = [r for r in rows if r.get("kind") == "eval" and r.get("knn") is not None]
-    steps = [r for r in rows if r.get("kind") == "step"]
+    evals = [r for r in eval_rows(rows) if r.get("knn") is not None]
+    steps = step_rows(rows)
     last_row = rows[-1] if rows else {}
     started = status.get("started")
     demo_label, demo_summary = demos.demo_words(run_dir)

@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import runs
+from . import metric_rows, runs
 from .allocator import keep_freed_memory
 from .augment import byol_view_settings
 from .checkpoint import (
@@ -359,7 +359,7 @@ def _train(
         queries = extract_features(networks.backbone, query_images, use_bf16=bf16, channels_last=config.channels_last)
         knn = knn_accuracy(bank, bank_labels, queries, query_labels, len(data.classes), config.knn_k, config.knn_temperature)
         row = {
-            "kind": "eval",
+            "kind": metric_rows.EVAL,
             "step": step,
             "epoch": round((step - offset) / steps_per_epoch, 4),
             "knn": knn,
@@ -408,7 +408,7 @@ def _train(
                 elapsed = time.monotonic() - window_start
                 speed = window_steps * global_batch / max(elapsed, 1e-9)
                 row = {
-                    "kind": "step",
+                    "kind": metric_rows.STEP,
                     "step": step,
                     "epoch": round((step - offset) / steps_per_epoch, 4),
                     "loss": None,  # the loss over the global batch, filled in by the step log
