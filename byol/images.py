@@ -27,7 +27,16 @@ from byol.files import write_npz_atomic
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# The picture formats an image folder may hold and the Retrieval page names, with their file endings.
+IMAGE_FORMATS: dict[str, tuple[str, ...]] = {
+    "PNG": (".png",),
+    "JPEG": (".jpg", ".jpeg"),
+    "GIF": (".gif",),
+    "BMP": (".bmp",),
+    "WebP": (".webp",),
+    "TIFF": (".tif", ".tiff"),
+}
+IMAGE_EXTENSIONS: tuple[str, ...] = tuple(ending for endings in IMAGE_FORMATS.values() for ending in endings)
 
 # Bump when the decoded cache layout or the decoding itself changes, so old caches are not reused.
 CACHE_VERSION = 1

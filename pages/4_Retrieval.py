@@ -84,7 +84,7 @@ with upload_tab:
         key=f"ret-upload-{state['ret-upload-generation']}",
         max_upload_size=images.MAX_UPLOAD_MB,
         on_change=use_upload,
-        help=f"Any common picture format (PNG, JPEG, GIF, BMP, WebP, TIFF), up to {images.MAX_UPLOAD_MB} MB. It is shrunk to "
+        help=f"Any common picture format ({', '.join(images.IMAGE_FORMATS)}), up to {images.MAX_UPLOAD_MB} MB. It is shrunk to "
         f"{config.image_size}×{config.image_size} pixels, the size the network was trained on.",
     )
 
