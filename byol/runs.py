@@ -374,21 +374,32 @@ def resume_problem(run_dir: Path, state: str | None = None) -> str | None:
     return None
 
 
+def fewest_epochs_to_resume(run_dir: Path, state: str) -> int:
+    """The smallest total of epochs a resume of the run accepts: one more than planned for a finished
+    run (it has nothing left to do), else the epochs it has already done, rounded up."""
+    if state == FINISHED:
+        return read_config(run_dir).epochs + 1
+    return max(1, math.ceil(summarize_run(run_dir).epochs_done))
+
+
 def extended_config(run_dir: Path, state: str | None, epochs: int | None) -> TrainConfig:
     """The run's config for resuming, with `epochs` as its new total when given; RunError when it is not a
-    valid total (fewer epochs than done) or when a finished run is resumed without more epochs."""
+    valid total (fewer than `fewest_epochs_to_resume`) or when a finished run is resumed without more epochs."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
-    if epochs is not None and epochs != config.epochs:
-        done = summarize_run(run_dir).epochs_done
-        if epochs < done:
+    state = state or read_status(run_dir)["state"]
+    if epochs is None or epochs == config.epochs:
+        if state == FINISHED:
             raise RunError(
-                f"The new number of epochs must be at least the {done:g} epochs this run has already done; got {epochs}."
+                f"The run {run_dir.name} has finished all its {config.epochs} epochs; choose more epochs to extend it."
             )
-        return config.replace(epochs=int(epochs))
-    if state == FINISHED:
-        raise RunError(f"The run {run_dir.name} has finished all its {config.epochs} epochs; choose more epochs to extend it.")
-    return config
+        return config
+    fewest = fewest_epochs_to_resume(run_dir, state)
+    if epochs < fewest:
+        raise RunError(
+            f"The new number of epochs must be at least {fewest}: this run has already done {summarize_run(run_dir).epochs_done:g}; got {epochs}."
+        )
+    return config.replace(epochs=int(epochs))
 
 
 def disk_bytes(run_dir: Path) -> int:

@@ -286,9 +286,14 @@ with c_resume:
     if resume_problem and not live:
         st.caption(resume_problem)
     elif state in runs.RESUMABLE_STATES or state == runs.FINISHED:
-        minimum = config.epochs + 1 if state == runs.FINISHED else config.epochs
+        fewest = runs.fewest_epochs_to_resume(run_dir, state)
         total = st.number_input(
-            "Total epochs", value=minimum, step=1, key=f"resume_epochs_{picked.name}", help=HELP["resume_epochs"]
+            "Total epochs",
+            min_value=fewest,
+            value=max(fewest, config.epochs),  # the planned end, or one more epoch for a finished run
+            step=1,
+            key=f"resume_epochs_{picked.name}",
+            help=HELP["resume_epochs"],
         )
         label = "Train further" if state == runs.FINISHED else "Resume"
         if st.button(label, key="resume", icon=":material/play_arrow:", help="Continue from the last checkpoint."):

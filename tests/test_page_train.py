@@ -50,6 +50,9 @@ def test_finished_run_shows_its_curves_and_message(finished_run, app_test):
     assert any(text.startswith("Finished") for text in alerts(at, "success"))
     assert len(at.get("plotly_chart")) == 4  # loss, kNN with baselines, collapse meter, effective rank
     assert at.button(key="resume").label == "Train further"
+    total = widget(at, "number_input", "resume_epochs_")
+    planned = runs.read_config(finished_run).epochs
+    assert total.value == total.proto.min == planned + 1  # a finished run can only go further
     assert at.button(key="delete").disabled  # until the confirmation box is ticked
 
 

@@ -67,6 +67,23 @@ def test_resume_problem_refuses_a_finished_run_without_last_pt(tmp_path):
     assert "cannot be resumed twice" in runs.resume_problem(run_dir)
 
 
+def test_a_resume_may_not_plan_fewer_epochs_than_done_and_a_finished_run_needs_more(tmp_path):
+    run_dir = runs.create_run(tmp_path, tiny_config(epochs=10), "r")
+    runs.append_metrics(run_dir, [{"kind": "step", "step": 25, "epoch": 2.5, "z_std": 0.1}])
+    runs.write_status(run_dir, runs.STOPPED)
+    assert runs.fewest_epochs_to_resume(run_dir, runs.STOPPED) == 3
+    assert runs.extended_config(run_dir, runs.STOPPED, 3).epochs == 3  # a shorter plan that is not behind
+    with pytest.raises(runs.RunError, match="at least 3"):
+        runs.extended_config(run_dir, runs.STOPPED, 2)
+    runs.write_status(run_dir, runs.FINISHED)
+    assert runs.fewest_epochs_to_resume(run_dir, runs.FINISHED) == 11
+    with pytest.raises(runs.RunError, match="choose more epochs"):
+        runs.extended_config(run_dir, runs.FINISHED, 10)
+    with pytest.raises(runs.RunError, match="at least 11"):
+        runs.extended_config(run_dir, runs.FINISHED, 9)
+    assert runs.extended_config(run_dir, runs.FINISHED, 11).epochs == 11
+
+
 def test_snapshots_are_labelled_with_their_step_epoch_and_knn(tmp_path):
     run_dir = runs.create_run(tmp_path, tiny_config(), "r")
     runs.append_metrics(run_dir, [{"kind": "eval", "step": 488, "epoch": 10.0103, "knn": 47.83}])
