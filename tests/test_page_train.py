@@ -268,6 +268,7 @@ def test_estimate_button_measures_real_steps(runs_dir, app_test):
     assert not at.exception
     assert any("Estimated time" in text for text in alerts(at, "info"))
     assert any("Measured" in c.value for c in at.caption)
+    assert not [b for b in at.button if b.key == "estimate"]  # the estimate took the button's place
 
 
 def test_picker_follows_a_new_link_but_keeps_a_choice(finished_run, runs_dir, app_test):

@@ -29,7 +29,9 @@ def time_estimate(configs: Sequence[TrainConfig], names: Sequence[str], key: str
     estimates: list[Estimate | None] = [None] * len(configs)
     with plain_errors():
         estimates = [estimate_time(config, measure=False) for config in configs]  # instant when measured before
-        if None in estimates and st.button("Estimate time", key=key, help=HELP["estimate"], icon=":material/timer:"):
+        button_slot = st.empty()  # the button goes once it has been pressed: the estimate takes its place
+        if None in estimates and button_slot.button("Estimate time", key=key, help=HELP["estimate"], icon=":material/timer:"):
+            button_slot.empty()
             if training_now:
                 st.caption("A training is running, so this measurement competes with it and reads slower than it will be.")
             with st.spinner("Timing a few real training steps..."):
