@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from byol import demos, runs
+from byol import demos, metrics_file, runs
 from byol.collapse import collapse_story
 from ui.charts import knn_figure
 from ui.common import (
@@ -83,7 +83,7 @@ if showcase is not None:
         st.caption(demo.demo)
     chart, facts = st.columns([3, 1])
     chart.plotly_chart(
-        knn_figure(runs.read_metrics(showcase.path), showcase.baseline_knn, showcase.pixel_knn),
+        knn_figure(metrics_file.read_frame(showcase.path), showcase.baseline_knn, showcase.pixel_knn),
         key="home_knn",
     )
     with facts:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from byol import demos, embed, map_film, metric_rows, probe, run_images, runs, shipped  # noqa: E402
+from byol import demos, embed, map_film, metrics_file, probe, run_images, runs, shipped  # noqa: E402
 from byol.cifar10 import CLASS_NAMES_CIFAR10  # noqa: E402
 from byol.collapse import Collapse, collapse_story, describe_collapse, find_collapse  # noqa: E402
 
@@ -109,8 +109,8 @@ def demo_record(run_dir: Path, machine: str, trained_on: str, ships_artefacts: b
     """demo.json's fields, every figure read from the run's status and metrics."""
     config = runs.read_config(run_dir)
     status = runs.read_status(run_dir)
-    rows = runs.read_metric_rows(run_dir)
-    evals = metric_rows.eval_rows(rows)
+    rows = metrics_file.read_rows(run_dir)
+    evals = metrics_file.eval_rows(rows)
     if status.get("state") != runs.FINISHED or not evals:
         raise SystemExit(f"{run_dir} is not a finished run with kNN evaluations (state: {status.get('state')}).")
     last = evals[-1]
@@ -240,7 +240,7 @@ def make_demo(
     if out.exists():
         raise SystemExit(f"{out} exists already: remove it first (a demo is written whole, never merged).")
     out.mkdir(parents=True)
-    for name in (runs.STATUS_FILE, runs.METRICS_FILE):
+    for name in (runs.STATUS_FILE, metrics_file.NAME):
         shutil.copy2(run_dir / name, out / name)
     config = runs.read_json(run_dir / runs.CONFIG_FILE)  # as saved: this computer's local settings stay out
     if data is not None:

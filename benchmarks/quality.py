@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from byol import cifar10, collapse, metric_rows, runs  # noqa: E402
+from byol import cifar10, collapse, metrics_file, runs  # noqa: E402
 from byol.cli import CommandError, apply_overrides  # noqa: E402
 from byol.config import PRESETS, ConfigError, TrainConfig, validate, with_epochs  # noqa: E402
 from byol.data import load_dataset, load_for  # noqa: E402
@@ -188,16 +188,16 @@ def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
     name = spec["name"]
 
     def on_event(event: dict[str, Any]) -> None:
-        if metric_rows.is_eval(event):
+        if metrics_file.is_eval(event):
             print(f"  [{name}] epoch {event['epoch']:g}: kNN {event['knn']:.1f}%", flush=True)
 
     started = time.perf_counter()
     state = train(config, run_dir, on_event=on_event)
     minutes = (time.perf_counter() - started) / 60
-    rows = runs.read_metric_rows(run_dir)
-    evals = metric_rows.eval_rows(rows)
+    rows = metrics_file.read_rows(run_dir)
+    evals = metrics_file.eval_rows(rows)
     random_init, pixels = runs.knn_baselines(evals)
-    speeds = sorted(r["images_per_s"] for r in metric_rows.step_rows(rows) if r.get("images_per_s"))
+    speeds = sorted(r["images_per_s"] for r in metrics_file.step_rows(rows) if r.get("images_per_s"))
     message = runs.read_status(run_dir).get("message", "")
     return {
         "name": name,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from byol import cifar10, metric_rows, runs  # noqa: E402
+from byol import cifar10, metrics_file, runs  # noqa: E402
 from byol.cli import apply_overrides  # noqa: E402
 from byol.config import preset, validate  # noqa: E402
 from byol.train import train  # noqa: E402
@@ -58,15 +58,15 @@ def main() -> None:
 
     def on_event(event: dict) -> None:
         # The budget counts from the first training step, after data loading and the step-0 baseline.
-        if metric_rows.is_eval(event) and args.max_images and event["step"] * config.batch_size >= args.max_images:
+        if metrics_file.is_eval(event) and args.max_images and event["step"] * config.batch_size >= args.max_images:
             stop.set()  # right after an evaluation, so the curve ends on a measured point
-        if event.get("kind") == metric_rows.STEP and "t0" not in started:
+        if event.get("kind") == metrics_file.STEP and "t0" not in started:
             started["t0"] = time.monotonic() - event["step"] * config.batch_size / max(event["images_per_s"], 1e-9)
             if not args.max_images:
                 timer = threading.Timer(args.minutes * 60 - (time.monotonic() - started["t0"]), stop.set)
                 timer.daemon = True
                 timer.start()
-        if metric_rows.is_eval(event):
+        if metrics_file.is_eval(event):
             elapsed = time.monotonic() - started.get("t0", time.monotonic())
             print(
                 f"  {elapsed / 60:5.1f} min  step {event['step']:6d}  epoch {event['epoch']:6.2f}  "
@@ -78,8 +78,8 @@ def main() -> None:
         f"{run_dir.name}: {json.dumps({k: v for k, v in config.to_dict().items() if v != preset(args.preset).to_dict().get(k)})}"
     )
     state = train(config, run_dir, stop, on_event)
-    rows = runs.read_metric_rows(run_dir)
-    evals, steps = metric_rows.eval_rows(rows), metric_rows.step_rows(rows)
+    rows = metrics_file.read_rows(run_dir)
+    evals, steps = metrics_file.eval_rows(rows), metrics_file.step_rows(rows)
     speeds = sorted(r["images_per_s"] for r in steps[2:]) or [0]
     print(
         f"{state}: final kNN {evals[-1]['knn']:.1f}% (step-0 {evals[0]['knn']:.1f}%, raw pixels "

@@ -20,7 +20,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from . import distributed, metric_rows, runs
+from . import distributed, metrics_file, runs
 from .config import PRECISIONS, PRESETS, ConfigError, TrainConfig, preset, validate, with_epochs
 from .dataset import DataError
 from .errors import UserError
@@ -159,7 +159,7 @@ class _Progress:
 
     def __call__(self, event: dict[str, Any]) -> None:
         kind = event.get("kind")
-        if kind == metric_rows.STEP:
+        if kind == metrics_file.STEP:
             if self.bar is None:
                 # A resumed run's bar starts at its step, so the rate and ETA count only this sitting's steps.
                 self.bar = self._tqdm(
@@ -173,7 +173,7 @@ class _Progress:
             self.bar.n = event["step"]
             self.bar.set_postfix(loss=f"{event['loss']:.3f}", img_s=event["images_per_s"], refresh=False)
             self.bar.refresh()
-        elif kind == metric_rows.EVAL:
+        elif kind == metrics_file.EVAL:
             message = f"step {event['step']}: kNN {event['knn']:.1f}% (raw pixels {event['pixel_knn']:.1f}%)"
             if self.bar is not None:
                 self.bar.write(message, file=sys.stderr)  # tqdm writes to stdout unless told: keep stdout for the run folder

@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from .metric_rows import is_step
+from .metrics_file import is_step
 
 DEFAULT_FRACTION = 0.2
 DEFAULT_SMOOTHING = 0.6
@@ -110,7 +110,7 @@ def find_collapse(
 ) -> Collapse | None:
     """The run's first collapse by `CRITERION` (and its recovery, if any), or None when it has none (yet).
 
-    `step_rows`: the run's metrics (DataFrame from `runs.read_metrics` or a list of row dicts);
+    `step_rows`: the run's metrics (DataFrame from `metrics_file.read_frame` or a list of row dicts);
     only rows of kind "step" with a z_std are used.
     """
     steps, values = _steps_and_values(step_rows, "z_std")

@@ -1,15 +1,8 @@
-"""Run directories: create them, name them safely, read their status, metrics and checkpoints.
+"""Run directories: create them, name them safely, read their status, summaries and checkpoints.
 
 Everything the product shows comes from these folders, whoever trained them (the app's background
-thread or the command line):
-
-    <runs dir>/<run name>/
-      config.json     the TrainConfig at launch (updated when a resume extends the run)
-      status.json     state, message, pid, heartbeat, progress
-      metrics.jsonl   one JSON object per line, a training step or an evaluation (byol.metric_rows)
-      last.pt         newest full checkpoint (resume from here)
-      step-*.pt       online backbone at each evaluation point
-      embeddings/     exported features and UMAP coordinates
+thread or the command line). README.md's "What a run leaves behind" lists what a run folder holds;
+the file names are the constants below, and metrics.jsonl's are in byol/metrics_file.py.
 
 A run is live while its process is: a status that says queued/running but whose process is gone
 (same machine), or whose heartbeat is stale (another machine sharing the disk), reads `interrupted`.
@@ -17,7 +10,6 @@ A run is live while its process is: a status that says queued/running but whose 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -27,18 +19,15 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import demos
 from .collapse import Collapse, find_collapse
 from .config import TrainConfig, source_kind
 from .errors import UserError
-from .files import read_json, write_atomic, write_json_atomic
-from .metric_rows import eval_rows, is_eval, step_rows
+from .files import read_json, write_json_atomic
+from .metrics_file import eval_rows, is_eval, read_rows, step_rows
 from .processes import process_alive, process_start_time
-
-if TYPE_CHECKING:  # for the annotation only: read_metrics imports pandas when called, importing byol.runs does not load it
-    import pandas as pd
 
 QUEUED, RUNNING, FINISHED, STOPPED, FAILED, INTERRUPTED = (
     "queued",
@@ -57,7 +46,6 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 # The run folder's file names; every module finds a run's files through these.
 CONFIG_FILE = "config.json"  # the TrainConfig as launched; a folder with one is a run folder
 STATUS_FILE = "status.json"  # state, message, pid and heartbeat
-METRICS_FILE = "metrics.jsonl"  # one JSON row per logged step or evaluation
 LAST_CHECKPOINT = "last.pt"  # everything needed to resume
 SNAPSHOT_GLOB = "step-*.pt"
 EMBEDDINGS_FOLDER = "embeddings"
@@ -259,72 +247,6 @@ def _is_live(record: dict[str, Any]) -> bool:
     return time.time() - float(record.get("heartbeat", 0)) < STALE_SECONDS
 
 
-# --- metrics ---------------------------------------------------------------------------------
-def append_metrics(run_dir: Path, rows: list[dict[str, Any]], durable: bool = True) -> None:
-    """Append rows to metrics.jsonl, one complete line each, flushed to the operating system.
-
-    `durable` also syncs the file to disk (a few milliseconds of waiting): training asks for it with
-    the rows written at checkpoints, not with every logged step. A killed process loses nothing
-    either way; only a machine crash can lose the unsynced rows after the last checkpoint, which a
-    resume would drop anyway.
-    """
-    if not rows:
-        return
-    text = "".join(json.dumps(_finite(row)) + "\n" for row in rows)
-    with open(Path(run_dir) / METRICS_FILE, "a") as handle:
-        handle.write(text)
-        handle.flush()
-        if durable:
-            os.fsync(handle.fileno())
-
-
-def _finite(row: dict[str, Any]) -> dict[str, Any]:
-    """JSON has no NaN/inf: write them as null."""
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
-
-
-def read_metric_rows(run_dir: Path) -> list[dict[str, Any]]:
-    """All complete rows of metrics.jsonl; a torn last line (a kill mid-write) is skipped."""
-    path = Path(run_dir) / METRICS_FILE
-    rows = []
-    try:
-        with open(path) as handle:
-            for line in handle:
-                if not line.endswith("\n"):
-                    break  # torn final line
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(row, dict):
-                    rows.append(row)
-    except FileNotFoundError:
-        pass
-    return rows
-
-
-def truncate_metrics(run_dir: Path, last_step: int) -> None:
-    """Keep only rows up to `last_step` (the resumed checkpoint's step), so curves hold no duplicates.
-
-    Eval rows are written at the step they measure and step rows after the step they log, so both
-    compare against the step the checkpoint was taken at.
-    """
-    rows = [r for r in read_metric_rows(run_dir) if int(r.get("step", 0)) <= last_step]
-    write_atomic(Path(run_dir) / METRICS_FILE, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows)), "w")
-
-
-def read_metrics(run_dir: Path) -> pd.DataFrame:
-    """metrics.jsonl as a DataFrame (column `kind` is metric_rows.STEP or EVAL); empty with the key columns when absent."""
-    import pandas as pd
-
-    rows = read_metric_rows(run_dir)
-    frame = pd.DataFrame(rows)
-    for column in ("kind", "step", "epoch"):
-        if column not in frame:
-            frame[column] = pd.Series(dtype="object" if column == "kind" else "float")
-    return frame
-
-
 # --- checkpoints and listing -----------------------------------------------------------------
 @dataclass
 class Snapshot:
@@ -336,7 +258,7 @@ class Snapshot:
 def list_snapshots(run_dir: Path) -> list[Snapshot]:
     """Evaluation-point checkpoints (`step-*.pt`), oldest first, labelled with their epoch and kNN."""
     run_dir = Path(run_dir)
-    evals = {int(r["step"]): r for r in read_metric_rows(run_dir) if is_eval(r)}
+    evals = {int(r["step"]): r for r in read_rows(run_dir) if is_eval(r)}
     snapshots = []
     for path in sorted(run_dir.glob(SNAPSHOT_GLOB)):
         try:
@@ -445,7 +367,7 @@ def summarize_run(run_dir: Path) -> RunSummary:
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     status = read_status(run_dir)
-    rows = read_metric_rows(run_dir)
+    rows = read_rows(run_dir)
     evals = [r for r in eval_rows(rows) if r.get("knn") is not None]
     steps = step_rows(rows)
     last_row = rows[-1] if rows else {}

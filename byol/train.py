@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import metric_rows, runs
+from . import metrics_file, runs
 from .allocator import keep_freed_memory
 from .augment import byol_view_settings
 from .checkpoint import (
@@ -327,7 +327,7 @@ def _train(
     if world.is_main:
         # The first write of this training: clear what writers killed mid-write left (partial checkpoints).
         remove_stale_temporaries(run_dir)
-        runs.truncate_metrics(run_dir, step if saved is not None else -1)
+        metrics_file.truncate_after(run_dir, step if saved is not None else -1)
 
     def write_step_row(row: dict[str, Any]) -> None:
         if not math.isfinite(row["loss"]):
@@ -336,7 +336,7 @@ def _train(
                 "Lower the learning rate (or use fp32 precision) and start a new run."
             )
         if world.is_main:  # flushed, not synced: an fsync here would stall the training thread
-            runs.append_metrics(run_dir, [row], durable=False)
+            metrics_file.append_rows(run_dir, [row], durable=False)
         eta = (total_steps + offset - row["step"]) * global_batch / max(row["images_per_s"], 1e-9)
         status.progress.update(step=row["step"], epoch=row["epoch"], images_per_s=row["images_per_s"], eta_seconds=round(eta))
         emit({**row, "total_steps": total_steps + offset})
@@ -359,7 +359,7 @@ def _train(
         queries = extract_features(networks.backbone, query_images, use_bf16=bf16, channels_last=config.channels_last)
         knn = knn_accuracy(bank, bank_labels, queries, query_labels, len(data.classes), config.knn_k, config.knn_temperature)
         row = {
-            "kind": metric_rows.EVAL,
+            "kind": metrics_file.EVAL,
             "step": step,
             "epoch": round((step - offset) / steps_per_epoch, 4),
             "knn": knn,
@@ -372,7 +372,7 @@ def _train(
             "eval_seconds": round(time.perf_counter() - started, 2),
             "time": time.time(),
         }
-        runs.append_metrics(run_dir, [row])
+        metrics_file.append_rows(run_dir, [row])
         save_checkpoint(run_dir / runs.snapshot_name(step), snapshot_state(networks.backbone, config, step, row["epoch"], knn))
         emit(row)
         return row
@@ -408,7 +408,7 @@ def _train(
                 elapsed = time.monotonic() - window_start
                 speed = window_steps * global_batch / max(elapsed, 1e-9)
                 row = {
-                    "kind": metric_rows.STEP,
+                    "kind": metrics_file.STEP,
                     "step": step,
                     "epoch": round((step - offset) / steps_per_epoch, 4),
                     "loss": None,  # the loss over the global batch, filled in by the step log

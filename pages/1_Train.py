@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from byol import demos, runs
+from byol import demos, metrics_file, runs
 from byol.config import DEVICES, OPTIMIZERS, PRECISIONS, PRESET_HELP, PRESETS, TAU_SCHEDULES, TrainConfig
 from byol.jobs import launch_problems
 from ui.charts import collapse_figure, knn_figure, loss_figure, rank_figure
@@ -381,7 +381,7 @@ def show_run(run_path: str, live_at_start: bool) -> None:
     )
     m5.metric("Raw pixels", fmt_pct(summary.pixel_knn), help=HELP["pixel_knn"])
 
-    metrics = runs.read_metrics(folder)
+    metrics = metrics_file.read_frame(folder)
     if metrics.empty:
         st.info(
             "No measurements yet: the first curves appear after the data is loaded and the first steps ran.",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from byol import metric_rows, runs
+from byol import metrics_file, runs
 from byol.collapse import DEFAULT_SMOOTHING, criterion_text, healthy_std
 from byol.config import PRESET_HELP, PRESETS, preset, with_epochs
 from byol.jobs import launch_problems
@@ -116,7 +116,7 @@ if not picked:
     st.info("Pick one or more runs above to draw their curves.", icon=":material/info:")
     st.stop()
 
-metrics = {name: runs.read_metrics(by_name[name].path) for name in picked}
+metrics = {name: metrics_file.read_frame(by_name[name].path) for name in picked}
 configs = {name: runs.read_config(by_name[name].path) for name in picked}
 # Chart markers: each run's collapse step, read with the run by the one rule (RunSummary.collapse).
 collapsed = {name: by_name[name].collapse.step if by_name[name].collapse else None for name in picked}
@@ -127,7 +127,7 @@ left.plotly_chart(
     overlay_figure(metrics, "loss", "Loss (log scale)", "loss", smoothing=smoothing, log_y=True, markers=collapsed),
     key="overlay_loss",
 )
-knn_chart = overlay_figure(metrics, "knn", "kNN accuracy", "kNN accuracy (%)", kind=metric_rows.EVAL)
+knn_chart = overlay_figure(metrics, "knn", "kNN accuracy", "kNN accuracy (%)", kind=metrics_file.EVAL)
 # The baselines are drawn when every picked run measured the same one (the same bank, queries and start).
 add_knn_baselines(
     knn_chart, shared_value(by_name[n].baseline_knn for n in picked), shared_value(by_name[n].pixel_knn for n in picked)
@@ -139,7 +139,7 @@ for d in sorted({c.projector_dim for c in configs.values()}):
 spread.update_yaxes(rangemode="tozero")
 left.plotly_chart(spread, key="overlay_spread")
 right.plotly_chart(
-    overlay_figure(metrics, "effective_rank", "Effective rank", "effective rank", kind=metric_rows.EVAL),
+    overlay_figure(metrics, "effective_rank", "Effective rank", "effective rank", kind=metrics_file.EVAL),
     key="overlay_rank",
 )
 

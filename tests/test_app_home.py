@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
-from byol import cifar10, embed, retrieval, runs
+from byol import cifar10, embed, metrics_file, retrieval, runs
 from byol import data as datasets
 from byol.checkpoint import checkpoint_choices
 from byol.files import write_json_atomic
@@ -75,15 +75,15 @@ def ship_a_demo_and_a_batch_norm_pair(finished_run, runs_dir) -> None:
         shutil.copytree(finished_run, runs_dir / name)
         record = runs.read_status(runs_dir / name)
         write_json_atomic(runs_dir / name / "status.json", {**record, "created": record["created"] + 1})  # newer
-    rows = runs.read_metric_rows(runs_dir / "demo-pair-no-bn")
+    rows = metrics_file.read_rows(runs_dir / "demo-pair-no-bn")
     for row in rows:
         if row["kind"] == "step":
             row["z_std"] = 1e-4
-    (runs_dir / "demo-pair-no-bn" / runs.METRICS_FILE).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (runs_dir / "demo-pair-no-bn" / metrics_file.NAME).write_text("".join(json.dumps(row) + "\n" for row in rows))
     for run_dir in (finished_run, runs_dir / "demo-pair-bn", runs_dir / "demo-pair-no-bn"):
         (run_dir / "demo.json").write_text(json.dumps({"label": f"{run_dir.name}, shipped."}))
-    main_rows = [{**row, "knn": row["knn"] + 1} if row["kind"] == "eval" else row for row in runs.read_metric_rows(finished_run)]
-    (finished_run / runs.METRICS_FILE).write_text("".join(json.dumps(row) + "\n" for row in main_rows))  # the best kNN
+    main_rows = [{**row, "knn": row["knn"] + 1} if row["kind"] == "eval" else row for row in metrics_file.read_rows(finished_run)]
+    (finished_run / metrics_file.NAME).write_text("".join(json.dumps(row) + "\n" for row in main_rows))  # the best kNN
 
 
 def test_the_shipped_batch_norm_pair_gets_its_own_section_and_home_still_shows_the_main_demo(finished_run, runs_dir, app_test):

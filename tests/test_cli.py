@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from byol import runs
+from byol import metrics_file, runs
 from byol.checkpoint import default_checkpoint
 from helpers import run_cli, tiny_cli_settings
 
@@ -44,7 +44,7 @@ def test_resume_extends_a_finished_run_and_list_shows_it(trained):
     resumed = run_cli("resume", run_dir, "--epochs", "2")
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout.strip().splitlines()[-1] == run_dir
-    steps = [r["step"] for r in runs.read_metric_rows(run_dir) if r["kind"] == "step"]
+    steps = [r["step"] for r in metrics_file.read_rows(run_dir) if r["kind"] == "step"]
     assert steps == [4, 5, 8]  # logged every 5 steps and at each epoch's end, never twice
     listing = run_cli("list", "--runs-dir", str(runs_dir))
     assert listing.returncode == 0 and "finished" in listing.stdout and "epoch 2/2" in listing.stdout

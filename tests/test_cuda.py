@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from byol import runs
+from byol import metrics_file, runs
 from byol.augment import byol_view_settings
 from byol.config import preset
 from byol.graph_step import GraphedStep
@@ -112,9 +112,9 @@ def test_a_run_with_the_cuda_graph_trains_and_resumes(tmp_path):
     config = tiny_config(device="cuda", cuda_graph=True, cuda_fast=True, epochs=2, log_every=2)
     run_dir = runs.create_run(tmp_path / "runs", config)
     assert train(config, run_dir) == runs.FINISHED
-    steps = [r for r in runs.read_metric_rows(run_dir) if r["kind"] == "step"]
+    steps = [r for r in metrics_file.read_rows(run_dir) if r["kind"] == "step"]
     assert steps and all(0 <= r["loss"] <= 4 for r in steps)
     runs.update_config(run_dir, config.replace(epochs=3))
     assert train(runs.read_config(run_dir), run_dir) == runs.FINISHED
-    resumed = [r for r in runs.read_metric_rows(run_dir) if r["kind"] == "step"]
+    resumed = [r for r in metrics_file.read_rows(run_dir) if r["kind"] == "step"]
     assert resumed[-1]["step"] > steps[-1]["step"] and all(0 <= r["loss"] <= 4 for r in resumed)

@@ -2,7 +2,7 @@
 
 import json
 
-from byol import demos, runs
+from byol import demos, metrics_file, runs
 from helpers import tiny_config
 
 
@@ -10,7 +10,7 @@ def make_run(runs_dir, name, knn, demo=True):
     """A finished run with one kNN evaluation; with a demo.json when `demo`."""
     run_dir = runs.create_run(runs_dir, tiny_config(), name)
     runs.write_status(run_dir, runs.FINISHED)
-    runs.append_metrics(run_dir, [{"kind": "eval", "step": 10, "epoch": 1, "knn": knn}])
+    metrics_file.append_rows(run_dir, [{"kind": "eval", "step": 10, "epoch": 1, "knn": knn}])
     if demo:
         record = {"label": f"{name}, trained by the team", "summary": f"{name} learned."}
         (run_dir / demos.DEMO_RECORD).write_text(json.dumps(record))

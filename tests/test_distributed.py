@@ -25,7 +25,7 @@ import pytest
 import torch
 from torch import nn
 
-from byol import runs
+from byol import metrics_file, runs
 from byol.checkpoint import load_backbone, load_checkpoint
 from byol.data import load_dataset
 from byol.knn import chosen_images, extract_features, knn_accuracy
@@ -74,11 +74,11 @@ def environment() -> dict[str, str]:
 
 
 def step_rows(run_dir: Path) -> list[dict]:
-    return [r for r in runs.read_metric_rows(run_dir) if r["kind"] == "step"]
+    return [r for r in metrics_file.read_rows(run_dir) if r["kind"] == "step"]
 
 
 def eval_rows(run_dir: Path) -> list[dict]:
-    return [r for r in runs.read_metric_rows(run_dir) if r["kind"] == "eval"]
+    return [r for r in metrics_file.read_rows(run_dir) if r["kind"] == "eval"]
 
 
 def wait_for(condition, timeout: float = 180) -> None:

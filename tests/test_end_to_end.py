@@ -5,7 +5,7 @@ separates them poorly (about 27% kNN), so beating the step-0 kNN by 10 points me
 learned the shapes. The slowest test: about three minutes on 2 cores.
 """
 
-from byol import runs
+from byol import metrics_file, runs
 from byol.config import preset
 from byol.train import train
 
@@ -40,7 +40,7 @@ def test_training_beats_the_random_init_baseline_by_ten_points(tmp_path):
     config = preset("cpu", **LEARNS_SYNTHETIC)
     run_dir = runs.create_run(tmp_path, config)
     assert train(config, run_dir) == runs.FINISHED
-    evals = [r for r in runs.read_metric_rows(run_dir) if r["kind"] == "eval"]
+    evals = [r for r in metrics_file.read_rows(run_dir) if r["kind"] == "eval"]
     baseline, final = evals[0], evals[-1]
     assert baseline["step"] == 0 and final["step"] == 24 * (4000 // 64)
     assert final["knn"] >= baseline["knn"] + 10, (baseline["knn"], final["knn"])

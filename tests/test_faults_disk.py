@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import fault_figures
-from byol import runs
+from byol import metrics_file, runs
 from byol.checkpoint import load_checkpoint
 from byol.train import train
 from helpers import tiny_config, write_image_folder
@@ -77,7 +77,7 @@ def test_a_checkpoint_write_failing_half_way_keeps_the_last_one_and_the_run_resu
     resumed = train(config, run_dir)
     fault_figures.add("runs lost", 0 if resumed == runs.FINISHED else 1)
     assert resumed == runs.FINISHED
-    rows = runs.read_metric_rows(run_dir)
+    rows = metrics_file.read_rows(run_dir)
     assert [r["step"] for r in rows if r["kind"] == "step"] == list(range(1, 9))  # each step once, in order
     assert [r["step"] for r in rows if r["kind"] == "eval"] == [0, 4, 8]
     assert sorted(p.name for p in run_dir.glob("*.pt")) == ["last.pt", "step-00000000.pt", "step-00000004.pt", "step-00000008.pt"]

@@ -39,7 +39,7 @@ from typing import Any, Callable
 import pytest
 
 import fault_figures
-from byol import runs
+from byol import metrics_file, runs
 from byol.checkpoint import load_checkpoint
 from helpers import REPO, cli_child, tiny_cli_settings, write_image_folder
 
@@ -124,7 +124,7 @@ def metric_lines(run_dir: Path) -> tuple[list[dict], bool]:
     """The rows of metrics.jsonl and whether its last line is torn (no newline: a kill mid-append)."""
     path = run_dir / "metrics.jsonl"
     text = path.read_text() if path.exists() else ""
-    return runs.read_metric_rows(run_dir), bool(text) and not text.endswith("\n")
+    return metrics_file.read_rows(run_dir), bool(text) and not text.endswith("\n")
 
 
 def step_rows(rows: list[dict]) -> list[dict]:

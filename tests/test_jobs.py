@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from byol import jobs, runs
+from byol import jobs, metrics_file, runs
 from byol.config import ConfigError
 from byol.dataset import DataError
 from byol.jobs import JobRunner
@@ -261,7 +261,7 @@ def test_finished_run_fixture_is_a_real_finished_run(finished_run):
     summary = runs.summarize_run(finished_run)
     assert summary.state == runs.FINISHED
     assert summary.baseline_knn is not None and summary.pixel_knn is not None
-    metrics = runs.read_metrics(finished_run)
+    metrics = metrics_file.read_frame(finished_run)
     assert set(metrics[metrics["kind"] == "eval"]["step"]) == {0, 4, 8}
     assert (finished_run / "last.pt").is_file()
     assert os.path.isfile(finished_run / "step-00000008.pt")

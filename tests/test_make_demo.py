@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from byol import embed, map_film, probe, run_images, runs, shipped
+from byol import embed, map_film, metrics_file, probe, run_images, runs, shipped
 from helpers import fresh_checkout
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -23,7 +23,7 @@ def test_a_finished_run_becomes_a_demo_with_its_own_figures(finished_run, runs_d
     assert not (out / runs.LAST_CHECKPOINT).exists()  # no optimiser state
 
     record = json.loads((out / "demo.json").read_text())
-    evals = [r for r in runs.read_metric_rows(finished_run) if r["kind"] == "eval"]
+    evals = [r for r in metrics_file.read_rows(finished_run) if r["kind"] == "eval"]
     assert record["knn"] == evals[-1]["knn"] and record["random_init_knn"] == evals[0]["knn"]
     assert record["machine"] == "a test machine" and record["minutes"] >= 0
     assert "a test machine" in record["label"]
@@ -41,12 +41,12 @@ def test_a_finished_run_becomes_a_demo_with_its_own_figures(finished_run, runs_d
 
 def test_a_collapsed_run_says_so_first_and_records_the_compare_pages_verdict(finished_run):
     healthy = make_demo.demo_record(finished_run, "m", "synthetic")
-    rows = runs.read_metric_rows(finished_run)
+    rows = metrics_file.read_rows(finished_run)
     steps = [row for row in rows if row["kind"] == "step"]
     assert len(steps) >= 5, "the tiny run logs too few steps to show a collapse"
     for row in steps:  # every projection the same vector: a spread far under the collapse line
         row["z_std"] = 1e-4
-    (finished_run / runs.METRICS_FILE).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (finished_run / metrics_file.NAME).write_text("".join(json.dumps(row) + "\n" for row in rows))
     collapsed = make_demo.demo_record(finished_run, "m", "synthetic")
     assert collapsed["collapsed"] == f"at step {steps[0]['step']:,}" and healthy["collapsed"] != collapsed["collapsed"]
     summary = collapsed["summary"]

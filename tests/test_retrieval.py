@@ -15,8 +15,9 @@ from PIL import Image
 
 from byol import embed, images, retrieval
 from byol.checkpoint import CheckpointError, checkpoint_choices, random_init_checkpoint, save_checkpoint, snapshot_state
+from byol.metrics_file import append_rows
 from byol.model import resnet18_cifar
-from byol.runs import FINISHED, append_metrics, create_run, write_status
+from byol.runs import FINISHED, create_run, write_status
 from byol.synthetic import synthetic_dataset
 from helpers import tiny_config
 
@@ -35,7 +36,7 @@ def make_run(runs_dir: Path, name: str = "tiny", last_step: int | None = 6) -> P
     if last_step is not None:
         torch.manual_seed(2)
         save_checkpoint(run_dir / "last.pt", snapshot_state(resnet18_cifar(config.width), config, last_step, last_step / 4, None))
-    append_metrics(
+    append_rows(
         run_dir,
         [
             {"kind": "eval", "step": 0, "epoch": 0.0, "knn": 20.0},

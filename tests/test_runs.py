@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from byol import demos, runs
+from byol import demos, metrics_file, runs
 from helpers import shipped_demo, tiny_config
 
 
@@ -69,7 +69,7 @@ def test_resume_problem_refuses_a_finished_run_without_last_pt(tmp_path):
 
 def test_a_resume_may_not_plan_fewer_epochs_than_done_and_a_finished_run_needs_more(tmp_path):
     run_dir = runs.create_run(tmp_path, tiny_config(epochs=10), "r")
-    runs.append_metrics(run_dir, [{"kind": "step", "step": 25, "epoch": 2.5, "z_std": 0.1}])
+    metrics_file.append_rows(run_dir, [{"kind": "step", "step": 25, "epoch": 2.5, "z_std": 0.1}])
     runs.write_status(run_dir, runs.STOPPED)
     assert runs.fewest_epochs_to_resume(run_dir, runs.STOPPED) == 3
     assert runs.extended_config(run_dir, runs.STOPPED, 3).epochs == 3  # a shorter plan that is not behind
@@ -86,7 +86,7 @@ def test_a_resume_may_not_plan_fewer_epochs_than_done_and_a_finished_run_needs_m
 
 def test_snapshots_are_labelled_with_their_step_epoch_and_knn(tmp_path):
     run_dir = runs.create_run(tmp_path, tiny_config(), "r")
-    runs.append_metrics(run_dir, [{"kind": "eval", "step": 488, "epoch": 10.0103, "knn": 47.83}])
+    metrics_file.append_rows(run_dir, [{"kind": "eval", "step": 488, "epoch": 10.0103, "knn": 47.83}])
     for step in (0, 488):
         (run_dir / f"step-{step:08d}.pt").write_bytes(b"")
     labels = [s.label for s in runs.list_snapshots(run_dir)]
@@ -99,7 +99,7 @@ def test_a_runs_summary_says_whether_and_when_it_collapsed(tmp_path):
     healthy = 1 / config.projector_dim**0.5
     for name, spreads in (("healthy", [healthy] * 30), ("collapsed", [healthy] * 10 + [1e-4] * 20)):
         run_dir = runs.create_run(tmp_path, config, name)
-        runs.append_metrics(run_dir, [{"kind": "step", "step": 10 * i, "z_std": z} for i, z in enumerate(spreads)])
+        metrics_file.append_rows(run_dir, [{"kind": "step", "step": 10 * i, "z_std": z} for i, z in enumerate(spreads)])
     assert runs.summarize_run(tmp_path / "healthy").collapse is None
     collapse = runs.summarize_run(tmp_path / "collapsed").collapse
     assert collapse is not None and 100 <= collapse.step <= 150 and collapse.recovered_step is None

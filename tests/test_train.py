@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from byol import runs
+from byol import metrics_file, runs
 from byol.checkpoint import load_checkpoint
 from byol.config import ConfigError
 from byol.dataset import DataError
@@ -29,11 +29,11 @@ def new_run(tmp_path, **overrides):
 
 
 def step_rows(run_dir):
-    return [r for r in runs.read_metric_rows(run_dir) if r["kind"] == "step"]
+    return [r for r in metrics_file.read_rows(run_dir) if r["kind"] == "step"]
 
 
 def eval_rows(run_dir):
-    return [r for r in runs.read_metric_rows(run_dir) if r["kind"] == "eval"]
+    return [r for r in metrics_file.read_rows(run_dir) if r["kind"] == "eval"]
 
 
 def test_a_run_leaves_everything_the_dashboard_reads(tmp_path):
@@ -78,7 +78,7 @@ def test_resume_continues_at_the_same_step_and_matches_an_uninterrupted_run(tmp_
     stop = threading.Event()
     train(config, resumed, stop, lambda e: e.get("kind") == "step" and e["step"] == 6 and stop.set())
     # Simulate rows written after the checkpoint by a process that died: resume must drop them.
-    runs.append_metrics(resumed, [{"kind": "step", "step": 7, "loss": 9.0}])
+    metrics_file.append_rows(resumed, [{"kind": "step", "step": 7, "loss": 9.0}])
     with open(resumed / "metrics.jsonl", "a") as f:
         f.write('{"kind": "step", "st')  # a torn line from a kill mid-write
     assert train(config, resumed) == runs.FINISHED

@@ -1,6 +1,6 @@
 """The dashboard's plotly charts of a run's curves: loss, kNN with its baselines, collapse meter, effective rank, overlays.
 
-Each `*_figure()` takes the metrics DataFrame from `byol.runs.read_metrics` and returns a figure for
+Each `*_figure()` takes the metrics DataFrame from `byol.metrics_file.read_frame` and returns a figure for
 `st.plotly_chart`; nothing here reads files or calls streamlit, so tests can build the figures directly.
 """
 
@@ -11,7 +11,7 @@ from typing import Sequence
 import pandas as pd
 import plotly.graph_objects as go
 
-from byol import metric_rows
+from byol import metrics_file
 from byol.collapse import DEFAULT_FRACTION, collapse_line, collapse_point, healthy_std, smooth
 
 PALETTE = ["#3b5bdb", "#e8590c", "#2b8a3e", "#c2255c", "#7048e8", "#0b7285", "#e67700", "#495057"]
@@ -33,11 +33,11 @@ def _base_figure(title: str, y_title: str, x_title: str = "epoch", height: int =
 
 
 def step_rows(metrics: pd.DataFrame) -> pd.DataFrame:
-    return metrics[metrics["kind"] == metric_rows.STEP] if "kind" in metrics else metrics.iloc[0:0]
+    return metrics[metrics["kind"] == metrics_file.STEP] if "kind" in metrics else metrics.iloc[0:0]
 
 
 def eval_rows(metrics: pd.DataFrame) -> pd.DataFrame:
-    return metrics[metrics["kind"] == metric_rows.EVAL] if "kind" in metrics else metrics.iloc[0:0]
+    return metrics[metrics["kind"] == metrics_file.EVAL] if "kind" in metrics else metrics.iloc[0:0]
 
 
 def _column(frame: pd.DataFrame, name: str) -> pd.DataFrame:
@@ -172,7 +172,7 @@ def overlay_figure(
     column: str,
     title: str,
     y_title: str,
-    kind: str = metric_rows.STEP,
+    kind: str = metrics_file.STEP,
     smoothing: float = 0.0,
     log_y: bool = False,
     markers: dict[str, int | None] | None = None,
@@ -181,10 +181,10 @@ def overlay_figure(
     figure = _base_figure(title, y_title, height=400)
     figure.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0), margin=dict(b=10))
     for i, (name, metrics) in enumerate(frames.items()):
-        rows = _column(step_rows(metrics) if kind == metric_rows.STEP else eval_rows(metrics), column)
+        rows = _column(step_rows(metrics) if kind == metrics_file.STEP else eval_rows(metrics), column)
         color = PALETTE[i % len(PALETTE)]
-        y = _smoothed(rows[column], smoothing) if kind == metric_rows.STEP else list(rows[column])
-        few = kind != metric_rows.STEP or len(rows) < 20  # a line through one or two points would not show
+        y = _smoothed(rows[column], smoothing) if kind == metrics_file.STEP else list(rows[column])
+        few = kind != metrics_file.STEP or len(rows) < 20  # a line through one or two points would not show
         figure.add_scatter(
             x=rows["epoch"],
             y=y,
