@@ -2,7 +2,7 @@
 
 Every source ends up as the same `Dataset`: uint8 images [N, 3, S, S] on the CPU plus int64 labels, for
 a train and a test split. Training keeps the whole set in memory and augments it with batched tensor
-ops (see DESIGN.md), so there is no per-image loader here, only "decode once, then slice tensors".
+ops (byol/augment.py), so there is no per-image loader here, only "decode once, then slice tensors".
 
 Sources, as the user types them:
 - "cifar10":   torchvision's download (cifar10.py; fails without internet, and the error says what to do);

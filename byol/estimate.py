@@ -1,8 +1,8 @@
 """An honest training-time estimate: time a few real training steps of the config on this device.
 
-`estimate_time(config)` measures images per second with the training loop's own pieces (the
-config's networks and optimiser, `byol_views`, `forward_loss` under the same bf16 autocast and
-channels-last layout as train.py, backward, optimiser step, EMA target update) on random uint8
+`estimate_time(config)` measures images per second with the training loop's own step
+(`step.training_step`: the config's networks and optimiser, both views, the loss under the same bf16
+autocast and channels-last layout as train.py, backward, optimiser step, EMA target update) on random uint8
 images at the config's batch size: 2 warm-up steps, then 3 timed ones. The speed is cached in
 `<project cache>/speed.json` keyed by (device, width, heads, batch, precision, ...), so the next
 estimate for the same shape of network is instant.
@@ -46,7 +46,7 @@ from .step import training_step
 EVAL_COST_PER_IMAGE = 1 / 3  # an evaluation image costs this fraction of a training image (see above)
 WARMUP_STEPS, TIMED_STEPS = 2, 3
 # A rule of thumb for warnings before anything is measured: CPU seconds per (image x width^2) of one
-# training step, from DESIGN.md's measurement (ResNet-18 width 64, 128 images: ~8.7 s on 2 cores).
+# training step, from one measured fp32 step of ResNet-18 width 64 on 128 images: ~8.7 s on 2 cores.
 CPU_SECONDS_PER_IMAGE_WIDTH2 = 8.7 / (128 * 64 * 64)
 CPU_MEASURE_BUDGET_S = 15.0  # seconds a CPU measurement may take, network construction included
 PROBE_BATCH = 16

@@ -64,7 +64,7 @@ GLOSSARY: dict[str, str] = {
     "Learning rate": "How big each training step's change to the network is. Too high: training blows up; too low: it crawls.",
     "Loss": (
         "How far the online network's guesses are from the target network's answers (0 = perfect, "
-        "4 = opposite). It should fall, but a loss near 0 with falling spread means collapse."
+        "8 = opposite: it adds both views' guesses). It should fall, but a loss near 0 with falling spread means collapse."
     ),
 }
 
