@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from byol.config import TrainConfig, source_kind
+from byol.config import CIFAR10_KIND, IMAGE_FOLDER_WORDS, TrainConfig, source_kind
 from byol.dataset import DataError, Dataset
 from byol.images import resize_batch
 
@@ -36,7 +36,7 @@ SIZES = (50_000, 10_000)  # (train, test) images
 
 def is_named(source: str) -> bool:
     """Whether a data source names CIFAR-10 itself (torchvision's download), not a folder or archive."""
-    return source_kind(source) == "cifar10"
+    return source_kind(source) == CIFAR10_KIND
 
 
 def local_copies() -> list[Path]:
@@ -82,8 +82,7 @@ def load(root: str | None, cache_dir: Path, image_size: int) -> Dataset:
     except Exception as exc:  # URLError, OSError, RuntimeError (checksum)...: all mean "not available"
         raise DataError(
             f"CIFAR-10 could not be downloaded (no internet?): {type(exc).__name__}: {exc}. "
-            "To use a local copy, give as the data source a folder with train/<class>/ and "
-            "test/<class>/ images, or a .tar.gz or .zip archive of one "
+            f"To use a local copy, give as the data source {IMAGE_FOLDER_WORDS} "
             "(for example ../shared/data/cifar10-jpg.tar.gz)."
         ) from exc
 

@@ -203,7 +203,14 @@ def with_epochs(config: TrainConfig, epochs: int) -> TrainConfig:
 OPTIMIZERS = ("lars", "sgd", "adamw", "adam")
 CIFAR10_SOURCES = ("cifar10", "cifar-10")  # names of torchvision's CIFAR-10 download (cifar10.py)
 SYNTHETIC_SOURCE = "synthetic"  # generated pictures, no files (synthetic.py)
-NAMED_SOURCES = (*CIFAR10_SOURCES, SYNTHETIC_SOURCE)  # data sources that are names, not paths (data.py)
+# What a data source names (`source_kind`): CIFAR-10, generated pictures, or a path to an image folder.
+CIFAR10_KIND, SYNTHETIC_KIND, PATH_KIND = "cifar10", "synthetic", "path"
+ARCHIVE_EXTENSIONS: tuple[str, ...] = (".tar.gz", ".tgz", ".tar", ".zip")  # an image folder packed whole (data.py)
+# What a path must hold, in the words every message and help text uses.
+IMAGE_FOLDER_WORDS = (
+    "a folder with train/<class>/ and test/<class>/ images, or a "
+    f"{', '.join(ARCHIVE_EXTENSIONS[:-1])} or {ARCHIVE_EXTENSIONS[-1]} archive of one"
+)
 TAU_SCHEDULES = ("cosine", "fixed")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")  # and cuda:N for one GPU of several
@@ -285,13 +292,13 @@ def _check_number(name: str, value: Any) -> str | None:
 
 
 def source_kind(source: str) -> str:
-    """What a data source names: "cifar10", "synthetic" or "path" (a folder or archive).
+    """What a data source names: CIFAR10_KIND, SYNTHETIC_KIND or PATH_KIND (a folder or archive).
 
     The names win over a folder of the same name; "./synthetic" still reaches such a folder."""
     key = source.strip().lower()
     if key in CIFAR10_SOURCES:
-        return "cifar10"
-    return "synthetic" if key == SYNTHETIC_SOURCE else "path"
+        return CIFAR10_KIND
+    return SYNTHETIC_KIND if key == SYNTHETIC_SOURCE else PATH_KIND
 
 
 def config_errors(config: TrainConfig) -> list[str]:
@@ -299,10 +306,10 @@ def config_errors(config: TrainConfig) -> list[str]:
     errors = [e for name in _NUMERIC_RANGES if (e := _check_number(name, getattr(config, name)))]
     if not isinstance(config.data, str) or not config.data.strip():
         errors.append("Data source (data) must be 'cifar10', 'synthetic' or a path to an image folder.")
-    elif source_kind(config.data) == "path" and not Path(config.data).expanduser().exists():
+    elif source_kind(config.data) == PATH_KIND and not Path(config.data).expanduser().exists():
         errors.append(
             f"Data source (data): there is no folder or archive at {config.data}. Give 'cifar10', 'synthetic', "
-            "or the path of a folder with train/<class>/ and test/<class>/ images (or a .tar.gz/.zip of one)."
+            f"or the path of {IMAGE_FOLDER_WORDS}."
         )
     if config.optimizer not in OPTIMIZERS:
         errors.append(f"Optimizer (optimizer) must be one of {', '.join(OPTIMIZERS)}; got {config.optimizer!r}.")

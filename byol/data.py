@@ -32,16 +32,14 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from byol import cifar10, synthetic
+from byol import cifar10
 from byol.cifar10 import CLASS_NAMES_CIFAR10  # noqa: F401  (kept importable from here)
-from byol.config import TrainConfig, source_kind
+from byol.config import ARCHIVE_EXTENSIONS, CIFAR10_KIND, IMAGE_FOLDER_WORDS, PATH_KIND, SYNTHETIC_KIND, TrainConfig, source_kind
 from byol.dataset import DataError, Dataset
 from byol.images import IMAGE_EXTENSIONS, cache_key, decode_image, read_cache, write_cache
 from byol.synthetic import synthetic_dataset
 
 log = logging.getLogger(__name__)
-
-ARCHIVE_EXTENSIONS: tuple[str, ...] = (".tar.gz", ".tgz", ".tar", ".zip")
 
 _EXPECTED_LAYOUT = (
     "Expected layout: train/<class>/<images> and test/<class>/<images>, for example "
@@ -58,22 +56,6 @@ def default_cache_dir() -> Path:
     return Path(__file__).resolve().parent.parent / ".cache"
 
 
-def describe_source(source: str) -> str:
-    """One plain line saying what `source` refers to, for status lines and run summaries."""
-    kind = source_kind(source)
-    if kind == "cifar10":
-        return "CIFAR-10 (torchvision download)"
-    if kind == "synthetic":
-        train, test = synthetic.SIZES
-        return f"synthetic ({len(synthetic.SYNTHETIC_CLASSES)} classes, {train:,} train / {test:,} test)"
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return f"image folder {path}"
-    if path.is_file():
-        return f"image archive {path}" if _is_archive_name(path) else f"file {path} (not a data set)"
-    return f"{path} (not found)"
-
-
 def layout_problem(source: str) -> str | None:
     """What is wrong with the layout of an image folder or .zip `source`, as one sentence; None if fine.
 
@@ -82,7 +64,7 @@ def layout_problem(source: str) -> str | None:
     fails. Named sources, missing paths (config validation says so) and tar archives (listing one
     means decompressing all of it) return None here and are checked when they load.
     """
-    if source_kind(source) != "path":
+    if source_kind(source) != PATH_KIND:
         return None
     path = Path(source).expanduser()
     try:
@@ -109,9 +91,9 @@ def load_dataset(source: str, root: str | None = None, cache_dir: Path | None = 
         raise DataError(f"The image size must be a whole number of at least 8 pixels (got {image_size!r}).")
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     kind = source_kind(source)
-    if kind == "synthetic":
+    if kind == SYNTHETIC_KIND:
         return synthetic_dataset(image_size=image_size)
-    if kind == "cifar10":
+    if kind == CIFAR10_KIND:
         return cifar10.load(root, cache_dir, image_size)
     return _load_folder_or_archive(Path(source).expanduser(), cache_dir / "data", image_size)
 
@@ -165,10 +147,7 @@ def _dataset_name(path: Path) -> str:
 
 def _load_folder_or_archive(path: Path, cache_folder: Path, image_size: int) -> Dataset:
     if not path.exists():
-        raise DataError(
-            f"Data source not found: {path}. Give 'cifar10', 'synthetic', or the path of an image "
-            "folder or of a .tar.gz/.zip archive of one."
-        )
+        raise DataError(f"Data source not found: {path}. Give 'cifar10', 'synthetic', or the path of {IMAGE_FOLDER_WORDS}.")
     path = path.resolve()
     listing: _Listing | None = None
     if path.is_dir():
@@ -198,10 +177,7 @@ def _load_folder_or_archive(path: Path, cache_folder: Path, image_size: int) -> 
 
 def _not_a_data_set_file(path: Path) -> DataError:
     kind = "a single image, not a data set" if path.suffix.lower() in IMAGE_EXTENSIONS else "not a supported file type"
-    return DataError(
-        f"{path} is {kind}. Give an image folder (train/<class>/, test/<class>/) or an archive "
-        f"of one ending in {', '.join(ARCHIVE_EXTENSIONS)}."
-    )
+    return DataError(f"{path} is {kind}. Give {IMAGE_FOLDER_WORDS}.")
 
 
 def _clean_parts(name: str) -> tuple[str, ...] | None:

@@ -34,8 +34,8 @@ from pathlib import Path
 import torch
 
 from . import cifar10, synthetic
-from .config import ConfigError, TrainConfig, source_kind, step_plan, validate
-from .data import ARCHIVE_EXTENSIONS, default_cache_dir
+from .config import ARCHIVE_EXTENSIONS, CIFAR10_KIND, SYNTHETIC_KIND, ConfigError, TrainConfig, source_kind, step_plan, validate
+from .data import default_cache_dir
 from .device import describe_device, resolve_device, use_bf16
 from .files import read_json, write_json_atomic
 from .images import IMAGE_EXTENSIONS
@@ -50,7 +50,7 @@ WARMUP_STEPS, TIMED_STEPS = 2, 3
 CPU_SECONDS_PER_IMAGE_WIDTH2 = 8.7 / (128 * 64 * 64)
 CPU_MEASURE_BUDGET_S = 15.0  # seconds a CPU measurement may take, network construction included
 PROBE_BATCH = 16
-KNOWN_SIZES = {"cifar10": cifar10.SIZES, "synthetic": synthetic.SIZES}  # by config.source_kind
+KNOWN_SIZES = {CIFAR10_KIND: cifar10.SIZES, SYNTHETIC_KIND: synthetic.SIZES}  # by config.source_kind
 
 
 @dataclass

@@ -23,7 +23,7 @@ from typing import Any
 
 from . import demos
 from .collapse import Collapse, find_collapse
-from .config import TrainConfig, source_kind
+from .config import PATH_KIND, TrainConfig, source_kind
 from .errors import UserError
 from .files import read_json, write_json_atomic
 from .metrics_file import eval_rows, is_eval, read_rows, step_rows
@@ -161,7 +161,7 @@ def default_run_name(config: TrainConfig) -> str:
 def data_label(source: str) -> str:
     """A data source in a few characters, for run names: a named source as it is, else the file or folder
     name without its extensions ("cifar10-jpg" for .../cifar10-jpg.tar.gz)."""
-    if source_kind(source) != "path":
+    if source_kind(source) != PATH_KIND:
         return source
     return Path(source).name.split(".")[0] or "folder"
 

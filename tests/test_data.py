@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from byol import data
-from byol.data import CLASS_NAMES_CIFAR10, default_cache_dir, describe_source, load_dataset
+from byol.data import CLASS_NAMES_CIFAR10, default_cache_dir, load_dataset
 from byol.dataset import DataError, Dataset
 from byol.images import image_to_uint8_tensor
 from byol.synthetic import synthetic_dataset
@@ -374,14 +374,6 @@ def test_cifar10_conversion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 # -- small helpers ---------------------------------------------------------------------------------
-
-
-def test_describe_source(tree: Path, tmp_path: Path) -> None:
-    assert describe_source("cifar10") == "CIFAR-10 (torchvision download)"
-    assert describe_source("synthetic") == "synthetic (10 classes, 4,000 train / 1,000 test)"
-    assert describe_source(str(tree)) == f"image folder {tree}"
-    assert "archive" in describe_source(str(make_zip(tree, tmp_path / "pets.zip")))
-    assert "not found" in describe_source(str(tmp_path / "nope"))
 
 
 def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

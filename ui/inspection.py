@@ -15,7 +15,7 @@ import streamlit as st
 from byol import data as datasets
 from byol import embed, retrieval, run_images, tasks
 from byol.checkpoint import CheckpointChoice, checkpoint_choices
-from byol.config import KNN_K, KNN_TEMPERATURE, TrainConfig
+from byol.config import IMAGE_FOLDER_WORDS, KNN_K, KNN_TEMPERATURE, TrainConfig
 from byol.dataset import DataError, Dataset
 from byol.runs import RunError, RunSummary, default_runs_dir, list_runs, read_config, set_data_source
 from ui import common
@@ -121,7 +121,7 @@ def relocate_data(run: RunSummary, config: TrainConfig, page: str) -> None:
         "Where are the images?",
         key=f"{page}-relocate-{run.name}",
         placeholder="/path/to/cifar10 or cifar10",
-        help="A folder with train/<class>/ and test/<class>/ image folders, a .tar.gz or .zip of one, or cifar10.",
+        help=f"{IMAGE_FOLDER_WORDS.capitalize()}; or cifar10.",
     )
     if st.button("Use these images for this run", key=f"{page}-relocate-button-{run.name}", disabled=not source.strip()):
         moved = config.replace(data=source.strip(), data_root="")

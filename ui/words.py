@@ -8,6 +8,8 @@ Kept apart from the code that draws pages, so the wording can be read and edited
 
 from __future__ import annotations
 
+from byol.config import IMAGE_FOLDER_WORDS
+
 GLOSSARY: dict[str, str] = {
     "BYOL": (
         "Bootstrap Your Own Latent: a way to teach a network to describe images without any labels. "
@@ -73,7 +75,7 @@ HELP: dict[str, str] = {
     "pixel_knn": "kNN accuracy comparing raw pixels: the floor a learned description must beat.",
     "preset": "A ready-made recipe. Pick cpu on a computer without a GPU; the other fields start from the preset.",
     "data_source": "Which images to learn from. Labels are only used to measure kNN accuracy, never for training.",
-    "data_path": "A folder with train/<class>/ and test/<class>/ images, or a .tar.gz/.zip archive of one.",
+    "data_path": f"{IMAGE_FOLDER_WORDS.capitalize()}.",
     "epochs": "How many times the training goes over all training images. More epochs: better model, longer wait.",
     "batch_size": "How many images each step looks at. Bigger is faster per image but needs more memory.",
     "lr": "Peak learning rate, quoted for a batch of 256 images and scaled with the batch size. How big each step's change is.",
