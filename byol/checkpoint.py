@@ -11,7 +11,7 @@ Loading never unpickles code: `torch.load(..., weights_only=True)` accepts tenso
 containers only, and every failure becomes a `CheckpointError` with a sentence for the user.
 
 Which checkpoints of a run can be looked at (`checkpoint_choices`), which one is looked at by
-default (`default_checkpoint`, shared by the dashboard and the command line) and which one a
+default (`default_choice`, shared by the dashboard and the command line) and which one a
 command's `--checkpoint STEP` names (`pick_checkpoint`) are decided here too.
 """
 
@@ -199,12 +199,17 @@ def checkpoint_choices(run_dir: Path) -> list[CheckpointChoice]:
     return choices
 
 
+def default_choice(choices: list[CheckpointChoice]) -> CheckpointChoice:
+    """Of a run's `checkpoint_choices` (at least one), the one looked at first: the newest."""
+    return choices[-1]
+
+
 def default_checkpoint(run_dir: Path) -> Path:
-    """The checkpoint shown first (the newest choice); CheckpointError when the run has none yet."""
+    """The checkpoint looked at first (`default_choice`); CheckpointError when the run has none yet."""
     choices = checkpoint_choices(run_dir)
     if not choices:
         raise CheckpointError(f"The run {Path(run_dir).name} has no checkpoint yet.")
-    return choices[-1].path
+    return default_choice(choices).path
 
 
 def pick_checkpoint(run_dir: Path, which: str | None = None) -> Path:

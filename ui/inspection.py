@@ -14,7 +14,7 @@ import streamlit as st
 
 from byol import data as datasets
 from byol import embed, retrieval, run_images, tasks
-from byol.checkpoint import CheckpointChoice, checkpoint_choices
+from byol.checkpoint import CheckpointChoice, checkpoint_choices, default_choice
 from byol.config import IMAGE_FOLDER_WORDS, KNN_K, KNN_TEMPERATURE, TrainConfig
 from byol.dataset import DataError, Dataset
 from byol.runs import RunError, RunSummary, default_runs_dir, list_runs, read_config, set_data_source
@@ -72,7 +72,7 @@ def pick_run_and_checkpoint(page: str) -> tuple[RunSummary, CheckpointChoice]:
     chosen = right.selectbox(
         "Checkpoint (point in training)",
         files,
-        index=len(files) - 1,
+        index=files.index(default_choice(choices).path.name),
         format_func=lambda f: by_file[f].label,
         key=f"{page}-checkpoint-{name}",
         help=(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import streamlit as st
 
 from byol import embed, neighbour_score, retrieval, run_images
-from byol.checkpoint import CheckpointError, checkpoint_choices
+from byol.checkpoint import CheckpointError, checkpoint_choices, default_choice
 from byol.dataset import DataError
 from byol.runs import RunError, RunSummary, read_config
 from ui import inspection
@@ -43,11 +43,11 @@ def neighbour_strip(summary: RunSummary) -> None:
             found = run_images.load_run_images_at_hand(summary.path, config, inspection.dataset_for)
     except (RunError, DataError, ValueError, OSError):
         found = None  # the Retrieval page says what is wrong, and asks where the images are
-    if not choices or found is None or embed.missing_work(summary.path, choices[-1].path, embed.BANK, found[1]):
+    if not choices or found is None or embed.missing_work(summary.path, default_choice(choices).path, embed.BANK, found[1]):
         st.caption(NOT_READY)
         link("retrieval", "Find similar images", query_params={"run": summary.name})
         return
-    data, checkpoint = found[1], choices[-1].path
+    data, checkpoint = found[1], default_choice(choices).path
 
     st.markdown(
         f"**What it learned, in pictures.** Test pictures it never trained on, drawn at random, each followed by "
