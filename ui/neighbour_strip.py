@@ -20,7 +20,7 @@ from byol import embed, neighbour_score, retrieval, run_images
 from byol.checkpoint import CheckpointError, checkpoint_choices, default_choice
 from byol.dataset import DataError
 from byol.runs import RunError, RunSummary, read_config
-from ui import inspection
+from ui import inspection, score_panel
 from ui.common import link
 
 ROWS = 3  # test pictures shown at once
@@ -78,14 +78,11 @@ def neighbour_strip(summary: RunSummary) -> None:
             f"{same} of {NEIGHBOURS} are {data.classes[label]} pictures like it; "
             f"of the {NEIGHBOURS} nearest by raw pixels, {same_by_pixels}."
         )
-    count = len(neighbour_score.score_indices(len(data.test_labels)))
-    try:
-        with st.spinner(f"Scoring {count:,} test pictures (once)..."):
-            trained = neighbour_score.checkpoint_score(summary.path, checkpoint, data)
-            pixels = neighbour_score.pixel_score(data)
-    except (CheckpointError, embed.NotPrepared, ValueError) as error:
-        st.error(str(error))
+    scores = score_panel.checkpoint_and_pixel_scores(summary.path, checkpoint, data)
+    if scores is None:
         return
+    trained, pixels = scores
+    count = len(neighbour_score.score_indices(len(data.test_labels)))
     st.markdown(
         f"How typical are these? Over the same {count:,} test pictures for every run, **{trained:.0%}** of their "
         f"{neighbour_score.K} nearest training pictures show the same kind of thing; by raw pixels {pixels:.0%}, "

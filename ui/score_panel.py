@@ -21,6 +21,18 @@ from ui import inspection, words
 TITLE = "How often are the neighbours right?"
 
 
+def checkpoint_and_pixel_scores(run_dir: Path, checkpoint: Path, data: Dataset) -> tuple[float, float] | None:
+    """precision@K over the fixed test pictures of the checkpoint and of raw pixels (computed once per
+    checkpoint, under a spinner), or None after saying why they cannot be had."""
+    count = len(neighbour_score.score_indices(len(data.test_labels)))
+    try:
+        with st.spinner(f"Scoring {count:,} test pictures (once per checkpoint)..."):
+            return neighbour_score.checkpoint_score(run_dir, checkpoint, data), neighbour_score.pixel_score(data)
+    except (CheckpointError, embed.NotPrepared, ValueError) as error:
+        st.error(str(error))
+        return None
+
+
 def neighbour_score_panel(run_dir: Path, checkpoint: Path, data: Dataset) -> None:
     """A bordered row of metrics: precision@10 of the checkpoint, the untrained network, raw pixels and guessing."""
     k = neighbour_score.K
@@ -31,13 +43,10 @@ def neighbour_score_panel(run_dir: Path, checkpoint: Path, data: Dataset) -> Non
             "similar training images that show the same kind of thing, on average.",
             help=words.TERMS["precision"],
         )
-        try:
-            with st.spinner(f"Scoring {count:,} test pictures (once per checkpoint)..."):
-                trained = neighbour_score.checkpoint_score(run_dir, checkpoint, data)
-                pixels = neighbour_score.pixel_score(data)
-        except (CheckpointError, embed.NotPrepared, ValueError) as error:
-            st.error(str(error))
+        scores = checkpoint_and_pixel_scores(run_dir, checkpoint, data)
+        if scores is None:
             return
+        trained, pixels = scores
         this_col, untrained_col, pixel_col, chance_col = st.columns(4)
         this_col.metric(
             "This checkpoint",
