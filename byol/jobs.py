@@ -128,11 +128,10 @@ class JobRunner:
         base = name or pair_base_name(config)
         runs.check_run_name(pair_names(base)[1])
         with self._lock:  # no other launch can slip in between the two halves
-            for attempt in range(1, 1000):
-                candidate = base if attempt == 1 else f"{base}-{attempt}"
-                if not any((self.runs_dir / n).exists() for n in pair_names(candidate)):
-                    base = candidate
-                    break
+            free = (c for c in runs.name_candidates(base) if not any((self.runs_dir / n).exists() for n in pair_names(c)))
+            base = next(free, None)
+            if base is None:
+                raise runs.RunError(f"Could not find a free pair of run names starting with {name or pair_base_name(config)}.")
             name_bn, name_no_bn = pair_names(base)
             first = self.launch(with_bn, name_bn)
             try:

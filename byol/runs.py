@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from . import demos
 from .collapse import Collapse, find_collapse
@@ -124,8 +124,8 @@ def create_run(runs_dir: Path, config: TrainConfig, name: str | None = None) -> 
     try:
         write_json_atomic(staging / CONFIG_FILE, config.to_dict())
         write_json_atomic(staging / STATUS_FILE, _status_record(QUEUED, "Waiting to start.", created=time.time()))
-        for attempt in range(1000):
-            target = runs_dir / (base if attempt == 0 else f"{base}-{attempt + 1}")
+        for candidate in name_candidates(base):
+            target = runs_dir / candidate
             try:
                 os.rename(staging, target)  # fails if target exists and is not empty
                 return target
@@ -136,6 +136,13 @@ def create_run(runs_dir: Path, config: TrainConfig, name: str | None = None) -> 
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def name_candidates(base: str, tries: int = 1000) -> Iterator[str]:
+    """The names a new run tries in turn while they are taken: base, base-2, base-3, ..."""
+    yield base
+    for number in range(2, tries + 1):
+        yield f"{base}-{number}"
 
 
 def remove_abandoned_staging(runs_dir: Path) -> list[Path]:
