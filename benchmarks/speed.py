@@ -66,7 +66,7 @@ from byol.device import bf16_available, describe_machine, resolve_device, use_cu
 from byol.embed import UMAP_SETTINGS  # noqa: E402
 from byol.graph_step import GraphedStep  # noqa: E402
 from byol.knn import autocast_context, knn_predict  # noqa: E402
-from byol.model import BYOLNetworks, resnet18_cifar, target_pairs, update_target  # noqa: E402
+from byol.model import networks_on, resnet18_cifar, target_pairs, update_target  # noqa: E402
 from byol.optim import optimizer_for  # noqa: E402
 from byol.retrieval import nearest_neighbours  # noqa: E402
 from byol.step import training_step  # noqa: E402
@@ -220,10 +220,9 @@ def ours(
     config = our_config(width, batch, "bf16" if bf16 else "fp32", channels_last).replace(
         cuda_fast=cuda_fast, cuda_graph=cuda_graph
     )
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     if cuda_fast:
         use_cuda_backend_speedups()  # global switches: the contenders that use them run last (step_contenders)
-    networks = BYOLNetworks.from_config(config).to(device, memory_format=memory_format)
+    networks, memory_format = networks_on(config, device)
     optimizer = optimizer_for(config, networks, device)
     pairs = target_pairs(networks.online_modules(), networks.target_modules())  # listed once, as train() does
     generator = torch.Generator(device=device).manual_seed(0)
@@ -245,8 +244,7 @@ def compute_floor(
 ):
     """Our network, loss, optimiser and EMA on one fixed, already normalised batch: no augmentation."""
     config = our_config(width, batch, "bf16" if bf16 else "fp32", channels_last)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    networks = BYOLNetworks.from_config(config).to(device, memory_format=memory_format)
+    networks, memory_format = networks_on(config, device)
     optimizer = optimizer_for(config, networks, device)
     pairs = target_pairs(networks.online_modules(), networks.target_modules())
     fixed = plain_view(images[:batch].to(device)).contiguous(memory_format=memory_format)

@@ -39,7 +39,7 @@ from .data import default_cache_dir
 from .device import describe_device, resolve_device, use_bf16
 from .files import read_json, write_json_atomic
 from .images import IMAGE_EXTENSIONS
-from .model import BYOLNetworks
+from .model import networks_on
 from .optim import optimizer_for
 from .step import training_step
 
@@ -189,8 +189,7 @@ def measure_speed(config: TrainConfig, budget_s: float = CPU_MEASURE_BUDGET_S) -
 def _time_training_steps(config: TrainConfig, device: torch.device, deadline: float) -> tuple[float, int]:
     """measure_speed's timing: build the config's networks on `device`, time steps until `deadline`."""
     bf16 = use_bf16(config.precision, device)
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    networks = BYOLNetworks.from_config(config).to(device).to(memory_format=memory_format)
+    networks, memory_format = networks_on(config, device)
     optimizer = optimizer_for(config, networks, device)
     generator = torch.Generator(device=device).manual_seed(0)
     size = config.image_size

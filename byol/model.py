@@ -112,6 +112,15 @@ class BYOLNetworks(nn.Module):
         return loss, online_proj.detach()
 
 
+def networks_on(config, device: torch.device) -> tuple[BYOLNetworks, torch.memory_format]:
+    """The config's networks on `device` in the config's memory layout, and that layout (the inputs must match).
+
+    Every place that trains or times a step builds its networks here, so what the benchmarks and the time
+    estimate measure is what a run does."""
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    return BYOLNetworks.from_config(config).to(device, memory_format=memory_format), memory_format
+
+
 def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """2 - 2·cos(prediction, target), averaged over the batch; in [0, 4]. Targets carry no gradient."""
     p = F.normalize(prediction.float(), dim=-1)

@@ -62,7 +62,7 @@ from .files import remove_stale_temporaries, write_atomic
 from .graph_step import GraphedStep
 from .knn import chosen_images, effective_rank, extract_features, knn_accuracy, pixel_knn_accuracy
 from .lock import DeviceLock
-from .model import BYOLNetworks, projection_spread, target_pairs
+from .model import networks_on, projection_spread, target_pairs
 from .optim import optimizer_for, set_learning_rate
 from .schedules import learning_rate, target_tau
 from .step import training_step  # looked up at call time: the fault tests replace it
@@ -264,9 +264,7 @@ def _train(
     query_images, query_labels = data.test_images[query_idx].to(eval_device), data.test_labels[query_idx]
 
     # --- networks, optimiser, schedules ----------------------------------------------------------
-    networks = BYOLNetworks.from_config(config).to(device)
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    networks = networks.to(memory_format=memory_format)
+    networks, memory_format = networks_on(config, device)
     networks = world.sync_batch_norm(networks, device)  # statistics over the global batch (alone: unchanged)
     optimizer = optimizer_for(config, networks, device)
     forward_loss = world.data_parallel(networks, device)  # DDP averages the gradients (alone: forward_loss)
