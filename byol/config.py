@@ -245,8 +245,9 @@ _NUMERIC_RANGES: dict[str, tuple[float, float, type]] = {
     "seed": (0, 2**31 - 1, int),
 }
 
-_FIELD_WORDS: dict[str, str] = {
-    "subset": "Training subset size",
+# Each field's name in words: the Train page's labels and every validation message use these.
+FIELD_WORDS: dict[str, str] = {
+    "subset": "Training subset",
     "image_size": "Image size",
     "width": "Backbone width",
     "projector_hidden": "Projector hidden size",
@@ -260,14 +261,23 @@ _FIELD_WORDS: dict[str, str] = {
     "lr_decay_share": "Learning-rate decay share",
     "epochs": "Epochs",
     "batch_size": "Batch size",
-    "tau_base": "Target EMA rate (tau)",
+    "tau_base": "Target EMA rate τ at the start",
+    "tau_schedule": "τ schedule",
+    "optimizer": "Optimizer",
+    "precision": "Precision",
+    "device": "Device",
+    "head_bn": "Batch norm in the heads",
+    "channels_last": "Channels-last memory layout",
+    "compile": "Compiling the networks",
+    "cuda_fast": "CUDA speed-ups",
+    "cuda_graph": "CUDA graph of the step",
     "crop_min_scale": "Smallest crop share",
     "jitter_strength": "Colour jitter strength",
     "view_resolution": "Training view resolution",
-    "eval_every": "Evaluation interval",
+    "eval_every": "Epochs between kNN measurements",
     "eval_bank_size": "kNN bank size",
-    "eval_query_size": "kNN query count",
-    "knn_k": "kNN k",
+    "eval_query_size": "kNN test images",
+    "knn_k": "kNN neighbours",
     "knn_temperature": "kNN temperature",
     "log_every": "Logging interval",
     "checkpoint_minutes": "Checkpoint interval",
@@ -277,7 +287,7 @@ _FIELD_WORDS: dict[str, str] = {
 
 def _check_number(name: str, value: Any) -> str | None:
     low, high, kind = _NUMERIC_RANGES[name]
-    label = f"{_FIELD_WORDS[name]} ({name})"
+    label = f"{FIELD_WORDS[name]} ({name})"
     # Whole-number bounds in full ("0 to 2147483647", not "0 to 2.14748e+09"); others as short floats.
     span = f"{low:d} to {high:d}" if kind is int else f"{low:g} to {high:g}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -312,23 +322,19 @@ def config_errors(config: TrainConfig) -> list[str]:
             f"or the path of {IMAGE_FOLDER_WORDS}."
         )
     if config.optimizer not in OPTIMIZERS:
-        errors.append(f"Optimizer (optimizer) must be one of {', '.join(OPTIMIZERS)}; got {config.optimizer!r}.")
+        errors.append(f"{FIELD_WORDS['optimizer']} (optimizer) must be one of {', '.join(OPTIMIZERS)}; got {config.optimizer!r}.")
     if config.tau_schedule not in TAU_SCHEDULES:
-        errors.append(f"Tau schedule (tau_schedule) must be one of {', '.join(TAU_SCHEDULES)}; got {config.tau_schedule!r}.")
+        errors.append(
+            f"{FIELD_WORDS['tau_schedule']} (tau_schedule) must be one of {', '.join(TAU_SCHEDULES)}; got {config.tau_schedule!r}."
+        )
     if config.precision not in PRECISIONS:
-        errors.append(f"Precision (precision) must be one of {', '.join(PRECISIONS)}; got {config.precision!r}.")
-    for name, words in (
-        ("head_bn", "Batch norm in the heads"),
-        ("channels_last", "Channels-last memory layout"),
-        ("compile", "Compiling the networks"),
-        ("cuda_fast", "CUDA speed-ups"),
-        ("cuda_graph", "CUDA graph of the step"),
-    ):
+        errors.append(f"{FIELD_WORDS['precision']} (precision) must be one of {', '.join(PRECISIONS)}; got {config.precision!r}.")
+    for name in ("head_bn", "channels_last", "compile", "cuda_fast", "cuda_graph"):
         if not isinstance(getattr(config, name), bool):
-            errors.append(f"{words} ({name}) must be true or false; got {getattr(config, name)!r}.")
+            errors.append(f"{FIELD_WORDS[name]} ({name}) must be true or false; got {getattr(config, name)!r}.")
     device = config.device
     if not isinstance(device, str) or not (device in DEVICES or (device.startswith("cuda:") and device[5:].isdigit())):
-        errors.append(f"Device (device) must be auto, cpu, cuda or cuda:N; got {device!r}.")
+        errors.append(f"{FIELD_WORDS['device']} (device) must be auto, cpu, cuda or cuda:N; got {device!r}.")
     if config.cuda_graph is True and config.compile is True:
         errors.append(
             "CUDA graph of the step (cuda_graph) and compiling the networks (compile) cannot both be on: "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from byol import demos, metrics_file, runs
-from byol.config import DEVICES, OPTIMIZERS, PRECISIONS, PRESET_HELP, PRESETS, TAU_SCHEDULES, TrainConfig
+from byol.config import DEVICES, FIELD_WORDS, OPTIMIZERS, PRECISIONS, PRESET_HELP, PRESETS, TAU_SCHEDULES, TrainConfig
 from byol.jobs import launch_problems
 from ui.charts import collapse_figure, knn_figure, loss_figure, rank_figure
 from ui.common import (
@@ -57,6 +57,11 @@ def settings_source() -> tuple[str, TrainConfig] | None:
         return None
 
 
+def label(field: str, hint: str = "") -> str:
+    """A form box's label: the field's name in words, as validation messages say it (config.FIELD_WORDS)."""
+    return f"{FIELD_WORDS[field]} ({hint})" if hint else FIELD_WORDS[field]
+
+
 # --- start a new run -------------------------------------------------------------------------
 source = settings_source()
 # A new label is a new expander, so one started from a run's settings opens by itself.
@@ -93,69 +98,80 @@ with st.expander(new_run_label, expanded=not summaries or source is not None, ic
         return f"new_{field}_{form_key}"
 
     c1, c2, c3 = st.columns(3)
-    epochs = c1.number_input("Epochs", value=base.epochs, step=1, key=key("epochs"), help=HELP["epochs"])
-    batch_size = c2.number_input("Batch size", value=base.batch_size, step=32, key=key("batch"), help=HELP["batch_size"])
-    lr = c3.number_input("Learning rate", value=base.lr, format="%g", step=None, key=key("lr"), help=HELP["lr"])
+    epochs = c1.number_input(label("epochs"), value=base.epochs, step=1, key=key("epochs"), help=HELP["epochs"])
+    batch_size = c2.number_input(label("batch_size"), value=base.batch_size, step=32, key=key("batch"), help=HELP["batch_size"])
+    lr = c3.number_input(label("lr"), value=base.lr, format="%g", step=None, key=key("lr"), help=HELP["lr"])
     c1, c2, c3 = st.columns(3)
-    width = c1.number_input("Backbone width", value=base.width, step=8, key=key("width"), help=HELP["width"])
-    seed = c2.number_input("Seed", value=base.seed, step=1, key=key("seed"), help=HELP["seed"])
-    head_bn = c3.toggle("Batch norm in the heads", value=base.head_bn, key=key("head_bn"), help=HELP["head_bn"])
+    width = c1.number_input(label("width"), value=base.width, step=8, key=key("width"), help=HELP["width"])
+    seed = c2.number_input(label("seed"), value=base.seed, step=1, key=key("seed"), help=HELP["seed"])
+    head_bn = c3.toggle(label("head_bn"), value=base.head_bn, key=key("head_bn"), help=HELP["head_bn"])
 
     with st.expander("Advanced settings"):
         a1, a2, a3 = st.columns(3)
-        subset = a1.number_input(
-            "Training subset (0 = all)", value=base.subset, step=1000, key=key("subset"), help=HELP["subset"]
-        )
+        subset = a1.number_input(label("subset", "0 = all"), value=base.subset, step=1000, key=key("subset"), help=HELP["subset"])
         warmup = a2.number_input(
-            "Warm-up epochs", value=base.warmup_epochs, format="%g", step=None, key=key("warmup"), help=HELP["warmup_epochs"]
+            label("warmup_epochs"),
+            value=base.warmup_epochs,
+            format="%g",
+            step=None,
+            key=key("warmup"),
+            help=HELP["warmup_epochs"],
         )
         weight_decay = a3.number_input(
-            "Weight decay", value=base.weight_decay, format="%g", step=None, key=key("wd"), help=HELP["weight_decay"]
+            label("weight_decay"), value=base.weight_decay, format="%g", step=None, key=key("wd"), help=HELP["weight_decay"]
         )
         projector_hidden = a1.number_input(
-            "Projector hidden size", value=base.projector_hidden, step=256, key=key("ph"), help=HELP["projector_hidden"]
+            label("projector_hidden"), value=base.projector_hidden, step=256, key=key("ph"), help=HELP["projector_hidden"]
         )
         projector_dim = a2.number_input(
-            "Projector output size (d)", value=base.projector_dim, step=32, key=key("pd"), help=HELP["projector_dim"]
+            label("projector_dim", "d"), value=base.projector_dim, step=32, key=key("pd"), help=HELP["projector_dim"]
         )
         predictor_hidden = a3.number_input(
-            "Predictor hidden size", value=base.predictor_hidden, step=256, key=key("qh"), help=HELP["predictor_hidden"]
+            label("predictor_hidden"), value=base.predictor_hidden, step=256, key=key("qh"), help=HELP["predictor_hidden"]
         )
         optimizers = list(OPTIMIZERS)
         optimizer = a1.selectbox(
-            "Optimizer", optimizers, index=optimizers.index(base.optimizer), key=key("opt"), help=HELP["optimizer"]
+            label("optimizer"), optimizers, index=optimizers.index(base.optimizer), key=key("opt"), help=HELP["optimizer"]
         )
         tau_base = a2.number_input(
-            "Target EMA rate τ at the start", value=base.tau_base, format="%g", step=None, key=key("tau"), help=HELP["tau_base"]
+            label("tau_base"), value=base.tau_base, format="%g", step=None, key=key("tau"), help=HELP["tau_base"]
         )
         schedules = list(TAU_SCHEDULES)
         tau_schedule = a3.selectbox(
-            "τ schedule", schedules, index=schedules.index(base.tau_schedule), key=key("tau_s"), help=HELP["tau_schedule"]
+            label("tau_schedule"),
+            schedules,
+            index=schedules.index(base.tau_schedule),
+            key=key("tau_s"),
+            help=HELP["tau_schedule"],
         )
 
         # Set by the presets, shown so that a run's whole recipe can be read and changed here.
-        def recipe_number(column, label: str, field: str) -> float:
+        def recipe_number(column, field: str) -> float:
             value = getattr(base, field)
-            return column.number_input(label, value=value, format="%g", step=None, key=key(field), help=HELP[field])
+            return column.number_input(label(field), value=value, format="%g", step=None, key=key(field), help=HELP[field])
 
-        lr_decay_share = recipe_number(a1, "Learning-rate decay share", "lr_decay_share")
-        view_resolution = recipe_number(a2, "Training view resolution", "view_resolution")
-        crop_min_scale = recipe_number(a3, "Smallest crop share", "crop_min_scale")
-        jitter_strength = recipe_number(a1, "Colour jitter strength", "jitter_strength")
-        predictor_lr_scale = recipe_number(a2, "Predictor learning-rate multiple", "predictor_lr_scale")
+        lr_decay_share = recipe_number(a1, "lr_decay_share")
+        view_resolution = recipe_number(a2, "view_resolution")
+        crop_min_scale = recipe_number(a3, "crop_min_scale")
+        jitter_strength = recipe_number(a1, "jitter_strength")
+        predictor_lr_scale = recipe_number(a2, "predictor_lr_scale")
         eval_every = a3.number_input(
-            "kNN every (epochs)", value=base.eval_every, format="%g", step=None, key=key("eval"), help=HELP["eval_every"]
+            label("eval_every"), value=base.eval_every, format="%g", step=None, key=key("eval"), help=HELP["eval_every"]
         )
         eval_bank = a1.number_input(
-            "kNN bank size (0 = all)", value=base.eval_bank_size, step=1000, key=key("bank"), help=HELP["eval_bank_size"]
+            label("eval_bank_size", "0 = all"), value=base.eval_bank_size, step=1000, key=key("bank"), help=HELP["eval_bank_size"]
         )
         eval_query = a2.number_input(
-            "kNN test images (0 = all)", value=base.eval_query_size, step=1000, key=key("query"), help=HELP["eval_query_size"]
+            label("eval_query_size", "0 = all"),
+            value=base.eval_query_size,
+            step=1000,
+            key=key("query"),
+            help=HELP["eval_query_size"],
         )
-        knn_k = a3.number_input("kNN neighbours (k)", value=base.knn_k, step=10, key=key("k"), help=HELP["knn_k"])
+        knn_k = a3.number_input(label("knn_k", "k"), value=base.knn_k, step=10, key=key("k"), help=HELP["knn_k"])
         devices = list(DEVICES)
         device_choice = a1.selectbox(
-            "Device",
+            label("device"),
             devices,
             index=devices.index(base.device) if base.device in devices else 0,
             key=key("device"),
@@ -163,7 +179,7 @@ with st.expander(new_run_label, expanded=not summaries or source is not None, ic
         )
         precisions = list(PRECISIONS)
         precision = a2.selectbox(
-            "Precision",
+            label("precision"),
             precisions,
             index=precisions.index(base.precision) if base.precision in precisions else 0,
             key=key("precision"),
