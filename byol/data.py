@@ -145,6 +145,25 @@ def _dataset_name(path: Path) -> str:
     return f"folder:{name}"
 
 
+def image_counts(path: Path) -> tuple[int, int] | None:
+    """(training images, test images) of an image folder or archive by the loader's own rules (the files
+    it would decode), or None when it is no usable data set. Lists it without decoding anything; a
+    .tar.gz is decompressed once to be listed."""
+    path = Path(path).expanduser()
+    try:
+        if path.is_dir():
+            listing = _list_folder(path)
+        elif _is_archive_name(path):
+            listing = _list_archive(path)
+        else:
+            return None
+        layout = _find_layout(listing, path.resolve())
+    except (DataError, OSError):
+        return None
+    train = sum(1 for split, _ in layout.files.values() if split == 0)
+    return train, len(layout.files) - train
+
+
 def _load_folder_or_archive(path: Path, cache_folder: Path, image_size: int) -> Dataset:
     if not path.exists():
         raise DataError(f"Data source not found: {path}. Give 'cifar10', 'synthetic', or the path of {IMAGE_FOLDER_WORDS}.")

@@ -24,9 +24,7 @@ Assumptions, also returned with every estimate so the dashboard can show them:
 
 from __future__ import annotations
 
-import tarfile
 import time
-import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -34,11 +32,10 @@ from pathlib import Path
 import torch
 
 from . import cifar10, synthetic
-from .config import ARCHIVE_EXTENSIONS, CIFAR10_KIND, SYNTHETIC_KIND, ConfigError, TrainConfig, source_kind, step_plan, validate
-from .data import default_cache_dir
+from .config import CIFAR10_KIND, SYNTHETIC_KIND, ConfigError, TrainConfig, source_kind, step_plan, validate
+from .data import default_cache_dir, image_counts
 from .device import describe_device, resolve_device, use_bf16
 from .files import read_json, write_json_atomic
-from .images import IMAGE_EXTENSIONS
 from .model import networks_on
 from .optim import optimizer_for
 from .step import training_step
@@ -95,37 +92,8 @@ def data_sizes(source: str) -> tuple[int, int] | None:
 
 @lru_cache(maxsize=32)
 def _count_images(path: str, size: int, mtime_ns: int) -> tuple[int, int] | None:
-    """Count image files under a train/ and a test/ folder anywhere in the tree or archive."""
-    counts = {"train": 0, "test": 0}
-
-    def add(name: str) -> None:
-        parts = name.replace("\\", "/").split("/")
-        if not name.lower().endswith(IMAGE_EXTENSIONS) or any(p.startswith(".") for p in parts):
-            return
-        for split in counts:
-            if split in parts[:-1]:
-                counts[split] += 1
-                return
-
-    p = Path(path)
-    try:
-        if p.is_dir():
-            for file in p.rglob("*"):
-                add(str(file.relative_to(p)))
-        elif p.name.lower().endswith(".zip"):
-            with zipfile.ZipFile(p) as archive:
-                for name in archive.namelist():
-                    add(name)
-        elif p.name.lower().endswith(ARCHIVE_EXTENSIONS):
-            with tarfile.open(p) as archive:
-                for member in archive:
-                    if member.isfile():
-                        add(member.name)
-        else:
-            return None
-    except (OSError, tarfile.TarError, zipfile.BadZipFile, EOFError):
-        return None
-    return (counts["train"], counts["test"]) if counts["train"] and counts["test"] else None
+    """data.image_counts, remembered per file version (size and time are part of the key)."""
+    return image_counts(Path(path))
 
 
 # --- speed -----------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from byol import data
-from byol.data import CLASS_NAMES_CIFAR10, default_cache_dir, load_dataset
+from byol.data import CLASS_NAMES_CIFAR10, default_cache_dir, image_counts, load_dataset
 from byol.dataset import DataError, Dataset
 from byol.images import image_to_uint8_tensor
 from byol.synthetic import synthetic_dataset
@@ -386,3 +386,16 @@ def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
 def test_bad_image_size(tree: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="image size"):
         load_dataset(str(tree), cache_dir=tmp_path, image_size=0)
+
+
+def test_image_counts_are_the_files_the_loader_decodes(tree: Path, tmp_path: Path) -> None:
+    Image.new("RGB", (4, 4)).save(tree / "train" / "stray.png")  # beside the class folders: not loaded
+    archive = make_zip(tree, tmp_path / "pets.zip")
+    with zipfile.ZipFile(archive, "a") as zf:
+        zf.writestr("__MACOSX/train/cat/._a.png", b"resource fork")  # macOS's metadata: not loaded
+    for source in (tree, archive):
+        loaded = load_dataset(str(source), cache_dir=tmp_path / f"cache-{source.name}")
+        assert image_counts(source) == (len(loaded.train_labels), len(loaded.test_labels)) == (12, 6)
+    assert image_counts(tmp_path / "missing") is None
+    assert image_counts(tree / "train") is None  # no train/ and test/ inside
+

@@ -67,11 +67,12 @@ def test_data_sizes(tmp_path):
     assert data_sizes("cifar10") == (50_000, 10_000)
     assert data_sizes(str(tmp_path / "missing")) is None
     for split, count in (("train", 3), ("test", 2)):
-        for i in range(count):
-            folder = tmp_path / "set" / split / "cat"
+        for cls in ("cat", "dog"):
+            folder = tmp_path / "set" / split / cls
             folder.mkdir(parents=True, exist_ok=True)
-            Image.new("RGB", (4, 4)).save(folder / f"{i}.png")
-    assert data_sizes(str(tmp_path / "set")) == (3, 2)
+            for i in range(count):
+                Image.new("RGB", (4, 4)).save(folder / f"{i}.png")
+    assert data_sizes(str(tmp_path / "set")) == (6, 4)
 
 
 def test_unknown_size_is_assumed_and_said(tmp_path, tiny_config):
