@@ -48,14 +48,7 @@ STATE_LOOK: dict[str, tuple[str, str, str]] = {
     runs.FAILED: ("Failed", "red", ":material/error:"),
     runs.INTERRUPTED: ("Interrupted", "orange", ":material/power_off:"),
 }
-STATE_TEXT: dict[str, str] = {
-    runs.QUEUED: "waiting",
-    runs.RUNNING: "training",
-    runs.FINISHED: "finished",
-    runs.STOPPED: "stopped",
-    runs.FAILED: "failed",
-    runs.INTERRUPTED: "interrupted",
-}
+STATE_TEXT: dict[str, str] = {state: look[0].lower() for state, look in STATE_LOOK.items()}  # in a sentence
 
 
 # --- set-up ----------------------------------------------------------------------------------
@@ -230,7 +223,7 @@ def runs_table(summaries: Sequence[runs.RunSummary]) -> pd.DataFrame:
 RUNS_TABLE_COLUMNS = {
     "Latest kNN %": st.column_config.NumberColumn(format="%.1f", help="kNN accuracy at the newest measurement"),
     "Best kNN %": st.column_config.NumberColumn(format="%.1f", help="Highest kNN accuracy measured so far"),
-    "Status": st.column_config.TextColumn(help="waiting, training, finished, stopped, failed or interrupted"),
+    "Status": st.column_config.TextColumn(help="One of: " + ", ".join(STATE_TEXT.values())),
     "Collapsed": st.column_config.TextColumn(
         help="Whether the run collapsed (came to give every picture nearly the same description), by the Compare page's measure"
     ),
