@@ -243,12 +243,6 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise
 
 
-def _existing_run(run_dir: Path) -> Path:
-    if not runs.is_run_folder(run_dir):
-        raise CommandError(f"{run_dir} is not a run folder (it has no {runs.CONFIG_FILE}).")
-    return run_dir
-
-
 def cmd_resume(args: argparse.Namespace) -> int:
     with distributed.join() as world:
         # The main process checks the run and extends its config; the others take both from it.
@@ -258,7 +252,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def _prepare_resume(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
     """The config to resume `args.run_dir` with (extended to `--epochs`), or CommandError saying why not."""
-    run_dir = _existing_run(args.run_dir)
+    run_dir = runs.existing_run(args.run_dir)
     status = runs.read_status(run_dir)
     problem = runs.resume_problem(run_dir, status["state"])
     if problem:
@@ -273,7 +267,7 @@ def _run_and_checkpoint(args: argparse.Namespace) -> tuple[Path, Path]:
     """The run folder and the checkpoint that `--checkpoint` names (the newest by default)."""
     from .checkpoint import pick_checkpoint
 
-    run_dir = _existing_run(args.run_dir)
+    run_dir = runs.existing_run(args.run_dir)
     return run_dir, pick_checkpoint(run_dir, args.checkpoint)
 
 

@@ -147,9 +147,7 @@ class JobRunner:
         A finished run needs `epochs` above its current total. Refused with RunError while the run
         is queued or training.
         """
-        run_dir = Path(run_dir)
-        if not runs.is_run_folder(run_dir):
-            raise runs.RunError(f"{run_dir.name} is not a run folder.")
+        run_dir = runs.existing_run(run_dir)
         with self._lock:
             if self._find(run_dir) is not None:
                 raise runs.RunError(f"The run {run_dir.name} is already queued or training; it cannot be resumed twice.")
@@ -187,15 +185,11 @@ class JobRunner:
                         queue.remove(job)
                         runs.write_status(run_dir, runs.STOPPED, STOPPED_BEFORE_START)
                         return "dequeued"
-        state = runs.read_status(run_dir).get("state") if runs.is_run_folder(run_dir) else None
+        state = runs.read_status(runs.existing_run(run_dir)).get("state")
         if state == runs.FINISHED:
             raise runs.RunError("This run has already finished; there is nothing to stop.")
         if state in runs.LIVE_STATES:
-            raise runs.RunError(
-                f"The run {run_dir.name} trains in another process (probably the command line); stop it there with Ctrl-C."
-            )
-        if state is None:
-            raise runs.RunError(f"{run_dir.name} is not a run folder.")
+            raise runs.RunError(runs.other_process_words(run_dir.name))
         raise runs.RunError(f"This run is not training (it is {state}); there is nothing to stop.")
 
     def stop_all(self) -> None:

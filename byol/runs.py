@@ -72,6 +72,14 @@ class RunError(UserError):
     """A run-level problem (bad name, missing run, run busy); the message is meant for the user."""
 
 
+def existing_run(run_dir: Path) -> Path:
+    """`run_dir`, or RunError when it is no run folder (a typo, a deleted run, some other folder)."""
+    run_dir = Path(run_dir)
+    if not is_run_folder(run_dir):
+        raise RunError(f"{run_dir} is not a run folder (it has no {CONFIG_FILE}).")
+    return run_dir
+
+
 def default_runs_dir() -> Path:
     """`$BYOL_RUNS_DIR` if set, else the project's `checkpoints/` folder."""
     env = os.environ.get("BYOL_RUNS_DIR")
@@ -424,13 +432,21 @@ def list_runs(runs_dir: Path | None = None) -> list[RunSummary]:
     return sorted(summaries, key=lambda s: s.created, reverse=True)
 
 
+def kept_demo_words(name: str) -> str:
+    """Why a run that ships with BYOL Studio cannot be deleted (its files are the repository's)."""
+    return f"The run {name} comes with BYOL Studio: it is part of its files, so it cannot be deleted."
+
+
+def other_process_words(name: str) -> str:
+    """Why this server cannot stop a run: another process (the command line) trains it."""
+    return f"The run {name} trains in another process (probably the command line); stop it there with Ctrl-C."
+
+
 def delete_run(run_dir: Path, force: bool = False) -> None:
     """Remove a run folder; refuses a shipped demo run, and a live run unless `force` (one that never started)."""
-    run_dir = Path(run_dir)
-    if not is_run_folder(run_dir):
-        raise RunError(f"{run_dir.name} is not a run folder.")
+    run_dir = existing_run(run_dir)
     if demos.is_shipped_demo(run_dir):
-        raise RunError(f"{run_dir.name} is a run that comes with BYOL Studio; it is part of its files, so it is kept.")
+        raise RunError(kept_demo_words(run_dir.name))
     if not force and read_status(run_dir).get("state") in LIVE_STATES:
         raise RunError(f"The run {run_dir.name} is still queued or training; stop it before deleting it.")
     shutil.rmtree(run_dir)

@@ -296,7 +296,7 @@ if c_stop is not None:
                     st.toast("Stopping after the current step..." if outcome == "stopping" else "Taken out of the queue.")
                     st.rerun()
         else:
-            st.caption("This run trains in another process (the command line?): stop it there with Ctrl-C.")
+            st.caption(runs.other_process_words(picked.name))
 with c_resume:
     resume_problem = runs.resume_problem(run_dir, state)
     if resume_problem and not live:
@@ -326,7 +326,7 @@ with c_resume:
         st.rerun()
 with c_delete:
     if demos.is_shipped_demo(run_dir):
-        st.caption("This run comes with BYOL Studio: it is part of its files, so it cannot be deleted here.")
+        st.caption(runs.kept_demo_words(picked.name))
     elif not live:
         sure = st.checkbox("Yes, delete this run", key=f"confirm_delete_{picked.name}", help=HELP["confirm_delete"])
         if st.button(

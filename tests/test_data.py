@@ -398,4 +398,3 @@ def test_image_counts_are_the_files_the_loader_decodes(tree: Path, tmp_path: Pat
         assert image_counts(source) == (len(loaded.train_labels), len(loaded.test_labels)) == (12, 6)
     assert image_counts(tmp_path / "missing") is None
     assert image_counts(tree / "train") is None  # no train/ and test/ inside
-
