@@ -47,6 +47,7 @@ from .run_images import run_data
 from .runs import EMBEDDINGS_FOLDER, LAST_CHECKPOINT
 
 FEATURE_CHUNK = 2048  # images per progress report while computing embeddings
+UMAP_FIRST_TIME = "The first map after the server starts also compiles UMAP, which can take a minute or two..."
 MIN_UMAP_POINTS = 20  # below this UMAP's neighbour graph breaks down; a plain 2-D projection is drawn instead
 # How every map is laid out (the single map and the training film alike): UMAP's usual 15 neighbours and
 # cosine distance, the similarity the network was trained with.
@@ -342,11 +343,7 @@ def prepare_checkpoint(
         stale = umap_path(run_dir, checkpoint, "test")
         stale.unlink(missing_ok=True)  # a stale map (last.pt replaced) would otherwise be reused
         count = len(data.test_labels)
-        report(
-            f"Drawing the 2-D map (UMAP) of {count:,} test images. The first map after the server starts "
-            "also compiles UMAP, which can take a minute or two...",
-            feature_share,
-        )
+        report(f"Drawing the 2-D map (UMAP) of {count:,} test images. {UMAP_FIRST_TIME}", feature_share)
         _save_map(run_dir, checkpoint)
     if need_knn:
         report("Measuring the kNN accuracy on the test set...", 1.0 - knn_share)
@@ -365,16 +362,19 @@ def pca_2d(features: np.ndarray) -> np.ndarray:
     return coordinates
 
 
-def _save_map(run_dir: Path, checkpoint: Path) -> None:
-    """The test split's 2-D map: UMAP, or the two main directions of variation (PCA) for a tiny test set."""
-    features = load_split(run_dir, checkpoint, "test").features
-    if len(features) >= MIN_UMAP_POINTS:
-        import umap  # slow import (numba): only when a map is actually needed
+def map_2d(features: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A 2-D map of `features`, float32 [N, 2]: UMAP, or the two main directions of variation (PCA) for
+    fewer than MIN_UMAP_POINTS images."""
+    if len(features) < MIN_UMAP_POINTS:
+        return pca_2d(features).astype(np.float32)
+    import umap  # slow import (numba): only when a map is actually needed
 
-        reducer = umap.UMAP(n_components=2, random_state=0, **UMAP_SETTINGS)
-        coordinates = reducer.fit_transform(features).astype(np.float32)
-    else:
-        coordinates = pca_2d(features).astype(np.float32)
+    return umap.UMAP(n_components=2, random_state=seed, **UMAP_SETTINGS).fit_transform(features).astype(np.float32)
+
+
+def _save_map(run_dir: Path, checkpoint: Path) -> None:
+    """The test split's 2-D map (`map_2d`), saved beside its embeddings."""
+    coordinates = map_2d(load_split(run_dir, checkpoint, "test").features)
     path = umap_path(run_dir, checkpoint, "test")
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, lambda f: np.save(f, coordinates))

@@ -118,11 +118,10 @@ def aligned_layout(features: list[np.ndarray], seed: int = 0) -> tuple[np.ndarra
         for later in features[1:]:
             maps.append(_rotate_onto(embed.pca_2d(later), maps[-1]))
         return np.stack(maps).astype(np.float32), "PCA"
+    if len(features) == 1:
+        return embed.map_2d(features[0], seed)[None], "UMAP"
     import umap  # slow import (numba): only when a film is actually drawn
 
-    if len(features) == 1:
-        reducer = umap.UMAP(random_state=seed, **embed.UMAP_SETTINGS)
-        return reducer.fit_transform(features[0])[None].astype(np.float32), "UMAP"
     identity = {i: i for i in range(count)}
     reducer = umap.AlignedUMAP(random_state=seed, **embed.UMAP_SETTINGS)
     with warnings.catch_warnings():  # the seed makes UMAP single-threaded, and it says so once per snapshot
@@ -170,8 +169,7 @@ def prepare_film(
         raise embed.NotPrepared("The snapshots' saved test embeddings differ in size; compute them again.")
     rows = balanced_sample(labels, sample_size)
     report(
-        f"Laying out {len(snapshots)} maps of {len(rows):,} test images together (aligned UMAP). "
-        "The first one after the server starts also compiles UMAP, which can take a minute or two...",
+        f"Laying out {len(snapshots)} maps of {len(rows):,} test images together (aligned UMAP). {embed.UMAP_FIRST_TIME}",
         feature_share,
     )
     coordinates, method = aligned_layout([t.features[rows] for t in tests])
