@@ -179,7 +179,7 @@ class _Progress:
                 self.bar.write(message, file=sys.stderr)  # tqdm writes to stdout unless told: keep stdout for the run folder
             else:
                 print(message, file=sys.stderr)
-        elif kind == "status" and event.get("message"):
+        elif kind == metrics_file.STATUS and event.get("message"):
             print(f"[{event['state']}] {event['message']}", file=sys.stderr)
 
     def close(self) -> None:
@@ -194,7 +194,7 @@ class _FailureReporter:
         self.rank = rank
 
     def __call__(self, event: dict[str, Any]) -> None:
-        if event.get("kind") == "status" and event.get("state") == runs.FAILED:
+        if event.get("kind") == metrics_file.STATUS and event.get("state") == runs.FAILED:
             print(f"[process {self.rank}] {event['state']}: {event.get('message', '')}", file=sys.stderr)
 
     def close(self) -> None:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # for the annotation only: read_frame imports pandas when cal
 NAME = "metrics.jsonl"  # in the run folder
 STEP = "step"  # a logged training step
 EVAL = "eval"  # a kNN evaluation
+STATUS = "status"  # never a row: train()'s events are these rows and, with this kind, its changes of state
 
 
 def is_step(row: dict[str, Any]) -> bool:

@@ -174,7 +174,7 @@ def train(
             runs.RUNNING, "Loading data...", started=first_started, device=str(device), bf16=bf16, world_size=world.world_size
         )
         status.start()
-        emit({"kind": "status", "state": runs.RUNNING, "message": "Loading data..."})
+        emit({"kind": metrics_file.STATUS, "state": runs.RUNNING, "message": "Loading data..."})
         # On a CPU, keep freed activation memory for the next step instead of re-faulting it in (allocator.py).
         with keep_freed_memory() if device.type == "cpu" else contextlib.nullcontext():
             state, message = _train(config, run_dir, stop, emit, status, device, bf16, world)
@@ -216,7 +216,7 @@ def train(
         lock.release()
     if exit_request is not None:
         raise exit_request
-    emit({"kind": "status", "state": state, "message": message})
+    emit({"kind": metrics_file.STATUS, "state": state, "message": message})
     return state
 
 
