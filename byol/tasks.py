@@ -108,13 +108,6 @@ class TaskRunner:
         thread.start()
         return status
 
-    def forget(self, key: str) -> None:
-        """Drop a finished task's record (an active one is left alone)."""
-        with self._lock:
-            current = self._statuses.get(key)
-            if current is not None and not current.active:
-                self._drop(key)
-
     # --- internals -------------------------------------------------------------------------
     def _update(self, key: str, **changes: Any) -> None:
         with self._lock:
