@@ -124,22 +124,22 @@ collapsed = {name: by_name[name].collapse.step if by_name[name].collapse else No
 # --- curves ----------------------------------------------------------------------------------
 left, right = st.columns(2)
 left.plotly_chart(
-    overlay_figure(metrics, "loss", "Loss (log scale)", "loss", smoothing=smoothing, log_y=True, markers=collapsed),
+    overlay_figure(metrics, "loss", smoothing=smoothing, log_y=True, markers=collapsed),
     key="overlay_loss",
 )
-knn_chart = overlay_figure(metrics, "knn", "kNN accuracy", "kNN accuracy (%)", kind=metrics_file.EVAL)
+knn_chart = overlay_figure(metrics, "knn")
 # The baselines are drawn when every picked run measured the same one (the same bank, queries and start).
 add_knn_baselines(
     knn_chart, shared_value(by_name[n].baseline_knn for n in picked), shared_value(by_name[n].pixel_knn for n in picked)
 )
 right.plotly_chart(knn_chart, key="overlay_knn")
-spread = overlay_figure(metrics, "z_std", "Collapse meter", "spread (z_std)", smoothing=smoothing, markers=collapsed)
+spread = overlay_figure(metrics, "z_std", smoothing=smoothing, markers=collapsed)
 for d in sorted({c.projector_dim for c in configs.values()}):
     add_spread_lines(spread, d)
 spread.update_yaxes(rangemode="tozero")
 left.plotly_chart(spread, key="overlay_spread")
 right.plotly_chart(
-    overlay_figure(metrics, "effective_rank", "Effective rank", "effective rank", kind=metrics_file.EVAL),
+    overlay_figure(metrics, "effective_rank"),
     key="overlay_rank",
 )
 

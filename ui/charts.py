@@ -6,6 +6,7 @@ Each `*_figure()` takes the metrics DataFrame from `byol.metrics_file.read_frame
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import pandas as pd
@@ -13,6 +14,26 @@ import plotly.graph_objects as go
 
 from byol import metrics_file
 from byol.collapse import DEFAULT_FRACTION, collapse_line, collapse_point, healthy_std, smooth
+
+
+@dataclass(frozen=True)
+class Curve:
+    """How a logged metric is charted, the same on a run's own charts and on Compare's overlays."""
+
+    title: str
+    y_title: str
+    subtitle: str
+    kind: str  # the metric rows it is logged in (metrics_file.STEP or EVAL)
+
+
+CURVES: dict[str, Curve] = {
+    "loss": Curve("Loss", "loss", "lower = the two copies agree more", metrics_file.STEP),
+    "z_std": Curve("Collapse meter", "spread (z_std)", "projection spread; falling to 0 = collapse", metrics_file.STEP),
+    "knn": Curve("kNN accuracy", "kNN accuracy (%)", "higher = better features", metrics_file.EVAL),
+    "effective_rank": Curve(
+        "Effective rank", "effective rank", "directions the backbone features spread over", metrics_file.EVAL
+    ),
+}
 
 PALETTE = ["#3b5bdb", "#e8590c", "#2b8a3e", "#c2255c", "#7048e8", "#0b7285", "#e67700", "#495057"]
 
@@ -47,13 +68,18 @@ def _column(frame: pd.DataFrame, name: str) -> pd.DataFrame:
     return frame[frame[name].notna()]
 
 
+def _curve_figure(column: str) -> go.Figure:
+    curve = CURVES[column]
+    return _base_figure(curve.title, curve.y_title, subtitle=curve.subtitle)
+
+
 def _smoothed(values: Sequence[float], weight: float) -> list[float | None]:
     return smooth(list(values), weight) if weight > 0 else list(values)
 
 
 def loss_figure(metrics: pd.DataFrame, smoothing: float = 0.0) -> go.Figure:
     rows = _column(step_rows(metrics), "loss")
-    figure = _base_figure("Loss", "loss", subtitle="lower = the two copies agree more")
+    figure = _curve_figure("loss")
     if smoothing > 0:
         figure.add_scatter(x=rows["epoch"], y=rows["loss"], mode="lines", name="raw", line=dict(color="#adb5bd", width=1))
     figure.add_scatter(
@@ -71,7 +97,7 @@ def loss_figure(metrics: pd.DataFrame, smoothing: float = 0.0) -> go.Figure:
 def knn_figure(metrics: pd.DataFrame, baseline: float | None = None, pixel: float | None = None) -> go.Figure:
     """kNN accuracy over training with the random-init and raw-pixel baselines as reference lines."""
     rows = _column(eval_rows(metrics), "knn")
-    figure = _base_figure("kNN accuracy", "kNN accuracy (%)", subtitle="higher = better features")
+    figure = _curve_figure("knn")
     figure.add_scatter(
         x=rows["epoch"],
         y=rows["knn"],
@@ -125,7 +151,7 @@ def collapse_figure(
 ) -> go.Figure:
     """The collapse meter: projection spread with the healthy level 1/√d and the collapse threshold."""
     rows = _column(step_rows(metrics), "z_std")
-    figure = _base_figure("Collapse meter", "spread (z_std)", subtitle="projection spread; falling to 0 = collapse")
+    figure = _curve_figure("z_std")
     figure.add_scatter(
         x=rows["epoch"],
         y=_smoothed(rows["z_std"], smoothing),
@@ -146,7 +172,7 @@ def collapse_figure(
 
 def rank_figure(metrics: pd.DataFrame) -> go.Figure:
     rows = _column(eval_rows(metrics), "effective_rank")
-    figure = _base_figure("Effective rank", "effective rank", subtitle="directions the backbone features spread over")
+    figure = _curve_figure("effective_rank")
     figure.add_scatter(
         x=rows["epoch"],
         y=rows["effective_rank"],
@@ -170,15 +196,15 @@ def rank_figure(metrics: pd.DataFrame) -> go.Figure:
 def overlay_figure(
     frames: dict[str, pd.DataFrame],
     column: str,
-    title: str,
-    y_title: str,
-    kind: str = metrics_file.STEP,
     smoothing: float = 0.0,
     log_y: bool = False,
     markers: dict[str, int | None] | None = None,
 ) -> go.Figure:
-    """One line per run of `column` over epochs; `markers` = run name -> step to mark with an ✕."""
-    figure = _base_figure(title, y_title, height=400)
+    """One line per run of the metric `column` (a key of CURVES) over epochs; `markers` = run name -> step to
+    mark with an ✕. Smoothing applies to step metrics; evaluations are drawn as measured."""
+    curve = CURVES[column]
+    kind = curve.kind
+    figure = _base_figure(curve.title + (" (log scale)" if log_y else ""), curve.y_title, height=400)
     figure.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0), margin=dict(b=10))
     for i, (name, metrics) in enumerate(frames.items()):
         rows = _column(step_rows(metrics) if kind == metrics_file.STEP else eval_rows(metrics), column)
