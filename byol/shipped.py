@@ -94,6 +94,11 @@ def shipped_files(run_dir: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.name != IDENTITY_FILE and not p.name.startswith("."))
 
 
+def ships(run_dir: Path, name: str) -> bool:
+    """Whether the run carries an artefact file of this name, to be adopted if its local images match."""
+    return (shipped_folder(run_dir) / name).is_file()
+
+
 def ship(run_dir: Path, data: Dataset, artefacts: list[Path]) -> list[Path]:
     """Copy `artefacts` (files of the run's artefact store) into `<run>/shipped/`, with the identity of
     `data`, the images they were computed from. Returns the shipped copies."""

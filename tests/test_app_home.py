@@ -154,13 +154,14 @@ def strip_rows(at) -> list[tuple[str, list[str]]]:
 
 
 def test_the_showcase_shows_its_neighbours_in_pictures_once_its_search_bank_is_ready(finished_run, app_test, monkeypatch):
-    data = small_data()
-    monkeypatch.setattr(datasets, "load_for", lambda config: data)
+    data, loads = small_data(), []
+    monkeypatch.setattr(datasets, "load_for", lambda config: loads.append(config) or data)
     retrieval.clear_caches()
     at = app_test("app.py").run()
     assert not at.exception
     assert not strip_rows(at)  # Home computes no search bank: it points to the page that does
     assert any(neighbour_strip.NOT_READY in c.value for c in at.caption)
+    assert loads == []  # nor loads images for a bank it would find missing
 
     embed.prepare_checkpoint(finished_run, checkpoint_choices(finished_run)[-1].path, None, data, level=embed.BANK)
     at = app_test("app.py").run()

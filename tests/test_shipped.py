@@ -39,6 +39,8 @@ def _reordered_test_split(data, order: np.ndarray):
 def test_the_same_images_adopt_the_shipped_artefacts_and_the_pages_need_compute_nothing(finished_run):
     data, last = _ship_last_snapshot(finished_run)
     assert _missing(finished_run, last, data)  # the store is empty
+    bank = embed.embedding_path(finished_run, last, "train").name
+    assert shipped.ships(finished_run, bank) and not shipped.ships(finished_run, "step-99999999-train.npz")
 
     # Loading the run's images (what the pages and the command line do) adopts what was shipped.
     reloaded = run_images.run_data(finished_run)

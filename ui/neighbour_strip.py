@@ -14,9 +14,11 @@ points to the Retrieval page, which computes what is missing.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
-from byol import embed, neighbour_score, retrieval, run_images
+from byol import embed, neighbour_score, retrieval, run_images, shipped
 from byol.checkpoint import CheckpointError, checkpoint_choices, default_choice
 from byol.dataset import DataError
 from byol.runs import RunError, RunSummary, read_config
@@ -33,21 +35,31 @@ def draw_again() -> None:
     st.session_state[SEED_KEY] += 1  # set by the strip before its button is drawn
 
 
+def _bank_may_be_ready(summary: RunSummary, checkpoint: Path) -> bool:
+    """Whether the checkpoint's search bank is saved or ships with the run: known before any image is
+    loaded, so Home decodes no images for a bank it would only find missing."""
+    bank = embed.embedding_path(summary.path, checkpoint, "train")
+    return bank.exists() or shipped.ships(summary.path, bank.name)
+
+
 @st.fragment  # "Show other pictures" redraws the strip alone, not the whole Home page
 def neighbour_strip(summary: RunSummary) -> None:
     """The strip for `summary`'s newest checkpoint, or a line pointing to the Retrieval page."""
     choices = checkpoint_choices(summary.path)
-    try:
-        config = read_config(summary.path)
-        with st.spinner("Loading its pictures (the first time decodes them, a few seconds)..."):
-            found = run_images.load_run_images_at_hand(summary.path, config, inspection.dataset_for)
-    except (RunError, DataError, ValueError, OSError):
-        found = None  # the Retrieval page says what is wrong, and asks where the images are
-    if not choices or found is None or embed.missing_work(summary.path, default_choice(choices).path, embed.BANK, found[1]):
+    checkpoint = default_choice(choices).path if choices else None
+    found = None
+    if checkpoint is not None and _bank_may_be_ready(summary, checkpoint):
+        try:
+            config = read_config(summary.path)
+            with st.spinner("Loading its pictures (the first time decodes them, a few seconds)..."):
+                found = run_images.load_run_images_at_hand(summary.path, config, inspection.dataset_for)
+        except (RunError, DataError, ValueError, OSError):
+            pass  # the Retrieval page says what is wrong, and asks where the images are
+    if found is None or embed.missing_work(summary.path, checkpoint, embed.BANK, found[1]):
         st.caption(NOT_READY)
         link("retrieval", "Find similar images", query_params={"run": summary.name})
         return
-    data, checkpoint = found[1], default_choice(choices).path
+    data = found[1]
 
     st.markdown(
         f"**What it learned, in pictures.** Test pictures it never trained on, drawn at random, each followed by "
