@@ -69,13 +69,14 @@ def test_quality_dry_run_trains_every_variant_and_writes_its_table(tmp_path):
 
 def test_quality_variants_parse_and_refuse_plainly():
     import quality
+    import quality_recipes as recipes
 
-    assert quality.parse_variant("adamw-lr4e-3:optimizer=adamw,lr=4e-3") == ("adamw-lr4e-3", ["optimizer=adamw", "lr=4e-3"])
-    assert quality.parse_variant("base:") == ("base", [])
-    for mode in quality.MODES:  # every built-in variant makes a valid config
-        base = quality.base_config(mode, "synthetic", None, "cpu", 0)
-        for text in quality.VARIANTS[mode]:
-            quality.variant_config(base, *quality.parse_variant(text), dry_run=False)
+    assert recipes.parse_variant("adamw-lr4e-3:optimizer=adamw,lr=4e-3") == ("adamw-lr4e-3", ["optimizer=adamw", "lr=4e-3"])
+    assert recipes.parse_variant("base:") == ("base", [])
+    for mode in recipes.MODES:  # every built-in variant makes a valid config
+        base = recipes.base_config(mode, "synthetic", None, "cpu", 0)
+        for text in recipes.VARIANTS[mode]:
+            recipes.variant_config(base, *recipes.parse_variant(text), dry_run=False)
     assert quality.main(["--variant", "no-colon"]) == 2
     assert quality.main(["--variant", "x:not_a_field=1"]) == 2
 
