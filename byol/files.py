@@ -83,14 +83,37 @@ def file_key(path: Path) -> tuple:
     return (str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    write_atomic(path, lambda f: f.write(json.dumps(data, indent=2, sort_keys=True) + "\n"), mode="w")
+def write_json_atomic(path: Path, data: Any, sort_keys: bool = True) -> None:
+    write_atomic(path, lambda f: f.write(json.dumps(data, indent=2, sort_keys=sort_keys) + "\n"), mode="w")
 
 
 def write_npz_atomic(path: Path, arrays: dict[str, Any], compressed: bool = True) -> None:
     """Save `arrays` as one .npz archive at `path`, atomically (zip-compressed unless told otherwise)."""
     save = np.savez_compressed if compressed else np.savez
     write_atomic(path, lambda f: save(f, **arrays))
+
+
+def remembered(path: Path, key: str, compute: Callable[[], float], keep: int = 500) -> float:
+    """`compute()`'s figure for `key`, remembered across processes in the JSON file `path` (key -> figure).
+
+    Read from the file when there, else computed and added to it; the `keep` newest are kept. Two
+    processes adding at once may drop one figure, which is then computed again, never wrong; a file that
+    cannot be written (a read-only or full disk) only means computing again next time.
+    """
+    saved = read_json(path, {})
+    if isinstance(saved, dict) and isinstance(saved.get(key), (int, float)):
+        return float(saved[key])
+    value = float(compute())
+    saved = read_json(path, {})  # again: another process may have added figures meanwhile
+    saved = saved if isinstance(saved, dict) else {}
+    saved.pop(key, None)
+    saved[key] = value  # newest last
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, dict(list(saved.items())[-keep:]), sort_keys=False)
+    except OSError:
+        pass
+    return value
 
 
 def read_json(path: Path, default: Any = None) -> Any:

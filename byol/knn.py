@@ -21,7 +21,7 @@ from .augment import plain_view
 from .config import KNN_K, KNN_TEMPERATURE, TrainConfig
 from .dataset import Dataset
 from .device import bf16_available
-from .files import read_json, write_json_atomic
+from .files import remembered
 
 
 def autocast_context(device: torch.device, use_bf16: bool, cache: bool = True):
@@ -203,16 +203,10 @@ def pixel_knn_accuracy(
 
     Computed once per data set and bank/query choice: results are kept in a small JSON file.
     """
-    cached = read_json(cache_file, {}) if cache_file is not None else {}
-    if not isinstance(cached, dict):
-        cached = {}
-    if cache_key in cached:
-        return float(cached[cache_key])
-    bank, mean = pixel_features(bank_images)
-    queries, _ = pixel_features(query_images, mean)
-    accuracy = knn_accuracy(bank, bank_labels, queries, query_labels, num_classes, k, temperature)
-    if cache_file is not None:
-        cached[cache_key] = accuracy
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(cache_file, cached)
-    return accuracy
+
+    def measure() -> float:
+        bank, mean = pixel_features(bank_images)
+        queries, _ = pixel_features(query_images, mean)
+        return knn_accuracy(bank, bank_labels, queries, query_labels, num_classes, k, temperature)
+
+    return measure() if cache_file is None else remembered(cache_file, cache_key, measure)

@@ -7,18 +7,25 @@ representation must beat, and guessing scores one in the number of classes.
 
 The sample of test images is fixed (`score_indices`), so the figures of different runs and
 checkpoints compare, and `benchmarks/neighbours.py` and the Retrieval page report the same number.
+
+A score takes seconds (raw pixels' about ten on 2 cores), and Home and the Retrieval page show them on
+every first visit, so each is remembered in memory and in the project cache (`SCORES_FILE`), keyed by
+the exact checkpoint, bank and data set it was computed from: a restarted server shows them at once.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from . import embed, retrieval
+from .data import default_cache_dir
 from .dataset import Dataset
-from .files import file_key
+from .files import file_key, remembered
 from .knn import eval_indices, pixel_features
 
 QUERIES = 500  # enough for a figure steady to about ±2 points, few enough to score in a second
@@ -27,12 +34,21 @@ QUERY_SEED = 1016  # fixes the sample; any fixed number would do
 
 QUERY_CHUNK = 128  # queries per similarity block: 128 x 50,000 float32 is 25 MB
 
+SCORES_FILE = "neighbour-scores.json"  # in the project cache
+KEPT_SCORES = 200  # the newest scores the file keeps
+
 _scores = embed.LRU(16)
 
 
 def clear_cache() -> None:
-    """Forget every cached score (tests)."""
+    """Forget every remembered score, in memory and in the cache file (tests)."""
     _scores.clear()
+    (default_cache_dir() / SCORES_FILE).unlink(missing_ok=True)
+
+
+def _remembered(key: tuple, score: Callable[[], float]) -> float:
+    """The score for `key`: from memory, else from the cache file, else computed and saved in both."""
+    return _scores.get(key, lambda: remembered(default_cache_dir() / SCORES_FILE, json.dumps(key), score, KEPT_SCORES))
 
 
 def score_indices(test_count: int, queries: int = QUERIES) -> np.ndarray:
@@ -83,7 +99,7 @@ def checkpoint_score(run_dir: Path, checkpoint: Path, data: Dataset, k: int = K,
         features = retrieval.embed_images(checkpoint, data.test_images[torch.from_numpy(chosen)])
         return mean_precision(bank.features, bank.labels, features, data.test_labels.numpy()[chosen], k)
 
-    return _scores.get(key, score)
+    return _remembered(key, score)
 
 
 def pixel_score(data: Dataset, k: int = K, queries: int = QUERIES) -> float:
@@ -95,7 +111,7 @@ def pixel_score(data: Dataset, k: int = K, queries: int = QUERIES) -> float:
         features = pixel_features(data.test_images[torch.from_numpy(chosen)], mean)[0].numpy()
         return mean_precision(bank, data.train_labels.numpy(), features, data.test_labels.numpy()[chosen], k)
 
-    return _scores.get(("pixels", data.fingerprint, tuple(data.train_images.shape), k, queries), score)
+    return _remembered(("pixels", data.fingerprint, tuple(data.train_images.shape), k, queries), score)
 
 
 def chance(data: Dataset) -> float:

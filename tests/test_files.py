@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from byol.files import read_json, remove_stale_temporaries, write_atomic, write_json_atomic, write_npz_atomic
+from byol.files import read_json, remembered, remove_stale_temporaries, write_atomic, write_json_atomic, write_npz_atomic
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
@@ -55,3 +55,24 @@ def test_only_temporaries_of_dead_writers_are_removed(tmp_path):
         path.write_bytes(b"x")
     assert remove_stale_temporaries(tmp_path) == [stale]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, kept.name])
+
+
+def test_a_remembered_figure_is_computed_once_and_only_the_newest_are_kept(tmp_path):
+    path = tmp_path / "cache" / "figures.json"
+    calls = []
+
+    def compute(value: float):
+        return lambda: calls.append(value) or value
+
+    assert remembered(path, "a", compute(1.5)) == 1.5
+    assert remembered(path, "a", compute(9.0)) == 1.5  # read back, as a new process would
+    assert calls == [1.5]
+    for key in "bcd":
+        remembered(path, key, compute(2.0), keep=2)
+    assert list(read_json(path)) == ["c", "d"]
+
+
+def test_a_figure_that_cannot_be_saved_is_still_returned(tmp_path):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    assert remembered(blocked / "figures.json", "a", lambda: 3.0) == 3.0

@@ -107,3 +107,18 @@ def test_a_checkpoint_score_uses_its_saved_bank_and_needs_it(tmp_path):
     found = [[bank.labels[r] for r in retrieval.nearest_neighbours(bank.features, q, 5)[0]] for q in queries]
     expected = np.mean([retrieval.precision_at_k(f, int(label)) for f, label in zip(found, data.test_labels)])
     assert score == pytest.approx(expected, abs=0.01)  # batch and single forward passes round differently
+
+
+def test_a_score_outlives_the_server_process_that_computed_it(monkeypatch):
+    data = colour_data()
+    first = neighbour_score.pixel_score(data, k=5)
+    neighbour_score._scores.clear()  # what a restarted server has: nothing in memory
+
+    def no_computing(*args, **kwargs):
+        raise AssertionError("computed again")
+
+    monkeypatch.setattr(neighbour_score, "mean_precision", no_computing)
+    assert neighbour_score.pixel_score(data, k=5) == first  # read from the project cache
+    neighbour_score.clear_cache()
+    with pytest.raises(AssertionError, match="computed again"):
+        neighbour_score.pixel_score(data, k=5)
