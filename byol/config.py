@@ -247,6 +247,10 @@ _NUMERIC_RANGES: dict[str, tuple[float, float, type]] = {
 
 # Each field's name in words: the Train page's labels and every validation message use these.
 FIELD_WORDS: dict[str, str] = {
+    "data": "Data source",
+    "data_root": "CIFAR-10 download folder",
+    "preset": "Preset",
+    "notes": "Notes",
     "subset": "Training subset",
     "image_size": "Image size",
     "width": "Backbone width",
@@ -315,10 +319,10 @@ def config_errors(config: TrainConfig) -> list[str]:
     """Every problem with `config`, each as one plain sentence (empty list = valid)."""
     errors = [e for name in _NUMERIC_RANGES if (e := _check_number(name, getattr(config, name)))]
     if not isinstance(config.data, str) or not config.data.strip():
-        errors.append("Data source (data) must be 'cifar10', 'synthetic' or a path to an image folder.")
+        errors.append(f"{FIELD_WORDS['data']} (data) must be 'cifar10', 'synthetic' or a path to an image folder.")
     elif source_kind(config.data) == PATH_KIND and not Path(config.data).expanduser().exists():
         errors.append(
-            f"Data source (data): there is no folder or archive at {config.data}. Give 'cifar10', 'synthetic', "
+            f"{FIELD_WORDS['data']} (data): there is no folder or archive at {config.data}. Give 'cifar10', 'synthetic', "
             f"or the path of {IMAGE_FOLDER_WORDS}."
         )
     if config.optimizer not in OPTIMIZERS:

@@ -117,7 +117,7 @@ def test_two_runs_overlay_and_differences(finished_run, runs_dir, app_test):
     verdict = at.dataframe[0].value
     assert set(verdict["Collapsed"]) == {"no"}
     differences = at.dataframe[1].value
-    assert list(differences["setting"]) == ["seed"]
+    assert list(differences["setting"]) == ["Seed (seed)"]
 
     at.slider(key="compare_smoothing").set_value(0.0).run()
     assert not at.exception
@@ -148,7 +148,7 @@ def test_a_fresh_checkout_opens_on_the_shipped_pair_and_shows_its_collapse(runs_
     (knn_chart,) = [c for c in charts if "kNN accuracy" in json.dumps(c["layout"].get("title"))]
     lines = [a["text"] for a in knn_chart["layout"]["annotations"]]
     assert f"raw pixels {with_bn['Raw pixels %']:.1f}%" in lines and f"random init {with_bn['Random init %']:.1f}%" in lines
-    assert list(at.dataframe[1].value["setting"]) == ["head_bn"]  # the one difference
+    assert list(at.dataframe[1].value["setting"]) == ["Batch norm in the heads (head_bn)"]  # the one difference
     assert any(e.label.startswith("These runs came with BYOL Studio") for e in at.expander)
 
 

@@ -24,7 +24,7 @@ import streamlit as st
 
 from byol import cifar10, demos, jobs, runs
 from byol.collapse import describe_collapse
-from byol.config import PRESETS, TrainConfig
+from byol.config import FIELD_WORDS, PRESETS, TrainConfig
 from byol.errors import UserError
 from ui.words import GLOSSARY, HELP
 
@@ -282,7 +282,8 @@ def config_differences(configs: dict[str, TrainConfig]) -> pd.DataFrame:
     for field in fields:
         values = [d.get(field) for d in dicts.values()]
         if len({repr(v) for v in values}) > 1:
-            rows.append({"setting": field, **{name: _show(d.get(field)) for name, d in dicts.items()}})
+            words = FIELD_WORDS.get(field, field)
+            rows.append({"setting": f"{words} ({field})", **{name: _show(d.get(field)) for name, d in dicts.items()}})
     return pd.DataFrame(rows)
 
 
