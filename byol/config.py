@@ -176,7 +176,7 @@ PRESETS["no-bn"] = PRESETS["gpu"].replace(head_bn=False, preset="no-bn")
 PRESETS["cpu-no-bn"] = PRESETS["cpu"].replace(head_bn=False, preset="cpu-no-bn")
 
 PRESET_HELP: dict[str, str] = {
-    "gpu": "Full ResNet-18, 100 epochs, the field's CIFAR-10 recipe. Needs a GPU (hours on a CPU).",
+    "gpu": f"Full ResNet-18, {PRESETS['gpu'].epochs} epochs, the field's CIFAR-10 recipe. Needs a GPU (hours on a CPU).",
     "cpu": "Narrow ResNet-18 sized to learn visibly in about 15 minutes on a laptop CPU.",
     "no-bn": "The gpu preset with batch norm removed from the heads: watch it collapse.",
     "cpu-no-bn": "The cpu preset with batch norm removed from the heads: watch it collapse.",

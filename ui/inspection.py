@@ -137,8 +137,8 @@ def relocate_data(run: RunSummary, config: TrainConfig, page: str) -> None:
 
 # How the pages name what a checkpoint still lacks.
 ARTEFACT_WORDS: dict[embed.Artefact, str] = {
-    embed.Artefact.TRAIN_EMBEDDINGS: "training-set embeddings",
-    embed.Artefact.TEST_EMBEDDINGS: "test-set embeddings",
+    embed.Artefact.TRAIN_EMBEDDINGS: f"{embed.split_words('train')} embeddings",
+    embed.Artefact.TEST_EMBEDDINGS: f"{embed.split_words('test')} embeddings",
     embed.Artefact.MAP: "the 2-D map (UMAP)",
     embed.Artefact.KNN: "the kNN accuracy",
 }
