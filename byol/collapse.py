@@ -131,18 +131,6 @@ def find_collapse(
     return None
 
 
-def collapse_point(
-    step_rows: Any,
-    projector_dim: int,
-    fraction: float = DEFAULT_FRACTION,
-    smoothing: float = DEFAULT_SMOOTHING,
-    min_points: int = DEFAULT_MIN_POINTS,
-) -> int | None:
-    """The step at which the run first collapsed by `CRITERION` (for chart markers), or None."""
-    found = find_collapse(step_rows, projector_dim, fraction, smoothing, min_points)
-    return found.step if found else None
-
-
 def collapse_story(found: Collapse) -> str:
     """The collapse told to a visitor who does not code, to follow "the network" or "it": "collapsed at
     step 15: it came to give every picture nearly the same description, and never recovered"."""

@@ -407,7 +407,7 @@ def show_run(run_path: str, live_at_start: bool) -> None:
     left, right = st.columns(2)
     left.plotly_chart(loss_figure(metrics), key="chart_loss")
     right.plotly_chart(knn_figure(metrics, summary.baseline_knn, summary.pixel_knn), key="chart_knn")
-    left.plotly_chart(collapse_figure(metrics, projector_dim), key="chart_collapse")
+    left.plotly_chart(collapse_figure(metrics, projector_dim, summary.collapse), key="chart_collapse")
     right.plotly_chart(rank_figure(metrics), key="chart_rank")
     st.caption(
         "Read kNN against its two dashed lines: above **random init** means training helped, above "

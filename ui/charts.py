@@ -13,7 +13,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from byol import metrics_file
-from byol.collapse import DEFAULT_FRACTION, collapse_line, collapse_point, healthy_std, smooth
+from byol.collapse import DEFAULT_FRACTION, Collapse, collapse_line, healthy_std, smooth
 
 
 @dataclass(frozen=True)
@@ -147,9 +147,14 @@ def add_spread_lines(figure: go.Figure, projector_dim: int, fraction: float = DE
 
 
 def collapse_figure(
-    metrics: pd.DataFrame, projector_dim: int, smoothing: float = 0.0, fraction: float = DEFAULT_FRACTION
+    metrics: pd.DataFrame,
+    projector_dim: int,
+    collapse: Collapse | None,
+    smoothing: float = 0.0,
+    fraction: float = DEFAULT_FRACTION,
 ) -> go.Figure:
-    """The collapse meter: projection spread with the healthy level 1/√d and the collapse threshold."""
+    """The collapse meter: projection spread with the healthy level 1/√d and the collapse threshold, and
+    the run's `collapse` (RunSummary.collapse, found by the one rule) marked where it began."""
     rows = _column(step_rows(metrics), "z_std")
     figure = _curve_figure("z_std")
     figure.add_scatter(
@@ -162,9 +167,9 @@ def collapse_figure(
         hovertemplate="%{y:.4f} (step %{customdata})",
     )
     add_spread_lines(figure, projector_dim, fraction)
-    step = collapse_point(rows, projector_dim, fraction)
-    if step is not None:
-        epoch = float(rows.loc[rows["step"] == step, "epoch"].iloc[0])
+    began = rows[rows["step"] == collapse.step] if collapse is not None else rows.iloc[0:0]
+    if len(began):
+        epoch = float(began["epoch"].iloc[0])
         figure.add_vline(x=epoch, line=dict(color="#c92a2a"), annotation_text="collapsed", annotation_position="top left")
     figure.update_yaxes(rangemode="tozero")
     return figure
