@@ -48,11 +48,16 @@ def clear_caches() -> None:
 # --------------------------------------------------------------------------------------------------
 
 
+def _no_such_image(split: str, index: int, count: int) -> ValueError:
+    kind = "training" if split == "train" else split
+    return ValueError(f"There is no {kind} image #{index}; the numbers go from 0 to {count - 1:,}.")
+
+
 def image_at(data: Dataset, split: str, index: int) -> torch.Tensor:
     """Image `index` of a split (uint8 [3, S, S]); ValueError when there is no such image."""
     images, _labels = data.split(split)
     if not 0 <= int(index) < len(images):
-        raise ValueError(f"There is no {embed.split_words(split)} image #{index}; the numbers go from 0 to {len(images) - 1:,}.")
+        raise _no_such_image(split, index, len(images))
     return images[int(index)]
 
 
@@ -170,7 +175,7 @@ def neighbours_of_test_image(run_dir: Path, checkpoint: Path, test_index: int, k
     queries = embed.load_split(run_dir, checkpoint, "test")
     row = _row_of(queries.indices, test_index)
     if row is None:
-        raise ValueError(f"There is no test image #{test_index}; the numbers go from 0 to {len(queries.indices) - 1:,}.")
+        raise _no_such_image("test", test_index, len(queries.indices))
     return neighbours(run_dir, checkpoint, queries.features[row], k)
 
 
