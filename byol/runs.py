@@ -311,12 +311,12 @@ def resume_problem(run_dir: Path, state: str | None = None) -> str | None:
     return None
 
 
-def fewest_epochs_to_resume(run_dir: Path, state: str) -> int:
-    """The smallest total of epochs a resume of the run accepts: one more than planned for a finished
-    run (it has nothing left to do), else the epochs it has already done, rounded up."""
+def fewest_epochs_to_resume(planned: int, done: float, state: str) -> int:
+    """The smallest total of epochs a resume accepts, for a run of `planned` epochs that has done `done`:
+    one more than planned for a finished run (it has nothing left to do), else `done` rounded up."""
     if state == FINISHED:
-        return read_config(run_dir).epochs + 1
-    return max(1, math.ceil(summarize_run(run_dir).epochs_done))
+        return planned + 1
+    return max(1, math.ceil(done))
 
 
 def extended_config(run_dir: Path, state: str | None, epochs: int | None) -> TrainConfig:
@@ -331,11 +331,10 @@ def extended_config(run_dir: Path, state: str | None, epochs: int | None) -> Tra
                 f"The run {run_dir.name} has finished all its {config.epochs} epochs; choose more epochs to extend it."
             )
         return config
-    fewest = fewest_epochs_to_resume(run_dir, state)
+    done = summarize_run(run_dir).epochs_done
+    fewest = fewest_epochs_to_resume(config.epochs, done, state)
     if epochs < fewest:
-        raise RunError(
-            f"The new number of epochs must be at least {fewest}: this run has already done {summarize_run(run_dir).epochs_done:g}; got {epochs}."
-        )
+        raise RunError(f"The new number of epochs must be at least {fewest}: this run has already done {done:g}; got {epochs}.")
     return config.replace(epochs=int(epochs))
 
 

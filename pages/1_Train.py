@@ -302,7 +302,7 @@ with c_resume:
     if resume_problem and not live:
         st.caption(resume_problem)
     elif state in runs.RESUMABLE_STATES or state == runs.FINISHED:
-        fewest = runs.fewest_epochs_to_resume(run_dir, state)
+        fewest = runs.fewest_epochs_to_resume(config.epochs, picked.epochs_done, state)
         total = st.number_input(
             "Total epochs",
             min_value=fewest,

@@ -71,12 +71,12 @@ def test_a_resume_may_not_plan_fewer_epochs_than_done_and_a_finished_run_needs_m
     run_dir = runs.create_run(tmp_path, tiny_config(epochs=10), "r")
     metrics_file.append_rows(run_dir, [{"kind": "step", "step": 25, "epoch": 2.5, "z_std": 0.1}])
     runs.write_status(run_dir, runs.STOPPED)
-    assert runs.fewest_epochs_to_resume(run_dir, runs.STOPPED) == 3
+    assert runs.fewest_epochs_to_resume(10, runs.summarize_run(run_dir).epochs_done, runs.STOPPED) == 3
     assert runs.extended_config(run_dir, runs.STOPPED, 3).epochs == 3  # a shorter plan that is not behind
     with pytest.raises(runs.RunError, match="at least 3"):
         runs.extended_config(run_dir, runs.STOPPED, 2)
     runs.write_status(run_dir, runs.FINISHED)
-    assert runs.fewest_epochs_to_resume(run_dir, runs.FINISHED) == 11
+    assert runs.fewest_epochs_to_resume(10, 10.0, runs.FINISHED) == 11
     with pytest.raises(runs.RunError, match="choose more epochs"):
         runs.extended_config(run_dir, runs.FINISHED, 10)
     with pytest.raises(runs.RunError, match="at least 11"):
