@@ -8,7 +8,8 @@ typical they are.
 
 Home shows the strip only when it starts no long computation: the run's images are on this computer
 (no download) and its newest checkpoint's search bank is ready, as a shipped demo's is. Then the
-images load and the score computes in seconds, once per server. Otherwise it shows one line that
+images load and the score takes seconds the first time, then comes from the project cache
+(byol/neighbour_score.py). Otherwise it shows one line that
 points to the Retrieval page, which computes what is missing.
 """
 
