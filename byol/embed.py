@@ -43,15 +43,11 @@ from .knn import (
     per_class_from_json,
     per_class_to_json,
 )
+from .maps import UMAP_FIRST_TIME, map_2d
 from .run_images import run_data
 from .runs import EMBEDDINGS_FOLDER, LAST_CHECKPOINT
 
 FEATURE_CHUNK = 2048  # images per progress report while computing embeddings
-UMAP_FIRST_TIME = "The first map after the server starts also compiles UMAP, which can take a minute or two..."
-MIN_UMAP_POINTS = 20  # below this UMAP's neighbour graph breaks down; a plain 2-D projection is drawn instead
-# How every map is laid out (the single map and the training film alike): UMAP's usual 15 neighbours and
-# cosine distance, the similarity the network was trained with.
-UMAP_SETTINGS: dict[str, Any] = {"n_neighbors": 15, "min_dist": 0.1, "metric": "cosine"}
 
 Report = Callable[..., None]  # report(message=None, fraction=None), as tasks.TaskRunner passes it
 
@@ -349,27 +345,6 @@ def prepare_checkpoint(
         report("Measuring the kNN accuracy on the test set...", 1.0 - knn_share)
         checkpoint_knn(run_dir, checkpoint, k, temperature, recompute=True)
     report("Done.", 1.0)
-
-
-def pca_2d(features: np.ndarray) -> np.ndarray:
-    """The two main directions of variation (PCA) of `features`, float64 [N, 2]: the map of a tiny test set."""
-    coordinates = np.zeros((len(features), 2), dtype=np.float64)
-    if len(features) > 1:
-        centred = features - features.mean(axis=0, keepdims=True)
-        _u, _s, vt = np.linalg.svd(centred, full_matrices=False)
-        projected = centred @ vt[:2].T
-        coordinates[:, : projected.shape[1]] = projected
-    return coordinates
-
-
-def map_2d(features: np.ndarray, seed: int = 0) -> np.ndarray:
-    """A 2-D map of `features`, float32 [N, 2]: UMAP, or the two main directions of variation (PCA) for
-    fewer than MIN_UMAP_POINTS images."""
-    if len(features) < MIN_UMAP_POINTS:
-        return pca_2d(features).astype(np.float32)
-    import umap  # slow import (numba): only when a map is actually needed
-
-    return umap.UMAP(n_components=2, random_state=seed, **UMAP_SETTINGS).fit_transform(features).astype(np.float32)
 
 
 def _save_map(run_dir: Path, checkpoint: Path) -> None:

@@ -20,7 +20,6 @@ missing or stale), `film_votes` gives each frame's kNN votes where the store has
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import numpy as np
 from . import embed, run_images
 from .dataset import Dataset
 from .files import write_npz_atomic
+from .maps import MIN_UMAP_POINTS, UMAP_FIRST_TIME, UMAP_SETTINGS, map_2d, pca_2d, umap_quietly
 from .runs import EMBEDDINGS_FOLDER, list_snapshots
 
 FILM_FILE = "film-test.npz"
@@ -108,24 +108,23 @@ def aligned_layout(features: list[np.ndarray], seed: int = 0) -> tuple[np.ndarra
     """2-D maps [len(features), N, 2] of the same N images seen by several networks, and the method's name.
 
     Row n of every array is the same image. AlignedUMAP ties each image to itself in the next map;
-    below embed.MIN_UMAP_POINTS images, each map is a PCA turned onto the previous one instead.
+    below MIN_UMAP_POINTS images, each map is a PCA turned onto the previous one instead.
     """
     if not features:
         return np.zeros((0, 0, 2), np.float32), "PCA"
     count = len(features[0])
-    if count < embed.MIN_UMAP_POINTS:
-        maps = [embed.pca_2d(features[0])]
+    if count < MIN_UMAP_POINTS:
+        maps = [pca_2d(features[0])]
         for later in features[1:]:
-            maps.append(_rotate_onto(embed.pca_2d(later), maps[-1]))
+            maps.append(_rotate_onto(pca_2d(later), maps[-1]))
         return np.stack(maps).astype(np.float32), "PCA"
     if len(features) == 1:
-        return embed.map_2d(features[0], seed)[None], "UMAP"
+        return map_2d(features[0], seed)[None], "UMAP"
     import umap  # slow import (numba): only when a film is actually drawn
 
     identity = {i: i for i in range(count)}
-    reducer = umap.AlignedUMAP(random_state=seed, **embed.UMAP_SETTINGS)
-    with warnings.catch_warnings():  # the seed makes UMAP single-threaded, and it says so once per snapshot
-        warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)
+    reducer = umap.AlignedUMAP(random_state=seed, **UMAP_SETTINGS)
+    with umap_quietly():
         maps = reducer.fit_transform(list(features), relations=[identity] * (len(features) - 1))
     maps = np.stack([np.asarray(m) for m in maps]).astype(np.float32)
     # AlignedUMAP leaves an image without neighbours (exact duplicates) at NaN: put it in the map's centre.
@@ -169,7 +168,7 @@ def prepare_film(
         raise embed.NotPrepared("The snapshots' saved test embeddings differ in size; compute them again.")
     rows = balanced_sample(labels, sample_size)
     report(
-        f"Laying out {len(snapshots)} maps of {len(rows):,} test images together (aligned UMAP). {embed.UMAP_FIRST_TIME}",
+        f"Laying out {len(snapshots)} maps of {len(rows):,} test images together (aligned UMAP). {UMAP_FIRST_TIME}",
         feature_share,
     )
     coordinates, method = aligned_layout([t.features[rows] for t in tests])

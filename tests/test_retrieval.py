@@ -53,7 +53,7 @@ def small_data(train_per_class: int = 20, test_per_class: int = 8):
 
 
 class _FakeUMAP:
-    """A cheap stand-in for umap.UMAP (numba's first compile alone takes 20-60 s)."""
+    """A cheap stand-in for umap.UMAP (numba compiles the real one: tens of seconds)."""
 
     def __init__(self, **kwargs):
         pass
