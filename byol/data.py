@@ -36,7 +36,7 @@ from byol import cifar10
 from byol.cifar10 import CLASS_NAMES_CIFAR10  # noqa: F401  (kept importable from here)
 from byol.config import ARCHIVE_EXTENSIONS, CIFAR10_KIND, IMAGE_FOLDER_WORDS, PATH_KIND, SYNTHETIC_KIND, TrainConfig, source_kind
 from byol.dataset import DataError, Dataset
-from byol.images import IMAGE_EXTENSIONS, cache_key, decode_image, read_cache, write_cache
+from byol.images import IMAGE_EXTENSIONS, cache_file, decode_image, read_cache, write_cache
 from byol.synthetic import synthetic_dataset
 
 log = logging.getLogger(__name__)
@@ -178,9 +178,9 @@ def _load_folder_or_archive(path: Path, cache_folder: Path, image_size: int) -> 
     else:
         raise _not_a_data_set_file(path)
 
-    fingerprint = f"folder-{cache_key(path, stamp, image_size)}"
-    cache_file = cache_folder / f"{fingerprint}.npz"
-    cached = read_cache(cache_file)
+    kept = cache_file(cache_folder, path, stamp, image_size)
+    fingerprint = kept.stem
+    cached = read_cache(kept)
     if cached is not None:
         return Dataset(name=_dataset_name(path), fingerprint=fingerprint, **cached)
 
@@ -190,7 +190,7 @@ def _load_folder_or_archive(path: Path, cache_folder: Path, image_size: int) -> 
     arrays = _decode_all(path, layout, image_size)
     decoded = _assemble(path, layout, arrays)
     log.info("decoded %d images from %s in %.1f s", len(arrays), path, time.perf_counter() - started)
-    write_cache(cache_file, decoded)
+    write_cache(kept, decoded)
     return Dataset(name=_dataset_name(path), fingerprint=fingerprint, **decoded)
 
 

@@ -3,8 +3,9 @@
 - Decoding: `image_to_uint8_tensor` turns any PIL image (grayscale, 16-bit, palette, transparent,
   animated) into uint8 [3, S, S] RGB; `decode_image` does the same from file bytes for bulk loading and
   returns None for unreadable ones; `resize_batch` resizes a whole stack of images.
-- Cache: data sets decoded from image folders and archives are stored once as an .npz, keyed by the
-  source's path and stamp and by `CACHE_VERSION`, which changes whenever decoding changes.
+- Cache: data sets decoded from image folders and archives are stored once as an .npz, named by the
+  source's path and stamp and by `CACHE_VERSION`, which changes whenever decoding changes; only a
+  source's newest state is kept.
 - Uploads: `query_from_upload` turns an uploaded file into the same format, or raises ValueError
   saying plainly what is wrong with it (empty, not an image, damaged, too large).
 
@@ -126,12 +127,17 @@ def resize_batch(images: torch.Tensor, size: int, chunk: int = 2048) -> torch.Te
 # --------------------------------------------------------------------------------------------------
 
 
-def cache_key(path: Path, stamp: list, image_size: int) -> str:
-    """Short file-name-safe key for the decoded images of `path` at `image_size`."""
-    # Path + size/time stamp + image size: cheap to compute on every load, and any edit to the source
-    # (new files, a replaced archive) changes it. Content hashing would cost as much as decoding.
-    text = json.dumps([CACHE_VERSION, str(path), stamp, image_size])
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def cache_file(cache_folder: Path, path: Path, stamp: list, image_size: int) -> Path:
+    """Where the decoded images of `path` at `image_size` are kept: `folder-<source>-<state>.npz`.
+
+    <source> names the path and image size, <state> the source's stamp and `CACHE_VERSION`: cheap to
+    compute on every load (content hashing would cost as much as decoding), and any edit to the source
+    (new files, a replaced archive) gives a new name. `write_cache` then removes the source's earlier
+    states, so editing a folder again and again does not pile up copies of ~180 MB each.
+    """
+    source = hashlib.sha256(json.dumps([str(path), image_size]).encode()).hexdigest()[:16]
+    state = hashlib.sha256(json.dumps([CACHE_VERSION, stamp]).encode()).hexdigest()[:16]
+    return Path(cache_folder) / f"folder-{source}-{state}.npz"
 
 
 def read_cache(cache_file: Path) -> dict | None:
@@ -163,6 +169,10 @@ def write_cache(cache_file: Path, decoded: dict) -> None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         # Temp file + rename: a process killed mid-write never leaves a torn cache behind.
         write_npz_atomic(cache_file, arrays, compressed=False)
+        source = cache_file.name.rsplit("-", 1)[0]  # folder-<source>, as cache_file names it
+        for earlier in cache_file.parent.glob(f"{source}-*.npz"):
+            if earlier != cache_file:
+                earlier.unlink(missing_ok=True)
     except OSError as exc:  # a read-only or full cache only costs speed next time, never the data
         log.warning("could not write the data cache %s: %s", cache_file, exc)
 

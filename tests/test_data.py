@@ -181,6 +181,8 @@ def test_cache_follows_changes_and_image_size(tree: Path, tmp_path: Path) -> Non
     (tree / "test" / "owl").rename(tree / "test" / "bat")
     renamed = load_dataset(str(tree), cache_dir=cache)
     assert renamed.classes == ["bat", "cat", "dog"]
+    # Only the newest state of each (source, image size) is kept: the 16-pixel one and the renamed one.
+    assert sorted(p.stem for p in (cache / "data").iterdir()) == sorted([small.fingerprint, renamed.fingerprint])
 
 
 def test_torn_cache_is_ignored_and_rewritten(tree: Path, tmp_path: Path) -> None:
