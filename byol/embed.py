@@ -6,7 +6,7 @@ dashboard (run in a `tasks.TaskRunner`), so whatever one computes the other find
 - embeddings of a split, `step-00001200-train.npz`: L2-normalised features (float16), labels,
   data-set indices and class names. The training split is the search bank; the test split gives
   the queries and the map;
-- the test split's 2-D map, `step-00001200-test-umap.npy` (UMAP; a PCA projection for tiny test sets);
+- the test split's 2-D map, `step-00001200-test-umap.npy` (drawn by maps.py: UMAP; a PCA projection for tiny test sets);
 - the kNN accuracy and each test image's voted class per (k, temperature), `step-00001200-knn.json`;
 - the linear probe's accuracy, `step-00001200-probe.json`, computed on request (byol/probe.py), not by
   `prepare_checkpoint`, which only deletes it when it recomputes the embeddings it was measured on.
