@@ -31,7 +31,10 @@ def get_task_runner() -> tasks.TaskRunner:
     return tasks.TaskRunner(max_workers=1)
 
 
-@st.cache_resource(show_spinner="Loading the data set...", max_entries=2)
+@st.cache_resource(
+    show_spinner="Loading the pictures (the first time decodes them: about 10 s for CIFAR-10's 60,000)...",
+    max_entries=2,
+)
 def _dataset(data: str, data_root: str, image_size: int) -> Dataset:
     return datasets.load_for(TrainConfig(data=data, data_root=data_root, image_size=image_size))
 

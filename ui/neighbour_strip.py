@@ -52,8 +52,7 @@ def neighbour_strip(summary: RunSummary) -> None:
     if checkpoint is not None and _bank_may_be_ready(summary, checkpoint):
         try:
             config = read_config(summary.path)
-            with st.spinner("Loading its pictures (the first time decodes them, a few seconds)..."):
-                found = run_images.load_run_images_at_hand(summary.path, config, inspection.dataset_for)
+            found = run_images.load_run_images_at_hand(summary.path, config, inspection.dataset_for)
         except (RunError, DataError, ValueError, OSError):
             pass  # the Retrieval page says what is wrong, and asks where the images are
     if found is None or embed.missing_work(summary.path, checkpoint, embed.BANK, found[1]):
