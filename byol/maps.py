@@ -2,9 +2,10 @@
 main directions of variation (PCA) for a test set too small for UMAP.
 
 The single map of a checkpoint (embed.py) and the training film (map_film.py) are both drawn with
-`UMAP_SETTINGS`. umap-learn finds neighbours with NN-descent, whose numba compile costs every new
-server process about half a minute; for the sizes a map has here, an exact search (`neighbour_graph`,
-one matrix product per chunk) takes a second or a few, so UMAP is handed its result instead.
+`UMAP_SETTINGS`, and both hand UMAP what it would otherwise compute slowly itself: the single map gets
+each image's nearest neighbours (`neighbour_graph`, an exact search of a second or a few, instead of
+NN-descent, whose numba compile costs every new server process about half a minute), the film every
+pair's distance (`cosine_distances`, instead of one Python call per pair).
 """
 
 from __future__ import annotations
@@ -72,6 +73,15 @@ def neighbour_graph(features: np.ndarray, k: int, chunk_size: int = 1024) -> tup
     if not indices:
         return np.zeros((0, k), dtype=np.int64), np.zeros((0, k), dtype=np.float32)
     return torch.cat(indices).numpy(), torch.cat(distances).numpy()
+
+
+def cosine_distances(features: np.ndarray) -> np.ndarray:
+    """All pairs' cosine distances (1 - similarity), float32 [N, N], 0 on the diagonal: UMAP_SETTINGS's
+    metric, in the form UMAP's metric="precomputed" takes."""
+    unit = F.normalize(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)), dim=1)
+    distances = (1.0 - unit @ unit.T).clamp_min(0.0)
+    distances.fill_diagonal_(0.0)
+    return distances.numpy()
 
 
 @contextlib.contextmanager

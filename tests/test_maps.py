@@ -1,4 +1,4 @@
-"""The maps (byol/maps.py): the exact neighbour graph, and real umap-learn laid out from it keeping apart
+"""The maps (byol/maps.py): the exact neighbour graph and distances, and real umap-learn laid out from them keeping apart
 what the features separate (numba compiles UMAP the first time: tens of seconds)."""
 
 import numpy as np
@@ -50,3 +50,14 @@ def test_a_test_set_too_small_for_umap_gets_its_two_main_directions():
     assert coordinates.shape == (len(features), 2) and coordinates.dtype == np.float32
     np.testing.assert_allclose(np.abs(coordinates[:, 0]), np.abs(features[:, 0] - features[:, 0].mean()), atol=1e-4)
     np.testing.assert_allclose(coordinates[:, 1], 0, atol=1e-4)
+
+
+def test_cosine_distances_are_every_pairs_and_zero_on_the_diagonal():
+    features = np.random.default_rng(1).normal(size=(30, 6)).astype(np.float32) * 5  # not normalised
+    features[4] = features[2]
+    distances = maps.cosine_distances(features)
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    assert distances.shape == (30, 30) and distances.dtype == np.float32
+    np.testing.assert_allclose(distances, np.clip(1 - unit @ unit.T, 0, None), atol=1e-5)
+    assert np.all(np.diag(distances) == 0) and distances[2, 4] == pytest.approx(0, abs=1e-6)
+    np.testing.assert_allclose(distances, distances.T, atol=1e-6)
