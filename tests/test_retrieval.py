@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from byol import embed, images, retrieval
+from byol.augment import plain_view
 from byol.checkpoint import CheckpointError, checkpoint_choices, random_init_checkpoint, save_checkpoint, snapshot_state
 from byol.metrics_file import append_rows
 from byol.model import resnet18_cifar
@@ -428,3 +429,15 @@ def test_a_query_from_an_upload_can_be_searched(run_dir, data):
     image = images.query_from_upload(encode(noise_rgb(64), "PNG"))
     found = retrieval.image_neighbours(run_dir, checkpoint, image, 6)
     assert len(found) == 6 and all(-1.0001 <= n.similarity <= 1.0001 for n in found)
+
+
+def test_embeddings_in_the_fast_layout_are_the_default_layouts_features():
+    torch.manual_seed(0)
+    backbone = resnet18_cifar(width=8).eval()
+    pictures = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(backbone(plain_view(pictures)), dim=1).numpy()
+    features = embed.compute_features(backbone, pictures)
+    assert features.dtype == np.float32 and features.shape == expected.shape
+    np.testing.assert_allclose(features, expected, atol=1e-5)
+    assert not np.allclose(features[0], features[1], atol=1e-3)  # the pictures are told apart
