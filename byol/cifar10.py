@@ -80,10 +80,13 @@ def load(root: str | None, cache_dir: Path, image_size: int) -> Dataset:
         train = datasets.CIFAR10(str(folder), train=True, download=True)
         test = datasets.CIFAR10(str(folder), train=False, download=True)
     except Exception as exc:  # URLError, OSError, RuntimeError (checksum)...: all mean "not available"
+        # URLError is an OSError: no connection, no name lookup, a refused or timed-out download.
+        reason = "this computer could not reach its download site (no internet connection?)"
         raise DataError(
-            f"CIFAR-10 could not be downloaded (no internet?): {type(exc).__name__}: {exc}. "
+            f"CIFAR-10 could not be downloaded: {reason if isinstance(exc, OSError) else 'the download failed'}. "
             f"To use a local copy, give as the data source {IMAGE_FOLDER_WORDS} "
-            "(for example ../shared/data/cifar10-jpg.tar.gz)."
+            f"(for example ../shared/data/cifar10-jpg.tar.gz). The error, for whoever looks into it: "
+            f"{type(exc).__name__}: {exc}"
         ) from exc
 
     def to_tensor(data: np.ndarray) -> torch.Tensor:

@@ -353,7 +353,9 @@ def test_cifar10_offline_says_how_to_use_a_local_copy(tmp_path: Path, monkeypatc
     with pytest.raises(DataError) as info:
         load_dataset("cifar10", cache_dir=tmp_path)
     message = str(info.value)
-    assert "could not be downloaded" in message and "local copy" in message and ".tar.gz" in message
+    assert "could not be downloaded: this computer could not reach" in message
+    assert "local copy" in message and ".tar.gz" in message
+    assert message.index("local copy") < message.index("URLError")  # the advice first, the technical detail last
 
 
 def test_cifar10_conversion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
