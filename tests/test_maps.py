@@ -61,3 +61,13 @@ def test_cosine_distances_are_every_pairs_and_zero_on_the_diagonal():
     np.testing.assert_allclose(distances, np.clip(1 - unit @ unit.T, 0, None), atol=1e-5)
     assert np.all(np.diag(distances) == 0) and distances[2, 4] == pytest.approx(0, abs=1e-6)
     np.testing.assert_allclose(distances, distances.T, atol=1e-6)
+
+
+def test_a_collapsed_networks_map_is_still_drawn():
+    """A run without batch norm gives every image nearly the same vector, many exactly the same: the map
+    must still come out finite (the Embeddings page draws collapsed runs too)."""
+    rng = np.random.default_rng(2)
+    features = np.repeat(np.ones((1, 16), np.float32), 300, axis=0)
+    features[:100] += rng.normal(scale=1e-3, size=(100, 16)).astype(np.float32)
+    coordinates = maps.map_2d(features)
+    assert coordinates.shape == (300, 2) and np.isfinite(coordinates).all()
