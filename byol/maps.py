@@ -87,9 +87,10 @@ def cosine_distances(features: np.ndarray) -> np.ndarray:
 @contextlib.contextmanager
 def umap_quietly() -> Iterator[None]:
     """Silences what umap-learn says on every map of ours, none of it a problem: that the seed makes it
-    single-threaded, and that a map laid out from our neighbour graph cannot place new points later
-    (UMAP.transform, which nothing here asks for)."""
+    single-threaded, and that a map laid out from our neighbour graph or distances cannot place new
+    points later nor map points back (UMAP.transform and inverse_transform, which nothing here asks for)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)
         warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]", category=UserWarning)
+        warnings.filterwarnings("ignore", message="using precomputed metric", category=UserWarning)
         yield
