@@ -59,7 +59,7 @@ def neighbour_graph(features: np.ndarray, k: int, chunk_size: int = 1024) -> tup
     """Each row's `k` nearest rows by cosine similarity, searched exactly: indices int64 [N, k] and cosine
     distances (1 - similarity) float32 [N, k], nearest first, every row its own nearest at distance 0
     (the form UMAP's `precomputed_knn` takes)."""
-    x = F.normalize(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)), dim=1)
+    x = _unit_rows(features)
     k = min(int(k), x.shape[0])
     indices, distances = [], []
     for start in range(0, x.shape[0], chunk_size):
@@ -78,10 +78,15 @@ def neighbour_graph(features: np.ndarray, k: int, chunk_size: int = 1024) -> tup
 def cosine_distances(features: np.ndarray) -> np.ndarray:
     """All pairs' cosine distances (1 - similarity), float32 [N, N], 0 on the diagonal: UMAP_SETTINGS's
     metric, in the form UMAP's metric="precomputed" takes."""
-    unit = F.normalize(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)), dim=1)
+    unit = _unit_rows(features)
     distances = (1.0 - unit @ unit.T).clamp_min(0.0)
     distances.fill_diagonal_(0.0)
     return distances.numpy()
+
+
+def _unit_rows(features: np.ndarray) -> torch.Tensor:
+    """`features` as float32 rows of length 1, whose dot products are cosine similarities."""
+    return F.normalize(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)), dim=1)
 
 
 @contextlib.contextmanager
