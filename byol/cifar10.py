@@ -81,9 +81,12 @@ def load(root: str | None, cache_dir: Path, image_size: int) -> Dataset:
         test = datasets.CIFAR10(str(folder), train=False, download=True)
     except Exception as exc:  # URLError, OSError, RuntimeError (checksum)...: all mean "not available"
         # URLError is an OSError: no connection, no name lookup, a refused or timed-out download.
-        reason = "this computer could not reach its download site (no internet connection?)"
+        if isinstance(exc, OSError):
+            reason = "this computer could not reach its download site (no internet connection?)"
+        else:
+            reason = "the download failed"
         raise DataError(
-            f"CIFAR-10 could not be downloaded: {reason if isinstance(exc, OSError) else 'the download failed'}. "
+            f"CIFAR-10 could not be downloaded: {reason}. "
             f"To use a local copy, give as the data source {IMAGE_FOLDER_WORDS} "
             f"(for example ../shared/data/cifar10-jpg.tar.gz). The error, for whoever looks into it: "
             f"{type(exc).__name__}: {exc}"
