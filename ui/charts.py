@@ -6,6 +6,7 @@ Each `*_figure()` takes the metrics DataFrame from `byol.metrics_file.read_frame
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -240,6 +241,31 @@ def overlay_figure(
                     hovertemplate=f"{name} collapsed at step {step:,}<extra></extra>",
                 )
     if log_y:
-        figure.update_yaxes(type="log")
+        tick_values, axis_range = log_ticks([y for trace in figure.data for y in (trace.y if trace.y is not None else ())])
+        figure.update_yaxes(type="log", tickvals=tick_values, ticktext=[f"{v:g}" for v in tick_values], range=axis_range)
     figure.update_layout(hovermode="closest", showlegend=True)
     return figure
+
+
+def log_ticks(values: Sequence[float]) -> tuple[list[float], list[float] | None]:
+    """Tick values for a log axis over `values`, each to be labelled in full, and the axis range (in
+    log10 units) to set, or None to let plotly fit the values.
+
+    Plotly's own ticks label the steps between decades with one digit ("2", "5" for 0.02 and 0.05),
+    which reads as nonsense beside "0.1" to anyone who does not know the convention. So: 1, 2 and 5
+    per decade while the values span at most three decades, only the decades beyond that. Values
+    too close together for two such ticks get the two around them, and a range that shows both.
+    """
+    positive = [float(v) for v in values if v is not None and math.isfinite(v) and v > 0]
+    if not positive:
+        return [], None
+    low, high = min(positive), max(positive)
+    first, last = math.floor(math.log10(low)), math.ceil(math.log10(high))
+    steps = (1, 2, 5) if last - first <= 3 else (1,)
+    ticks = [float(f"{m * 10.0**e:.6g}") for e in range(first, last + 1) for m in steps]
+    inside = [t for t in ticks if low <= t <= high]
+    if len(inside) >= 2:
+        return inside, None
+    below = max(t for t in ticks if t <= low)
+    around = sorted({below, *inside, min(t for t in ticks if t >= high and t > below)})
+    return around, [math.log10(around[0]), math.log10(around[-1])]
