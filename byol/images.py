@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -173,6 +174,11 @@ def write_cache(cache_file: Path, decoded: dict) -> None:
         for earlier in cache_file.parent.glob(f"{source}-*.npz"):
             if earlier != cache_file:
                 earlier.unlink(missing_ok=True)
+        # Files named before the name had a <source> part (folder-<16 hex>.npz) are never read again,
+        # and nothing tells whose they are: one written cache sweeps them all.
+        for unnamed in cache_file.parent.glob("folder-*.npz"):
+            if re.fullmatch(r"folder-[0-9a-f]{16}\.npz", unnamed.name):
+                unnamed.unlink(missing_ok=True)
     except OSError as exc:  # a read-only or full cache only costs speed next time, never the data
         log.warning("could not write the data cache %s: %s", cache_file, exc)
 

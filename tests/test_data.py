@@ -169,6 +169,9 @@ def test_second_load_comes_from_cache_in_cache_dir(tree: Path, tmp_path: Path, m
 
 def test_cache_follows_changes_and_image_size(tree: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
+    (cache / "data").mkdir(parents=True)
+    unnamed = cache / "data" / "folder-0123456789abcdef.npz"  # a cache file of the name without a <source>
+    unnamed.write_bytes(b"decoded images of some source")
     first = load_dataset(str(tree), cache_dir=cache)
     small = load_dataset(str(tree), cache_dir=cache, image_size=16)
     assert small.train_images.shape == (12, 3, 16, 16)
@@ -181,7 +184,8 @@ def test_cache_follows_changes_and_image_size(tree: Path, tmp_path: Path) -> Non
     (tree / "test" / "owl").rename(tree / "test" / "bat")
     renamed = load_dataset(str(tree), cache_dir=cache)
     assert renamed.classes == ["bat", "cat", "dog"]
-    # Only the newest state of each (source, image size) is kept: the 16-pixel one and the renamed one.
+    # Only the newest state of each (source, image size) is kept: the 16-pixel one and the renamed one;
+    # the file of the older naming, which is never read again, is gone too.
     assert sorted(p.stem for p in (cache / "data").iterdir()) == sorted([small.fingerprint, renamed.fingerprint])
 
 
