@@ -121,6 +121,9 @@ class JobRunner:
         """Two runs identical except `head_bn` (seed included), queued one after the other.
 
         Named `<base>-bn` and `<base>-no-bn`, so they pair up in listings; returns (with BN, without).
+        The run without batch norm trains first: its collapse shows within its first epoch, so a
+        person who clicked sees what the experiment is about in a minute or two, not after the whole
+        healthy run (14 minutes with the `cpu` preset on 2 cores).
         """
         with_bn, without_bn = pair_configs(config)
         check_launchable(with_bn)
@@ -133,13 +136,13 @@ class JobRunner:
             if base is None:
                 raise runs.RunError(f"Could not find a free pair of run names starting with {name or pair_base_name(config)}.")
             name_bn, name_no_bn = pair_names(base)
-            first = self.launch(with_bn, name_bn)
+            collapsing = self.launch(without_bn, name_no_bn)
             try:
-                second = self.launch(without_bn, name_no_bn)
+                healthy = self.launch(with_bn, name_bn)
             except Exception:
-                self.stop(first)
+                self.stop(collapsing)
                 raise
-        return first, second
+        return healthy, collapsing
 
     def resume(self, run_dir: Path | str, epochs: int | None = None) -> None:
         """Queue a stopped, failed or interrupted run again; `epochs` sets a new (larger) total.

@@ -6,11 +6,12 @@ import streamlit as st
 
 from byol import metrics_file, runs
 from byol.collapse import DEFAULT_SMOOTHING, criterion_text, healthy_std
-from byol.config import PRESET_HELP, PRESETS, preset, with_epochs
+from byol.config import PRESET_HELP, PRESETS, TrainConfig, preset, with_epochs
 from byol.jobs import launch_problems
 from byol.pairs import latest_pair, pair_configs
 from ui.charts import add_knn_baselines, add_spread_lines, overlay_figure
 from ui.common import (
+    LIVE_REFRESH_SECONDS,
     RUNS_TABLE_COLUMNS,
     config_differences,
     data_source_input,
@@ -47,7 +48,8 @@ st.markdown(
 with st.expander("Run the batch-norm experiment", icon=":material/science:", expanded=False):
     st.caption(
         "Launches two runs that are identical (same seed too) except for batch norm in the heads; "
-        "they train one after the other and appear here as a pair."
+        "they train one after the other and appear here as a pair. The run without batch norm goes "
+        "first: its collapse shows in the charts below within its first epoch."
     )
     bases = [name for name, config in PRESETS.items() if config.head_bn]
     b1, b2 = st.columns([1, 2])
@@ -71,8 +73,8 @@ with st.expander("Run the batch-norm experiment", icon=":material/science:", exp
         st.error(problem, icon=":material/error:")
     if not problems:
         time_estimate(
-            pair_configs(experiment),
-            ["with batch norm", "without"],
+            pair_configs(experiment)[::-1],  # in the order they train
+            ["without batch norm", "with"],
             key="pair_estimate",
             training_now=runner.current() is not None,
         )
@@ -82,12 +84,12 @@ with st.expander("Run the batch-norm experiment", icon=":material/science:", exp
         disabled=bool(problems),
         key="launch_pair",
         icon=":material/play_arrow:",
-        help="Queue the run with batch norm, then the one without.",
+        help="Queue the run without batch norm, then the one with it.",
     ):
         with plain_errors():
             with_bn, without_bn = runner.launch_pair_bn_experiment(experiment)
             st.session_state["compare_runs"] = [with_bn.name, without_bn.name]
-            st.success(f"Queued {with_bn.name} and {without_bn.name}.", icon=":material/check:")
+            st.success(f"Queued {without_bn.name}, then {with_bn.name}.", icon=":material/check:")
     link("train", "Watch them train")
 
 # --- pick runs -------------------------------------------------------------------------------
@@ -116,69 +118,82 @@ if not picked:
     st.info("Pick one or more runs above to draw their curves.", icon=":material/info:")
     st.stop()
 
-metrics = {name: metrics_file.read_frame(by_name[name].path) for name in picked}
 configs = {name: runs.read_config(by_name[name].path) for name in picked}
-# Chart markers: each run's collapse step, read with the run by the one rule (RunSummary.collapse).
-collapsed = {name: by_name[name].collapse.step if by_name[name].collapse else None for name in picked}
 
-# --- curves ----------------------------------------------------------------------------------
-left, right = st.columns(2)
-left.plotly_chart(
-    overlay_figure(metrics, "loss", smoothing=smoothing, log_y=True, markers=collapsed),
-    key="overlay_loss",
-)
-knn_chart = overlay_figure(metrics, "knn")
-# The baselines are drawn when every picked run measured the same one (the same bank, queries and start).
-add_knn_baselines(
-    knn_chart, shared_value(by_name[n].baseline_knn for n in picked), shared_value(by_name[n].pixel_knn for n in picked)
-)
-right.plotly_chart(knn_chart, key="overlay_knn")
-spread = overlay_figure(metrics, "z_std", smoothing=smoothing, markers=collapsed)
-for d in sorted({c.projector_dim for c in configs.values()}):
-    add_spread_lines(spread, d)
-spread.update_yaxes(rangemode="tozero")
-left.plotly_chart(spread, key="overlay_spread")
-right.plotly_chart(
-    overlay_figure(metrics, "effective_rank"),
-    key="overlay_rank",
-)
 
-st.subheader("Verdict")
-verdict = runs_table([by_name[name] for name in picked])  # each run as Home's table reads it, then the collapse figures
-verdict["Random init %"] = [by_name[name].baseline_knn for name in picked]
-verdict["Raw pixels %"] = [by_name[name].pixel_knn for name in picked]
-verdict["Last spread"] = [by_name[name].last_z_std for name in picked]
-verdict["Healthy spread"] = [healthy_std(configs[name].projector_dim) for name in picked]
-st.dataframe(
-    verdict[
-        [
-            "Run",
-            "Status",
-            "BN in heads",
-            "Collapsed",
-            "Best kNN %",
-            "Random init %",
-            "Raw pixels %",
-            "Last spread",
-            "Healthy spread",
-            "Epochs",
-        ]
-    ],
-    hide_index=True,
-    column_config={
-        **RUNS_TABLE_COLUMNS,
-        "Random init %": st.column_config.NumberColumn(format="%.1f", help=HELP["random_init_knn"]),
-        "Raw pixels %": st.column_config.NumberColumn(format="%.1f", help=HELP["pixel_knn"]),
-        "Last spread": st.column_config.NumberColumn(format="%.4f", help="z_std at the newest logged step"),
-        "Healthy spread": st.column_config.NumberColumn(format="%.4f", help="1/√d for this run's projector size"),
-    },
-)
-st.caption(criterion_text())
-shipped = [name for name in picked if by_name[name].demo]
-if shipped:
-    with st.expander("These runs came with BYOL Studio: how they were trained"):
-        for name in shipped:
-            st.caption(f"**{name}**: {by_name[name].demo}")
+def show_curves(picked: list[str], configs: dict[str, TrainConfig], smoothing: float, states_at_start: list[str]) -> None:
+    """The overlaid curves and the verdict; re-run every few seconds by the fragment while a picked
+    run trains or waits, so a person who launched the experiment watches the collapse happen here."""
+    by_name = {name: runs.summarize_run(runs.run_path(runs_dir(), name)) for name in picked}
+    if [by_name[name].state for name in picked] != states_at_start:
+        st.rerun()  # a run started or ended: redraw the whole page (the picker's labels, the timer)
+    metrics = {name: metrics_file.read_frame(by_name[name].path) for name in picked}
+    # Chart markers: each run's collapse step, read with the run by the one rule (RunSummary.collapse).
+    collapsed = {name: by_name[name].collapse.step if by_name[name].collapse else None for name in picked}
+
+    # --- curves ----------------------------------------------------------------------------------
+    left, right = st.columns(2)
+    left.plotly_chart(
+        overlay_figure(metrics, "loss", smoothing=smoothing, log_y=True, markers=collapsed),
+        key="overlay_loss",
+    )
+    knn_chart = overlay_figure(metrics, "knn")
+    # The baselines are drawn when every picked run measured the same one (the same bank, queries and start).
+    add_knn_baselines(
+        knn_chart, shared_value(by_name[n].baseline_knn for n in picked), shared_value(by_name[n].pixel_knn for n in picked)
+    )
+    right.plotly_chart(knn_chart, key="overlay_knn")
+    spread = overlay_figure(metrics, "z_std", smoothing=smoothing, markers=collapsed)
+    for d in sorted({c.projector_dim for c in configs.values()}):
+        add_spread_lines(spread, d)
+    spread.update_yaxes(rangemode="tozero")
+    left.plotly_chart(spread, key="overlay_spread")
+    right.plotly_chart(
+        overlay_figure(metrics, "effective_rank"),
+        key="overlay_rank",
+    )
+
+    st.subheader("Verdict")
+    verdict = runs_table([by_name[name] for name in picked])  # each run as Home's table reads it, then the collapse figures
+    verdict["Random init %"] = [by_name[name].baseline_knn for name in picked]
+    verdict["Raw pixels %"] = [by_name[name].pixel_knn for name in picked]
+    verdict["Last spread"] = [by_name[name].last_z_std for name in picked]
+    verdict["Healthy spread"] = [healthy_std(configs[name].projector_dim) for name in picked]
+    st.dataframe(
+        verdict[
+            [
+                "Run",
+                "Status",
+                "BN in heads",
+                "Collapsed",
+                "Best kNN %",
+                "Random init %",
+                "Raw pixels %",
+                "Last spread",
+                "Healthy spread",
+                "Epochs",
+            ]
+        ],
+        hide_index=True,
+        column_config={
+            **RUNS_TABLE_COLUMNS,
+            "Random init %": st.column_config.NumberColumn(format="%.1f", help=HELP["random_init_knn"]),
+            "Raw pixels %": st.column_config.NumberColumn(format="%.1f", help=HELP["pixel_knn"]),
+            "Last spread": st.column_config.NumberColumn(format="%.4f", help="z_std at the newest logged step"),
+            "Healthy spread": st.column_config.NumberColumn(format="%.4f", help="1/√d for this run's projector size"),
+        },
+    )
+    st.caption(criterion_text())
+    shipped = [name for name in picked if by_name[name].demo]
+    if shipped:
+        with st.expander("These runs came with BYOL Studio: how they were trained"):
+            for name in shipped:
+                st.caption(f"**{name}**: {by_name[name].demo}")
+
+
+states = [by_name[name].state for name in picked]
+live = any(state in runs.LIVE_STATES for state in states)
+st.fragment(run_every=LIVE_REFRESH_SECONDS if live else None)(show_curves)(picked, configs, smoothing, states)
 
 # --- settings --------------------------------------------------------------------------------
 st.subheader("Settings that differ")

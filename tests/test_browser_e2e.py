@@ -1,6 +1,7 @@
 """The dashboard end to end, in a real browser: launch a tiny run from the Train page, watch its curves
 grow live, then search similar images for a clicked test picture on the Retrieval page, and last
-watch the run's map form on the Embeddings page (step the film, click a dot, see its picture).
+watch the run's map form on the Embeddings page (step the film, click a dot, see its picture). And
+Compare, opened while a run trains, draws the run's newer curves by itself.
 
 Drives headless Debian Chromium with Playwright against `streamlit run app.py` (see tests/browser.py).
 Skips when Playwright or Chromium is missing, unless BYOL_REQUIRE_BROWSER=1 (CI), where it fails.
@@ -17,6 +18,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -121,6 +126,47 @@ def test_train_watch_and_retrieve(server, shots):
     # Tall: Streamlit scrolls inside the page, so a full-page screenshot shows only the viewport.
     with browser_page(server, TALL, TIMEOUT_MS, shots / "99-failure.png") as page:
         _scenario(page, server.url, server.runs_dir, shots)
+
+
+def test_compare_redraws_itself_while_a_run_trains(server, shots):
+    """A person who launched the batch-norm experiment from Compare watches the collapse happen there:
+    the page, left alone, draws the loss rows a training run writes after it opened. The run is
+    started from the command line (runs from there show in the dashboard too) with a schedule far
+    longer than the test, and stopped with Ctrl-C's signal at the end."""
+    env = {
+        **os.environ,
+        "BYOL_RUNS_DIR": str(server.runs_dir),
+        "BYOL_CACHE_DIR": str(server.cache_dir),
+        "OMP_NUM_THREADS": "1",
+    }
+    tiny = ["subset=1024", "projector_hidden=32", "projector_dim=16", "predictor_hidden=32", "log_every=2"]
+    tiny += ["eval_bank_size=256", "eval_query_size=100", "knn_k=20"]
+    command = [sys.executable, "-m", "byol", "train", "--data", "synthetic", "--epochs", "500", "--width", "8"]
+    command += ["--batch-size", "64", "--precision", "fp32", "--name", "live-cli"] + [a for f in tiny for a in ("--set", f)]
+    trainer = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        metrics = server.runs_dir / "live-cli" / "metrics.jsonl"
+        deadline = time.time() + TIMEOUT_MS / 1000
+        while not (metrics.exists() and '"kind": "step"' in metrics.read_text()):  # the run has begun to train
+            assert trainer.poll() is None, trainer.stderr.read()
+            assert time.time() < deadline, "the command-line run wrote no loss row"
+            time.sleep(0.5)
+        with browser_page(server, TALL, TIMEOUT_MS, shots / "compare-99-failure.png") as page:
+            page.goto(f"{server.url}/Compare")
+            first = page.wait_for_function(
+                f"() => {{ const n = ({POINTS_JS})('overlay_loss'); return n > 0 ? n : null; }}", timeout=TIMEOUT_MS
+            ).json_value()
+            screenshot(page, shots, "compare-01-live-first")
+            page.wait_for_function(f"(n) => ({POINTS_JS})('overlay_loss') > n + 2", arg=first, timeout=TIMEOUT_MS)
+            screenshot(page, shots, "compare-02-live-later")
+        assert trainer.poll() is None  # the page grew while the run was still training
+    finally:
+        trainer.send_signal(signal.SIGINT)
+        try:
+            trainer.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            trainer.kill()
+            trainer.wait()
 
 
 def _scenario(page, url: str, runs_dir: Path, shots: Path) -> None:

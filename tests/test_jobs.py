@@ -202,8 +202,8 @@ def test_real_train_refused_by_a_held_device_lock(runner, tiny_config, runs_dir)
 def test_bn_pair_differs_only_in_head_bn(runner, fake_train, tiny_config):
     first, second = runner.launch_pair_bn_experiment(tiny_config(seed=7), name="exp")
     assert (first.name, second.name) == ("exp-bn", "exp-no-bn")
-    assert fake_train.wait_started("exp-bn")
-    assert runner.queue() == [second]  # queued one after the other
+    assert fake_train.wait_started("exp-no-bn")  # the collapsing run first: its collapse shows at once
+    assert runner.queue() == [first]  # queued one after the other
     a, b = runs.read_config(first).to_dict(), runs.read_config(second).to_dict()
     assert a["head_bn"] is True and b["head_bn"] is False
     assert {k for k in a if a[k] != b[k]} == {"head_bn"}

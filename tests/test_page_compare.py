@@ -137,9 +137,10 @@ def test_bn_experiment_says_how_long_both_runs_take(runs_dir, app_test, session_
         first, second = (estimate_time(config, measure=False) for config in (with_bn, without_bn))
         assert second.seconds == pytest.approx(2 * first.seconds, rel=0.01)
         assert len(shown) == 1 and f"**Estimated time: {fmt_duration(first.seconds + second.seconds)}**" in shown[0]
-        assert f"with batch norm {fmt_duration(first.seconds)}, without {fmt_duration(second.seconds)}" in shown[0]
-        (why,) = [c.value for c in at.caption if "With batch norm: Measured" in c.value]
-        assert "Without: Measured" in why and why.count("Training:") == 1  # each speed, and the shared schedule once
+        # In the order they train: the run without batch norm first.
+        assert f"without batch norm {fmt_duration(second.seconds)}, with {fmt_duration(first.seconds)}" in shown[0]
+        (why,) = [c.value for c in at.caption if "Without batch norm: Measured" in c.value]
+        assert "With: Measured" in why and why.count("Training:") == 1  # each speed, and the shared schedule once
     finally:
         if before is None:
             speed_file.unlink(missing_ok=True)
