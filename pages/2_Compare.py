@@ -138,7 +138,7 @@ def show_curves(picked: list[str], configs: dict[str, TrainConfig], smoothing: f
         key="overlay_loss",
     )
     knn_chart = overlay_figure(metrics, "knn")
-    # The baselines are drawn when every picked run measured the same one (the same bank, queries and start).
+    # The baselines are drawn when every picked run that measured one measured the same (bank, queries, start).
     add_knn_baselines(
         knn_chart, shared_value(by_name[n].baseline_knn for n in picked), shared_value(by_name[n].pixel_knn for n in picked)
     )

@@ -148,11 +148,12 @@ def test_bn_experiment_says_how_long_both_runs_take(runs_dir, app_test, session_
             speed_file.write_text(before)
 
 
-def test_a_reference_line_is_drawn_only_for_a_value_every_run_shares():
+def test_a_reference_line_is_drawn_only_for_a_value_every_measured_run_shares():
     assert shared_value([33.3, 33.3]) == 33.3
     assert shared_value(iter([33.3, 33.3])) == 33.3  # a generator, as the page passes
     assert shared_value([33.3, 41.1]) is None  # different banks: no one floor
-    assert shared_value([33.3, None]) is None  # one run never measured it
+    assert shared_value([33.3, None]) == 33.3  # one run has not measured it yet (queued)
+    assert shared_value([None, None]) is None
     assert shared_value([]) is None
 
 

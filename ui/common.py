@@ -268,10 +268,11 @@ def fmt_duration(seconds: float | None) -> str:
 
 
 def shared_value(values: Iterable[float | None]) -> float | None:
-    """The one value every item of `values` has, else None (one is missing, or they differ): a reference
-    line drawn over several runs' curves must hold for all of them."""
-    found = list(values)
-    return found[0] if found and found[0] is not None and all(v == found[0] for v in found) else None
+    """The one value that every item of `values` that has one has, else None (none has one, or they
+    differ): a reference line drawn over several runs' curves must hold for all of them. A run that has
+    not measured it yet (queued behind its partner in the batch-norm experiment) does not hide it."""
+    found = {v for v in values if v is not None}
+    return found.pop() if len(found) == 1 else None
 
 
 def config_differences(configs: dict[str, TrainConfig]) -> pd.DataFrame:
