@@ -8,10 +8,10 @@ from __future__ import annotations
 import streamlit as st
 
 from byol import demos, metrics_file, runs
-from byol.collapse import collapse_story
 from ui.charts import knn_figure
 from ui.common import (
     RUNS_TABLE_COLUMNS,
+    collapse_sentences,
     device_facts,
     fmt_pct,
     get_runner,
@@ -98,14 +98,10 @@ if showcase is not None:
 shipped_pair = demos.shipped_pair(summaries)
 if shipped_pair is not None:
     with_bn, without_bn = shipped_pair
-    collapse = without_bn.collapse
-    if collapse is None:
+    if without_bn.collapse is None:
         failure = f"Without it, kNN accuracy reached {fmt_pct(without_bn.best_knn)}."
     else:
-        failure = (
-            f"Without it, the network {collapse_story(collapse)}. Its kNN accuracy ended at "
-            f"{fmt_pct(without_bn.latest_knn)}, against {fmt_pct(without_bn.pixel_knn)} for raw pixels."
-        )
+        failure = collapse_sentences(without_bn, "Without it, the network")
     st.subheader("Watch BYOL fail: the batch-norm experiment, already run")
     st.markdown(
         "Two more runs came with BYOL Studio: the same recipe trained twice from the same start, once without "

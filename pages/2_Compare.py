@@ -13,6 +13,7 @@ from ui.charts import add_knn_baselines, add_spread_lines, overlay_figure
 from ui.common import (
     LIVE_REFRESH_SECONDS,
     RUNS_TABLE_COLUMNS,
+    collapse_sentences,
     config_differences,
     data_source_input,
     get_runner,
@@ -154,6 +155,9 @@ def show_curves(picked: list[str], configs: dict[str, TrainConfig], smoothing: f
     )
 
     st.subheader("Verdict")
+    for name in picked:
+        if by_name[name].collapse is not None:
+            st.warning(collapse_sentences(by_name[name], f"**{name}**"), icon=":material/trending_down:")
     verdict = runs_table([by_name[name] for name in picked])  # each run as Home's table reads it, then the collapse figures
     verdict["Random init %"] = [by_name[name].baseline_knn for name in picked]
     verdict["Raw pixels %"] = [by_name[name].pixel_knn for name in picked]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -15,7 +16,7 @@ from byol.estimate import estimate_time, speed_key
 from byol.jobs import shared_runner
 from byol.pairs import pair_configs
 from helpers import shipped_pair
-from ui.common import fmt_duration, shared_value
+from ui.common import collapse_sentences, fmt_duration, shared_value
 
 PAGE = "pages/2_Compare.py"
 
@@ -71,6 +72,10 @@ def test_a_fresh_checkout_opens_on_the_shipped_pair_and_shows_its_collapse(runs_
     assert with_bn["Best kNN %"] - without_bn["Best kNN %"] >= 15  # issue 11's gap, in kNN accuracy
     assert with_bn["Raw pixels %"] == without_bn["Raw pixels %"]  # one bank and queries: one floor
     assert without_bn["Best kNN %"] - without_bn["Raw pixels %"] < 2  # it learned no more than pixels hold
+    # The same verdict in plain words, for the collapsed run alone, as it ended.
+    (told,) = [w.value for w in at.warning]
+    assert told.startswith(f"**{pair[1].name}** collapsed at step ") and "never recovered" in told
+    assert f"ended at {without_bn['Best kNN %']:.1f}%, against {without_bn['Raw pixels %']:.1f}% for raw pixels" in told
     charts = [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
     (knn_chart,) = [c for c in charts if "kNN accuracy" in json.dumps(c["layout"].get("title"))]
     lines = [a["text"] for a in knn_chart["layout"]["annotations"]]
@@ -165,3 +170,11 @@ def test_the_gpu_pair_on_a_cpu_warns_in_hours_for_both_runs(runs_dir, app_test):
     assert not at.exception
     warnings = [w.value for w in at.warning]
     assert any("hours for the 2 runs" in w and "cpu preset" in w for w in warnings), warnings
+
+
+def test_a_collapse_told_while_the_run_trains_says_where_it_is_not_where_it_ended():
+    collapsed = shipped_pair()[1]
+    finished = runs.summarize_run(collapsed)
+    training = dataclasses.replace(finished, state=runs.RUNNING)
+    assert "Its kNN accuracy ended at 34.0%" in collapse_sentences(finished, "The network")
+    assert "Its kNN accuracy is now 34.0%" in collapse_sentences(training, "The network")

@@ -23,7 +23,7 @@ import pandas as pd
 import streamlit as st
 
 from byol import cifar10, demos, jobs, runs
-from byol.collapse import describe_collapse
+from byol.collapse import collapse_story, describe_collapse
 from byol.config import FIELD_WORDS, PRESETS, TrainConfig
 from byol.errors import UserError
 from ui.words import GLOSSARY, HELP
@@ -234,6 +234,17 @@ RUNS_TABLE_COLUMNS = {
 # --- numbers ---------------------------------------------------------------------------------
 def fmt_pct(value: float | None, digits: int = 1) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}%"
+
+
+def collapse_sentences(summary: runs.RunSummary, subject: str) -> str:
+    """A collapsed run told to a visitor, `subject` naming it ("the network"): how it collapsed, then
+    its kNN accuracy against raw pixels' (where it ended, or where it is while it still trains)."""
+    assert summary.collapse is not None
+    verb = "is now" if summary.state in runs.LIVE_STATES else "ended at"
+    return (
+        f"{subject} {collapse_story(summary.collapse)}. Its kNN accuracy {verb} {fmt_pct(summary.latest_knn)}, "
+        f"against {fmt_pct(summary.pixel_knn)} for raw pixels."
+    )
 
 
 def fmt_number(value: float | None) -> str:
