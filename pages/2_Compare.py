@@ -125,7 +125,10 @@ configs = {name: runs.read_config(by_name[name].path) for name in picked}
 def show_curves(picked: list[str], configs: dict[str, TrainConfig], smoothing: float, states_at_start: list[str]) -> None:
     """The overlaid curves and the verdict; re-run every few seconds by the fragment while a picked
     run trains or waits, so a person who launched the experiment watches the collapse happen here."""
-    by_name = {name: runs.summarize_run(runs.run_path(runs_dir(), name)) for name in picked}
+    try:
+        by_name = {name: runs.summarize_run(runs.run_path(runs_dir(), name)) for name in picked}
+    except (runs.RunError, OSError, ValueError):
+        st.rerun()  # a picked run was deleted meanwhile (another tab): the whole page leaves it out
     if [by_name[name].state for name in picked] != states_at_start:
         st.rerun()  # a run started or ended: redraw the whole page (the picker's labels, the timer)
     metrics = {name: metrics_file.read_frame(by_name[name].path) for name in picked}
