@@ -107,8 +107,11 @@ if shipped_pair is not None:
         "Two more runs came with BYOL Studio: the same recipe trained twice from the same start, once without "
         f"batch norm in its projector and predictor. With batch norm, kNN accuracy reached {fmt_pct(with_bn.best_knn)}. "
         + failure
+        + " To watch it happen, run the experiment yourself from Compare: the run without batch norm "
+        "trains first, and the page marks its collapse within its first epoch (about half a minute on a "
+        "2-core CPU)."
     )
-    link("compare", "Compare the two runs")
+    link("compare", "Compare the two runs, or run them again")
 
 # --- runs left behind by a previous server ---------------------------------------------------
 interrupted = [s for s in summaries if s.state == runs.INTERRUPTED and not runs.resume_problem(s.path, s.state)]
