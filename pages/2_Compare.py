@@ -126,14 +126,14 @@ def show_curves(picked: list[str], configs: dict[str, TrainConfig], smoothing: f
     """The overlaid curves and the verdict; re-run every few seconds by the fragment while a picked
     run trains or waits, so a person who launched the experiment watches the collapse happen here."""
     try:
-        by_name = {name: runs.summarize_run(runs.run_path(runs_dir(), name)) for name in picked}
+        shown = {name: runs.summarize_run(runs.run_path(runs_dir(), name)) for name in picked}
     except (runs.RunError, OSError, ValueError):
         st.rerun()  # a picked run was deleted meanwhile (another tab): the whole page leaves it out
-    if [by_name[name].state for name in picked] != states_at_start:
+    if [shown[name].state for name in picked] != states_at_start:
         st.rerun()  # a run started or ended: redraw the whole page (the picker's labels, the timer)
-    metrics = {name: metrics_file.read_frame(by_name[name].path) for name in picked}
+    metrics = {name: metrics_file.read_frame(shown[name].path) for name in picked}
     # Chart markers: each run's collapse step, read with the run by the one rule (RunSummary.collapse).
-    collapsed = {name: by_name[name].collapse.step if by_name[name].collapse else None for name in picked}
+    collapsed = {name: shown[name].collapse.step if shown[name].collapse else None for name in picked}
 
     # --- curves ----------------------------------------------------------------------------------
     left, right = st.columns(2)
@@ -144,7 +144,7 @@ def show_curves(picked: list[str], configs: dict[str, TrainConfig], smoothing: f
     knn_chart = overlay_figure(metrics, "knn")
     # The baselines are drawn when every picked run that measured one measured the same (bank, queries, start).
     add_knn_baselines(
-        knn_chart, shared_value(by_name[n].baseline_knn for n in picked), shared_value(by_name[n].pixel_knn for n in picked)
+        knn_chart, shared_value(shown[n].baseline_knn for n in picked), shared_value(shown[n].pixel_knn for n in picked)
     )
     right.plotly_chart(knn_chart, key="overlay_knn")
     spread = overlay_figure(metrics, "z_std", smoothing=smoothing, markers=collapsed)
@@ -159,12 +159,12 @@ def show_curves(picked: list[str], configs: dict[str, TrainConfig], smoothing: f
 
     st.subheader("Verdict")
     for name in picked:
-        if by_name[name].collapse is not None:
-            st.warning(collapse_sentences(by_name[name], f"**{name}**"), icon=":material/trending_down:")
-    verdict = runs_table([by_name[name] for name in picked])  # each run as Home's table reads it, then the collapse figures
-    verdict["Random init %"] = [by_name[name].baseline_knn for name in picked]
-    verdict["Raw pixels %"] = [by_name[name].pixel_knn for name in picked]
-    verdict["Last spread"] = [by_name[name].last_z_std for name in picked]
+        if shown[name].collapse is not None:
+            st.warning(collapse_sentences(shown[name], f"**{name}**"), icon=":material/trending_down:")
+    verdict = runs_table([shown[name] for name in picked])  # each run as Home's table reads it, then the collapse figures
+    verdict["Random init %"] = [shown[name].baseline_knn for name in picked]
+    verdict["Raw pixels %"] = [shown[name].pixel_knn for name in picked]
+    verdict["Last spread"] = [shown[name].last_z_std for name in picked]
     verdict["Healthy spread"] = [healthy_std(configs[name].projector_dim) for name in picked]
     st.dataframe(
         verdict[
@@ -191,11 +191,11 @@ def show_curves(picked: list[str], configs: dict[str, TrainConfig], smoothing: f
         },
     )
     st.caption(criterion_text())
-    shipped = [name for name in picked if by_name[name].demo]
+    shipped = [name for name in picked if shown[name].demo]
     if shipped:
         with st.expander("These runs came with BYOL Studio: how they were trained"):
             for name in shipped:
-                st.caption(f"**{name}**: {by_name[name].demo}")
+                st.caption(f"**{name}**: {shown[name].demo}")
 
 
 states = [by_name[name].state for name in picked]
