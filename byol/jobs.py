@@ -122,7 +122,7 @@ class JobRunner:
 
         Named `<base>-bn` and `<base>-no-bn`, so they pair up in listings; returns (with BN, without).
         The run without batch norm trains first: its collapse shows within its first epoch, so a
-        person who clicked sees what the experiment is about at once (Compare marked it 25 s after the
+        person who clicked sees what the experiment is about at once (Compare marked it 25-29 s after the
         click with the `cpu` preset on 2 cores), not after the whole healthy run (14 minutes there).
         """
         with_bn, without_bn = pair_configs(config)
