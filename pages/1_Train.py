@@ -374,6 +374,11 @@ def show_run(run_path: str, live_at_start: bool) -> None:
         st.info(message or "Stopped; resume to continue.", icon=":material/pause_circle:")
     else:
         st.warning(message or "Interrupted; resume to continue.", icon=":material/power_off:")
+    if state not in runs.LIVE_STATES:
+        # The batch-norm experiment's second run starts as the first ends: one click follows it here.
+        following = [p for p in runner.running() + runner.queue() if p.name != folder.name]
+        if following:
+            link("train", f"Watch the next run: {following[0].name}", query_params={"run": following[0].name})
 
     m1, m2, m3, m4, m5 = st.columns(5)
     m1.metric("Epochs done", f"{fmt_number(summary.epochs_done)} / {summary.epochs_total}")

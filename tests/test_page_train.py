@@ -282,3 +282,26 @@ def test_picker_follows_a_new_link_but_keeps_a_choice(finished_run, runs_dir, ap
     at.query_params["run"] = "another"  # arriving again through a link to the other run
     at.run()
     assert at.selectbox(key="train_run").value == "another"
+
+
+def test_a_finished_run_links_to_the_run_training_after_it(runs_dir, app_test, fake_train, tiny_config):
+    """The batch-norm experiment's two runs train one after the other: the page showing the first,
+    finished, offers one click to the second."""
+    runner = shared_runner(runs_dir)
+    first = runner.launch(tiny_config(), "first")
+    runner.launch(tiny_config(), "second")
+    assert fake_train.wait_started("first")
+    fake_train.release("first")
+    assert fake_train.wait_started("second")
+    at = app_test(PAGE)
+    at.query_params["run"] = "first"
+    at.run()
+    assert not at.exception
+    assert at.selectbox(key="train_run").value == "first"
+    assert runs.read_status(first)["state"] == runs.FINISHED
+    links = [(link.proto.label, link.proto.query_string) for link in at.main.get("page_link")]
+    assert ("Watch the next run: second", "run=second") in links
+    fake_train.release("second")
+    assert runner.wait(timeout=10)
+    at.run()  # nothing trains after it any more: no such link
+    assert not [link for link in at.main.get("page_link") if "next run" in link.proto.label]
