@@ -376,9 +376,11 @@ def show_run(run_path: str, live_at_start: bool) -> None:
         st.warning(message or "Interrupted; resume to continue.", icon=":material/power_off:")
     if state not in runs.LIVE_STATES:
         # The batch-norm experiment's second run starts as the first ends: one click follows it here.
-        following = [p for p in runner.running() + runner.queue() if p.name != folder.name]
+        training, waiting = runner.running(), runner.queue()
+        following = [p for p in training + waiting if p.name != folder.name]
         if following:
-            link("train", f"Watch the next run: {following[0].name}", query_params={"run": following[0].name})
+            which = "the run training now" if following[0] in training else "the next run"
+            link("train", f"Watch {which}: {following[0].name}", query_params={"run": following[0].name})
 
     m1, m2, m3, m4, m5 = st.columns(5)
     m1.metric("Epochs done", f"{fmt_number(summary.epochs_done)} / {summary.epochs_total}")

@@ -300,8 +300,8 @@ def test_a_finished_run_links_to_the_run_training_after_it(runs_dir, app_test, f
     assert at.selectbox(key="train_run").value == "first"
     assert runs.read_status(first)["state"] == runs.FINISHED
     links = [(link.proto.label, link.proto.query_string) for link in at.main.get("page_link")]
-    assert ("Watch the next run: second", "run=second") in links
+    assert ("Watch the run training now: second", "run=second") in links
     fake_train.release("second")
     assert runner.wait(timeout=10)
     at.run()  # nothing trains after it any more: no such link
-    assert not [link for link in at.main.get("page_link") if "next run" in link.proto.label]
+    assert not [link for link in at.main.get("page_link") if link.proto.label.startswith("Watch the")]
