@@ -84,8 +84,13 @@ class StreamlitServer:
         self.process: subprocess.Popen | None = None
         self._log: Any = None
 
+    def env(self) -> dict[str, str]:
+        """The environment the app runs in: its runs and cache folders, then `extra_env`. A command-line
+        run started with it trains into the app's runs folder, so the app shows it."""
+        return {**os.environ, "BYOL_RUNS_DIR": str(self.runs_dir), "BYOL_CACHE_DIR": str(self.cache_dir), **self.extra_env}
+
     def start(self) -> "StreamlitServer":
-        env = {**os.environ, "BYOL_RUNS_DIR": str(self.runs_dir), "BYOL_CACHE_DIR": str(self.cache_dir), **self.extra_env}
+        env = self.env()
         env.setdefault("PYTHONUNBUFFERED", "1")
         command = [
             sys.executable,

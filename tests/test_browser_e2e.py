@@ -133,12 +133,7 @@ def test_compare_redraws_itself_while_a_run_trains(server, shots):
     the page, left alone, draws the loss rows a training run writes after it opened. The run is
     started from the command line (runs from there show in the dashboard too) with a schedule far
     longer than the test, and stopped with Ctrl-C's signal at the end."""
-    env = {
-        **os.environ,
-        "BYOL_RUNS_DIR": str(server.runs_dir),
-        "BYOL_CACHE_DIR": str(server.cache_dir),
-        "OMP_NUM_THREADS": "1",
-    }
+    env = {**server.env(), "OMP_NUM_THREADS": "1"}
     tiny = ["subset=1024", "projector_hidden=32", "projector_dim=16", "predictor_hidden=32", "log_every=2"]
     tiny += ["eval_bank_size=256", "eval_query_size=100", "knn_k=20"]
     command = [sys.executable, "-m", "byol", "train", "--data", "synthetic", "--epochs", "500", "--width", "8"]
