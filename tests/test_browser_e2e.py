@@ -138,12 +138,15 @@ def test_compare_redraws_itself_while_a_run_trains(server, shots):
     tiny += ["eval_bank_size=256", "eval_query_size=100", "knn_k=20"]
     command = [sys.executable, "-m", "byol", "train", "--data", "synthetic", "--epochs", "500", "--width", "8"]
     command += ["--batch-size", "64", "--precision", "fp32", "--name", "live-cli"] + [a for f in tiny for a in ("--set", f)]
-    trainer = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Its progress bar goes to a file: a pipe nobody reads fills up (64 KB) and would stall the run.
+    log = shots / "compare-cli-run.log"
+    with open(log, "wb") as output:
+        trainer = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
     try:
         metrics = server.runs_dir / "live-cli" / "metrics.jsonl"
         deadline = time.time() + TIMEOUT_MS / 1000
         while not (metrics.exists() and '"kind": "step"' in metrics.read_text()):  # the run has begun to train
-            assert trainer.poll() is None, trainer.stderr.read()
+            assert trainer.poll() is None, log.read_text(errors="replace")
             assert time.time() < deadline, "the command-line run wrote no loss row"
             time.sleep(0.5)
         with browser_page(server, TALL, TIMEOUT_MS, shots / "compare-99-failure.png") as page:
