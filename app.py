@@ -10,6 +10,7 @@ import streamlit as st
 from byol import demos, metrics_file, runs
 from ui.charts import knn_figure
 from ui.common import (
+    LIVE_REFRESH_SECONDS,
     RUNS_TABLE_COLUMNS,
     collapse_sentences,
     device_facts,
@@ -132,7 +133,19 @@ if interrupted:
                 runner.resume(s.path)
                 st.rerun()
 
+
 # --- all runs --------------------------------------------------------------------------------
+def show_runs(states_at_start: list[tuple[str, str]]) -> None:
+    """The runs table; re-run every few seconds by the fragment while a run trains or waits, so its
+    epochs and kNN follow the training without a reload."""
+    now = runs.list_runs(runs_dir())
+    if [(s.name, s.state) for s in now] != states_at_start:
+        st.rerun()  # a run started, ended or was deleted: redraw the whole page (the sections above)
+    st.dataframe(runs_table(now), hide_index=True, column_config=RUNS_TABLE_COLUMNS)
+
+
 st.subheader("Runs")
-st.dataframe(runs_table(summaries), hide_index=True, column_config=RUNS_TABLE_COLUMNS)
+states = [(s.name, s.state) for s in summaries]
+live = any(s.state in runs.LIVE_STATES for s in summaries)
+st.fragment(run_every=LIVE_REFRESH_SECONDS if live else None)(show_runs)(states)
 st.caption(f"Run folders live in {runs_dir()}; runs started from the command line appear here too.")

@@ -1,7 +1,8 @@
 """The dashboard end to end, in a real browser: launch a tiny run from the Train page, watch its curves
 grow live, then search similar images for a clicked test picture on the Retrieval page, and last
 watch the run's map form on the Embeddings page (step the film, click a dot, see its picture). And
-Compare, opened while a run trains, draws the run's newer curves by itself.
+Compare, opened while a run trains, draws the run's newer curves by itself, and Home's runs table
+follows the run's epochs.
 
 Drives headless Debian Chromium with Playwright against `streamlit run app.py` (see tests/browser.py).
 Skips when Playwright or Chromium is missing, unless BYOL_REQUIRE_BROWSER=1 (CI), where it fails.
@@ -51,6 +52,17 @@ POINTS_JS = """(key) => {
     // _fullData: plotly's decoded traces (data[0].x may still be the base64 typed-array spec it was sent).
     const trace = plot && plot._fullData && plot._fullData[0];
     return trace && trace.x ? trace.x.length : -1;
+}"""
+
+
+# A run's "Epochs" cell in the page's runs table, read from the table's accessible copy of its cells
+# (the grid itself is drawn on a canvas); null while the table or the row is not there.
+EPOCHS_CELL_JS = """(name) => {
+    const rows = [...document.querySelectorAll('[data-testid="stDataFrame"] table tr')];
+    const header = rows.length ? [...rows[0].children].map((c) => c.innerText.trim()) : [];
+    const row = rows.find((r) => r.children.length && r.children[0].innerText.trim() === name);
+    const column = header.indexOf("Epochs");
+    return row && column >= 0 ? row.children[column].innerText.trim() : null;
 }"""
 
 
@@ -128,9 +140,10 @@ def test_train_watch_and_retrieve(server, shots):
         _scenario(page, server.url, server.runs_dir, shots)
 
 
-def test_compare_redraws_itself_while_a_run_trains(server, shots):
+def test_compare_and_home_redraw_themselves_while_a_run_trains(server, shots):
     """A person who launched the batch-norm experiment from Compare watches the collapse happen there:
-    the page, left alone, draws the loss rows a training run writes after it opened. The run is
+    the page, left alone, draws the loss rows a training run writes after it opened; Home's runs table
+    then counts the run's epochs on by itself too. The run is
     started from the command line (runs from there show in the dashboard too) with a schedule far
     longer than the test, and stopped with Ctrl-C's signal at the end."""
     env = {**server.env(), "OMP_NUM_THREADS": "1"}
@@ -157,7 +170,14 @@ def test_compare_redraws_itself_while_a_run_trains(server, shots):
             screenshot(page, shots, "compare-01-live-first")
             page.wait_for_function(f"(n) => ({POINTS_JS})('overlay_loss') > n + 2", arg=first, timeout=TIMEOUT_MS)
             screenshot(page, shots, "compare-02-live-later")
-        assert trainer.poll() is None  # the page grew while the run was still training
+            # Home's runs table follows the run too: its epochs cell changes without a reload.
+            page.goto(server.url)
+            epochs = page.wait_for_function(f"() => ({EPOCHS_CELL_JS})('live-cli')", timeout=TIMEOUT_MS).json_value()
+            page.wait_for_function(
+                f"(e) => {{ const now = ({EPOCHS_CELL_JS})('live-cli'); return now && now !== e; }}", arg=epochs
+            )
+            screenshot(page, shots, "compare-03-home-live")
+        assert trainer.poll() is None  # the pages grew while the run was still training
     finally:
         trainer.send_signal(signal.SIGINT)
         try:
