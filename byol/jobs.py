@@ -335,8 +335,10 @@ def _same(a: Path, b: Path) -> bool:
 
 
 def pair_base_name(config: TrainConfig) -> str:
-    """`<time>-<preset>-<data>-pair`: the shared start of a BN-vs-no-BN pair's two names."""
-    return f"{runs.default_run_name(config)}-pair"
+    """`<time>-<preset>-pair`: the shared start of a BN-vs-no-BN pair's two names. No data label, unlike
+    a single run's name: both names then fit side by side in Compare's picker, and the runs table
+    and the settings say which data the pair trained on."""
+    return f"{runs.default_run_name(config, with_data=False)}-pair"
 
 
 # --- one runner per runs folder and process --------------------------------------------------

@@ -167,10 +167,11 @@ def remove_abandoned_staging(runs_dir: Path) -> list[Path]:
     return removed
 
 
-def default_run_name(config: TrainConfig) -> str:
-    """`<time>-<preset>-<data>`: the name of a run launched without one (at most 60 characters)."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return f"{stamp}-{slugify(config.preset or 'custom', 20)}-{slugify(data_label(config.data), 24)}"
+def default_run_name(config: TrainConfig, with_data: bool = True) -> str:
+    """`<time>-<preset>-<data>`: the name of a run launched without one (at most 60 characters);
+    `<time>-<preset>` without `with_data`."""
+    name = f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{slugify(config.preset or 'custom', 20)}"
+    return f"{name}-{slugify(data_label(config.data), 24)}" if with_data else name
 
 
 def data_label(source: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import pytest
@@ -214,6 +215,16 @@ def test_bn_pair_differs_only_in_head_bn(runner, fake_train, tiny_config):
     # A second pair with the same base name gets a fresh one.
     third, fourth = runner.launch_pair_bn_experiment(tiny_config(), name="exp")
     assert (third.name, fourth.name) == ("exp-2-bn", "exp-2-no-bn")
+    runner.stop_all()
+
+
+def test_a_pair_launched_without_a_name_is_named_by_time_and_preset_short_enough_to_read_side_by_side(
+    runner, fake_train, tiny_config
+):
+    with_bn, without_bn = runner.launch_pair_bn_experiment(tiny_config(preset="cpu", data="synthetic"))
+    assert re.fullmatch(r"\d{8}-\d{6}-cpu-pair-bn", with_bn.name), with_bn.name
+    assert without_bn.name == with_bn.name.removesuffix("-bn") + "-no-bn"
+    assert len(without_bn.name) <= 32  # Compare's picker shows both names and their states in one row
     runner.stop_all()
 
 
