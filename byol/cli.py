@@ -330,7 +330,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"No runs in {runs_dir}.")
         return 0
     for s in summaries:
-        knn = f"kNN {s.latest_knn:.1f}% (best {s.best_knn:.1f}%)" if s.latest_knn is not None else "kNN -"
+        knn = "kNN -" if s.latest_knn is None else f"kNN {s.latest_knn:.1f}%"
+        if s.best_knn is not None:
+            knn += f" (best {s.best_knn:.1f}%)"
         print(f"{s.name}  {s.state:<11} epoch {s.epochs_done:g}/{s.epochs_total}  {knn}  {s.disk_bytes / 1e6:.1f} MB")
     return 0
 

@@ -356,7 +356,7 @@ class RunSummary:
     epochs_total: int
     step: int
     latest_knn: float | None
-    best_knn: float | None
+    best_knn: float | None  # the trained network's best: evaluations after step 0 (None before the first)
     baseline_knn: float | None  # the random-init network at step 0
     pixel_knn: float | None
     last_loss: float | None
@@ -389,6 +389,9 @@ def summarize_run(run_dir: Path) -> RunSummary:
     started = status.get("started")
     demo_label, demo_summary = demos.demo_words(run_dir)
     baseline_knn, pixel_knn = knn_baselines(evals)
+    # The untrained network's figure is the baseline, not something training reached: a collapsed run
+    # that never beat it must not read as having scored it.
+    trained = [r["knn"] for r in evals if r.get("step", 0) > 0]
     return RunSummary(
         name=run_dir.name,
         path=run_dir,
@@ -401,7 +404,7 @@ def summarize_run(run_dir: Path) -> RunSummary:
         epochs_total=config.epochs,
         step=int(last_row.get("step", 0) or 0),
         latest_knn=evals[-1]["knn"] if evals else None,
-        best_knn=max(r["knn"] for r in evals) if evals else None,
+        best_knn=max(trained) if trained else None,
         baseline_knn=baseline_knn,
         pixel_knn=pixel_knn,
         last_loss=steps[-1].get("loss") if steps else None,

@@ -105,6 +105,18 @@ def test_a_runs_summary_says_whether_and_when_it_collapsed(tmp_path):
     assert collapse is not None and 100 <= collapse.step <= 150 and collapse.recovered_step is None
 
 
+def test_a_runs_best_knn_is_the_trained_networks_never_the_untrained_baseline(tmp_path):
+    """A collapsed run that never beat its random init reads as what training reached, not as the init's figure."""
+    run_dir = runs.create_run(tmp_path, tiny_config(), "r")
+    metrics_file.append_rows(run_dir, [{"kind": "eval", "step": 0, "epoch": 0.0, "knn": 26.5}])
+    started = runs.summarize_run(run_dir)
+    assert (started.latest_knn, started.best_knn, started.baseline_knn) == (26.5, None, 26.5)
+    for step, knn in ((100, 24.9), (200, 22.4)):
+        metrics_file.append_rows(run_dir, [{"kind": "eval", "step": step, "epoch": step / 100, "knn": knn}])
+    trained = runs.summarize_run(run_dir)
+    assert (trained.latest_knn, trained.best_knn, trained.baseline_knn) == (22.4, 24.9, 26.5)
+
+
 def test_knn_is_read_against_the_untrained_network_at_step_0_and_the_newest_pixel_figure():
     rows = [
         {"kind": "eval", "step": 0, "knn": 26.5, "pixel_knn": 33.0},

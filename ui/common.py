@@ -222,7 +222,10 @@ def runs_table(summaries: Sequence[runs.RunSummary]) -> pd.DataFrame:
 
 RUNS_TABLE_COLUMNS = {
     "Latest kNN %": st.column_config.NumberColumn(format="%.1f", help="kNN accuracy at the newest measurement"),
-    "Best kNN %": st.column_config.NumberColumn(format="%.1f", help="Highest kNN accuracy measured so far"),
+    "Best kNN %": st.column_config.NumberColumn(
+        format="%.1f",
+        help="Highest kNN accuracy the trained network reached so far (the untrained network's figure is its baseline, not counted)",
+    ),
     "Status": st.column_config.TextColumn(help="One of: " + ", ".join(STATE_TEXT.values())),
     "Collapsed": st.column_config.TextColumn(
         help="Whether the run collapsed (came to give every picture nearly the same description), by the Compare page's measure"
