@@ -131,14 +131,14 @@ def find_collapse(
     return None
 
 
-def collapse_story(found: Collapse) -> str:
+def collapse_story(found: Collapse, still_training: bool = False) -> str:
     """The collapse told to a visitor who does not code, to follow "the network" or "it": "collapsed at
-    step 15: it came to give every picture nearly the same description, and never recovered"."""
-    recovery = (
-        "and never recovered"
-        if found.recovered_step is None
-        else f"and climbed partly out again at step {found.recovered_step:,}"
-    )
+    step 15: it came to give every picture nearly the same description, and never recovered" (of a
+    run still training: "and has not recovered so far", since it may yet)."""
+    if found.recovered_step is not None:
+        recovery = f"and climbed partly out again at step {found.recovered_step:,}"
+    else:
+        recovery = "and has not recovered so far" if still_training else "and never recovered"
     return f"collapsed at step {found.step:,}: it came to give every picture nearly the same description, {recovery}"
 
 

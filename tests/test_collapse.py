@@ -65,6 +65,7 @@ def test_a_collapse_is_told_in_plain_words_with_its_recovery_if_any():
         "collapsed at step 15: it came to give every picture nearly the same description, and never recovered"
     )
     assert collapse_story(Collapse(1200, 3400)).endswith("and climbed partly out again at step 3,400")
+    assert collapse_story(Collapse(15, None), still_training=True).endswith("and has not recovered so far")  # it may yet
 
 
 def test_smooth_and_criterion_text():

@@ -178,3 +178,9 @@ def test_a_collapse_told_while_the_run_trains_says_where_it_is_not_where_it_ende
     training = dataclasses.replace(finished, state=runs.RUNNING)
     assert "Its kNN accuracy ended at 34.0%" in collapse_sentences(finished, "The network")
     assert "Its kNN accuracy is now 34.0%" in collapse_sentences(training, "The network")
+    assert "never recovered" in collapse_sentences(finished, "The network")
+    assert "has not recovered so far" in collapse_sentences(training, "The network")  # it still may
+    # Before its first evaluation after step 0, the only figure is the untrained network's: said as such.
+    just_started = dataclasses.replace(training, latest_knn=26.5, best_knn=None, baseline_knn=26.5)
+    told = collapse_sentences(just_started, "The network")
+    assert "is now" not in told and "not measured yet; untrained, the network scored 26.5%, against 33.3%" in told

@@ -241,13 +241,18 @@ def fmt_pct(value: float | None, digits: int = 1) -> str:
 
 def collapse_sentences(summary: runs.RunSummary, subject: str) -> str:
     """A collapsed run told to a visitor, `subject` naming it ("the network"): how it collapsed, then
-    its kNN accuracy against raw pixels' (where it ended, or where it is while it still trains)."""
+    its kNN accuracy against raw pixels' (where it ended, where it is while it still trains, or, before
+    its first evaluation after step 0, that it is not measured yet: the figure so far is the untrained network's)."""
     assert summary.collapse is not None
-    verb = "is now" if summary.state in runs.LIVE_STATES else "ended at"
-    return (
-        f"{subject} {collapse_story(summary.collapse)}. Its kNN accuracy {verb} {fmt_pct(summary.latest_knn)}, "
-        f"against {fmt_pct(summary.pixel_knn)} for raw pixels."
-    )
+    live = summary.state in runs.LIVE_STATES
+    story = f"{subject} {collapse_story(summary.collapse, still_training=live)}."
+    if summary.best_knn is None:  # only the untrained network has been measured
+        return (
+            f"{story} Its kNN accuracy is not measured yet; untrained, the network scored {fmt_pct(summary.baseline_knn)}, "
+            f"against {fmt_pct(summary.pixel_knn)} for raw pixels."
+        )
+    verb = "is now" if live else "ended at"
+    return f"{story} Its kNN accuracy {verb} {fmt_pct(summary.latest_knn)}, against {fmt_pct(summary.pixel_knn)} for raw pixels."
 
 
 def fmt_number(value: float | None) -> str:
