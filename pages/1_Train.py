@@ -394,13 +394,18 @@ def show_run(run_path: str, live_at_start: bool) -> None:
         fmt_duration(progress.get("eta_seconds")) if state == runs.RUNNING else "–",
         help="From the current speed; kNN measurements add a little.",
     )
+    if summary.best_knn is None:  # only the untrained network is measured yet: say so, not "+0.0 vs random init"
+        delta = None if summary.latest_knn is None else "untrained network"
+    else:
+        delta = None if summary.baseline_knn is None else f"{summary.latest_knn - summary.baseline_knn:+.1f} vs random init"
     m4.metric(
         "Latest kNN",
         fmt_pct(summary.latest_knn),
-        delta=None
-        if summary.latest_knn is None or summary.baseline_knn is None
-        else f"{summary.latest_knn - summary.baseline_knn:+.1f} vs random init",
-        help="kNN accuracy of the newest measurement; the delta is against the untrained network.",
+        delta=delta,
+        delta_color="off" if summary.best_knn is None else "normal",
+        delta_arrow="off" if summary.best_knn is None else "auto",
+        help="kNN accuracy of the newest measurement; the delta is against the untrained network (measured at step 0, "
+        "before training).",
     )
     m5.metric("Raw pixels", fmt_pct(summary.pixel_knn), help=HELP["pixel_knn"])
 

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from byol import demos, runs
+from byol import demos, metrics_file, runs
 from byol.config import PRESETS, preset
 from byol.device import resolve_device, use_bf16
 from byol.estimate import speed_key
@@ -54,6 +54,18 @@ def test_finished_run_shows_its_curves_and_message(finished_run, app_test):
     planned = runs.read_config(finished_run).epochs
     assert total.value == total.proto.min == planned + 1  # a finished run can only go further
     assert at.button(key="delete").disabled  # until the confirmation box is ticked
+
+
+def test_latest_knn_says_untrained_until_the_first_evaluation_after_step_0(runs_dir, app_test, tiny_config):
+    run_dir = runs.create_run(runs_dir, tiny_config(), "just-started")
+    metrics_file.append_rows(run_dir, [{"kind": "eval", "step": 0, "epoch": 0.0, "knn": 26.5, "pixel_knn": 33.3}])
+    at = app_test(PAGE).run()
+    latest = next(m for m in at.metric if m.label == "Latest kNN")
+    assert (latest.value, latest.delta) == ("26.5%", "untrained network")  # not "+0.0 vs random init"
+    metrics_file.append_rows(run_dir, [{"kind": "eval", "step": 10, "epoch": 1.0, "knn": 30.0}])
+    at.run()
+    latest = next(m for m in at.metric if m.label == "Latest kNN")
+    assert (latest.value, latest.delta) == ("30.0%", "+3.5 vs random init")
 
 
 def test_a_run_without_optimiser_state_offers_no_train_further(finished_run, app_test):
