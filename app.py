@@ -11,6 +11,7 @@ from byol import demos, metrics_file, runs
 from ui.charts import knn_figure
 from ui.common import (
     LIVE_REFRESH_SECONDS,
+    NO_VALUE,
     RUNS_TABLE_COLUMNS,
     collapse_sentences,
     device_facts,
@@ -141,7 +142,7 @@ def show_runs(states_at_start: list[tuple[str, str]]) -> None:
     now = runs.list_runs(runs_dir())
     if [(s.name, s.state) for s in now] != states_at_start:
         st.rerun()  # a run started, ended or was deleted: redraw the whole page (the sections above)
-    st.dataframe(runs_table(now), hide_index=True, column_config=RUNS_TABLE_COLUMNS)
+    st.dataframe(runs_table(now), hide_index=True, column_config=RUNS_TABLE_COLUMNS, placeholder=NO_VALUE)
 
 
 st.subheader("Runs")

@@ -10,6 +10,7 @@ from byol.jobs import launch_problems
 from ui.charts import collapse_figure, knn_figure, loss_figure, rank_figure
 from ui.common import (
     LIVE_REFRESH_SECONDS,
+    NO_VALUE,
     data_source_input,
     device_facts,
     fmt_duration,
@@ -386,12 +387,12 @@ def show_run(run_path: str, live_at_start: bool) -> None:
     m1.metric("Epochs done", f"{fmt_number(summary.epochs_done)} / {summary.epochs_total}")
     m2.metric(
         "Images / s",
-        fmt_number(progress.get("images_per_s")) if state == runs.RUNNING else "–",
+        fmt_number(progress.get("images_per_s")) if state == runs.RUNNING else NO_VALUE,
         help="Training speed over the last few steps.",
     )
     m3.metric(
         "Time left",
-        fmt_duration(progress.get("eta_seconds")) if state == runs.RUNNING else "–",
+        fmt_duration(progress.get("eta_seconds")) if state == runs.RUNNING else NO_VALUE,
         help="From the current speed; kNN measurements add a little.",
     )
     if summary.best_knn is None:  # only the untrained network is measured yet: say so, not "+0.0 vs random init"

@@ -12,6 +12,7 @@ from byol.pairs import latest_pair, pair_configs
 from ui.charts import add_knn_baselines, add_spread_lines, overlay_figure
 from ui.common import (
     LIVE_REFRESH_SECONDS,
+    NO_VALUE,
     RUNS_TABLE_COLUMNS,
     collapse_sentences,
     config_differences,
@@ -182,6 +183,7 @@ def show_curves(picked: list[str], configs: dict[str, TrainConfig], smoothing: f
             ]
         ],
         hide_index=True,
+        placeholder=NO_VALUE,
         column_config={
             **RUNS_TABLE_COLUMNS,
             "Random init %": st.column_config.NumberColumn(format="%.1f", help=HELP["random_init_knn"]),
@@ -211,4 +213,4 @@ else:
     if differences.empty:
         st.caption("These runs have identical settings.")
     else:
-        st.dataframe(differences, hide_index=True)
+        st.dataframe(differences, hide_index=True, placeholder=NO_VALUE)

@@ -235,8 +235,11 @@ RUNS_TABLE_COLUMNS = {
 
 
 # --- numbers ---------------------------------------------------------------------------------
+NO_VALUE = "–"  # what a page shows for a figure not measured (yet), in text, metrics and tables alike
+
+
 def fmt_pct(value: float | None, digits: int = 1) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}%"
+    return NO_VALUE if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}%"
 
 
 def collapse_sentences(summary: runs.RunSummary, subject: str) -> str:
@@ -257,7 +260,7 @@ def collapse_sentences(summary: runs.RunSummary, subject: str) -> str:
 
 def fmt_number(value: float | None) -> str:
     if value is None:
-        return "–"
+        return NO_VALUE
     return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.2f}".rstrip("0").rstrip(".")
 
 
@@ -272,7 +275,7 @@ def fmt_bytes(n: int | float) -> str:
 def fmt_duration(seconds: float | None) -> str:
     """'45 s', '12 min', '3 h 05 min', '2 days 4 h'."""
     if seconds is None or not math.isfinite(seconds):
-        return "–"
+        return NO_VALUE
     seconds = max(0.0, float(seconds))
     if seconds < 60:
         return f"{seconds:.0f} s"

@@ -17,6 +17,7 @@ from byol import embed, neighbour_score, tasks
 from byol.checkpoint import CheckpointError, random_init_checkpoint
 from byol.dataset import Dataset
 from ui import inspection, words
+from ui.common import NO_VALUE
 
 TITLE = "How often are the neighbours right?"
 
@@ -74,7 +75,7 @@ def _untrained_metric(column: Any, run_dir: Path, checkpoint: Path, data: Datase
                 if untrained is None
                 else "The checkpoint picked is the untrained network."
             )
-            st.metric("Untrained network", "–", help=reason + " " + words.TERMS["random_init"])
+            st.metric("Untrained network", NO_VALUE, help=reason + " " + words.TERMS["random_init"])
             return
 
         def ready() -> bool:
