@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 
+import pandas as pd
+
 from byol import cifar10, embed, metrics_file, retrieval, runs
 from byol import data as datasets
 from byol.checkpoint import checkpoint_choices
@@ -44,6 +46,14 @@ def test_finished_run_is_shown_with_its_knn_curve(finished_run, app_test):
     assert table["Status"].iloc[0].endswith("finished")
     assert table["Epochs"].iloc[0] == "2 / 2"
     assert "Processes" not in table  # only shown when a run used several (torchrun)
+
+
+def test_a_run_that_has_not_trained_yet_is_not_judged_collapsed(finished_run, runs_dir, app_test, tiny_config):
+    runs.create_run(runs_dir, tiny_config(), "not-started")  # no step logged: nothing to judge the spread by
+    at = app_test("app.py").run()
+    table = at.dataframe[0].value.set_index("Run")
+    assert table.loc["tiny-finished", "Collapsed"] == "no"
+    assert pd.isna(table.loc["not-started", "Collapsed"])  # drawn as "–", not "no"
 
 
 def test_demo_run_comes_first(finished_run, runs_dir, app_test, tiny_config):

@@ -209,7 +209,8 @@ def runs_table(summaries: Sequence[runs.RunSummary]) -> pd.DataFrame:
             "Latest kNN %": s.latest_knn,
             "Best kNN %": s.best_knn,
             "BN in heads": "yes" if s.head_bn else "no",
-            "Collapsed": describe_collapse(s.collapse),
+            # Judged from the logged spread: a run that has logged none (still waiting) is not judged yet.
+            "Collapsed": describe_collapse(s.collapse) if s.last_z_std is not None else None,
             "Data": runs.data_label(s.data),
             "Disk": fmt_bytes(s.disk_bytes),
             "Started": s.started or "not yet",
