@@ -9,6 +9,7 @@ AppTest cannot run the picture grid's script, so a click is what the grid's call
 import base64
 import io
 import json
+import shutil
 import tomllib
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from byol import cifar10, embed, images, neighbour_score, retrieval, runs
 from byol import data as datasets
 from byol.checkpoint import checkpoint_choices
 from byol.errors import UserError
-from helpers import another_computation_under_way, run_cli, write_image_folder
+from helpers import another_computation_under_way, run_cli, shipped_pair, write_image_folder
 from test_page_embeddings import run_until
 from test_retrieval import small_data
 from ui import picture_grid
@@ -261,6 +262,19 @@ def test_the_grid_describes_each_picture_and_reads_only_picture_numbers_from_a_c
         None,
         None,
     ]
+
+
+def test_a_collapsed_run_is_said_to_have_collapsed_before_its_pictures(runs_dir, app_test, quick):
+    collapsed = shutil.copytree(shipped_pair()[1], runs_dir / "collapsed-run")
+    for page in (PAGE, "pages/3_Embeddings.py"):
+        at = app_test(page, query_params={"run": collapsed.name}).run()
+        assert not at.exception
+        told = [w.value for w in at.warning]
+        assert any("The run **collapsed-run** collapsed at step" in w and "never recovered" in w for w in told), told
+    healthy = shutil.copytree(shipped_pair()[0], runs_dir / "healthy-run")
+    at = app_test(PAGE, query_params={"run": healthy.name}).run()
+    assert not at.exception
+    assert not any("collapsed at step" in w.value for w in at.warning)  # a healthy run gets no such warning
 
 
 def test_a_run_whose_images_are_missing_can_be_pointed_at_a_copy(finished_run, app_test):

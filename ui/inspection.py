@@ -63,6 +63,11 @@ def pick_run_and_checkpoint(page: str) -> tuple[RunSummary, CheckpointChoice]:
     with left:
         summary = common.run_picker(summaries, key=f"{page}-run")
     name = summary.name
+    if summary.collapse is not None:  # what the pictures below will show needs saying first
+        st.warning(
+            common.collapse_sentences(summary, f"The run **{name}**") + " What you see below is what that leaves.",
+            icon=":material/trending_down:",
+        )
     choices = checkpoint_choices(summary.path)
     if not choices:
         st.info(
