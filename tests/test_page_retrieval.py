@@ -271,6 +271,10 @@ def test_a_collapsed_run_is_said_to_have_collapsed_before_its_pictures(runs_dir,
         assert not at.exception
         told = [w.value for w in at.warning]
         assert any("The run **collapsed-run** collapsed at step" in w and "never recovered" in w for w in told), told
+    # Its untrained network, saved before the collapse, is not what the collapse left: no warning there.
+    at = app_test(PAGE, query_params={"run": collapsed.name}).run()
+    at.selectbox(key=f"ret-checkpoint-{collapsed.name}").set_value("step-00000000.pt").run()
+    assert not any("collapsed at step" in w.value for w in at.warning)
     healthy = shutil.copytree(shipped_pair()[0], runs_dir / "healthy-run")
     at = app_test(PAGE, query_params={"run": healthy.name}).run()
     assert not at.exception

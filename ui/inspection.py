@@ -63,11 +63,6 @@ def pick_run_and_checkpoint(page: str) -> tuple[RunSummary, CheckpointChoice]:
     with left:
         summary = common.run_picker(summaries, key=f"{page}-run")
     name = summary.name
-    if summary.collapse is not None:  # what the pictures below will show needs saying first
-        st.warning(
-            common.collapse_sentences(summary, f"The run **{name}**") + " What you see below is what that leaves.",
-            icon=":material/trending_down:",
-        )
     choices = checkpoint_choices(summary.path)
     if not choices:
         st.info(
@@ -88,7 +83,14 @@ def pick_run_and_checkpoint(page: str) -> tuple[RunSummary, CheckpointChoice]:
             "(random init) network. Pick an early one and then a late one to watch the picture sharpen."
         ),
     )
-    return summary, by_file[chosen]
+    choice = by_file[chosen]
+    # A checkpoint saved after the run collapsed shows what the collapse left: say so before the pictures.
+    if summary.collapse is not None and choice.step is not None and choice.step >= summary.collapse.step:
+        st.warning(
+            common.collapse_sentences(summary, f"The run **{name}**") + " What you see below is what that leaves.",
+            icon=":material/trending_down:",
+        )
+    return summary, choice
 
 
 # --------------------------------------------------------------------------------------------------
