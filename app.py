@@ -114,6 +114,8 @@ if shipped_pair is not None:
         "2-core CPU)."
     )
     link("compare", "Compare the two runs, or run them again")
+    if without_bn.collapse is not None:
+        link("retrieval", "See what the collapsed network finds alike, in pictures", query_params={"run": without_bn.name})
 
 # --- runs left behind by a previous server ---------------------------------------------------
 interrupted = [s for s in summaries if s.state == runs.INTERRUPTED and not runs.resume_problem(s.path, s.state)]

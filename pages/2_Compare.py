@@ -162,6 +162,7 @@ def show_curves(picked: list[str], configs: dict[str, TrainConfig], smoothing: f
     for name in picked:
         if shown[name].collapse is not None:
             st.warning(collapse_sentences(shown[name], f"**{name}**"), icon=":material/trending_down:")
+            link("retrieval", f"See what {name} finds alike, in pictures", query_params={"run": name})
     verdict = runs_table([shown[name] for name in picked])  # each run as Home's table reads it, then the collapse figures
     verdict["Random init %"] = [shown[name].baseline_knn for name in picked]
     verdict["Raw pixels %"] = [shown[name].pixel_knn for name in picked]

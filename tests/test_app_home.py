@@ -107,6 +107,8 @@ def test_the_shipped_batch_norm_pair_gets_its_own_section_and_home_still_shows_t
     table = at.dataframe[0].value.set_index("Run")
     assert table.loc["demo-pair-no-bn", "Collapsed"].startswith("at step")  # the table says which one collapsed
     assert table.loc["demo-pair-bn", "Collapsed"] == "no"
+    to_pictures = [link.proto for link in at.main.get("page_link") if "collapsed network" in link.proto.label]
+    assert [link.query_string for link in to_pictures] == ["run=demo-pair-no-bn"]
 
 
 def test_the_pages_open_on_the_users_newest_run_else_on_the_main_demo(finished_run, runs_dir, tiny_config):

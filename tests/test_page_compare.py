@@ -76,6 +76,9 @@ def test_a_fresh_checkout_opens_on_the_shipped_pair_and_shows_its_collapse(runs_
     (told,) = [w.value for w in at.warning]
     assert told.startswith(f"**{pair[1].name}** collapsed at step ") and "never recovered" in told
     assert f"ended at {without_bn['Best kNN %']:.1f}%, against {without_bn['Raw pixels %']:.1f}% for raw pixels" in told
+    # ...with one click to what its neighbours look like.
+    (to_pictures,) = [link.proto for link in at.main.get("page_link") if link.proto.page == "Retrieval"]
+    assert to_pictures.query_string == f"run={pair[1].name}"
     charts = [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
     (knn_chart,) = [c for c in charts if "kNN accuracy" in json.dumps(c["layout"].get("title"))]
     lines = [a["text"] for a in knn_chart["layout"]["annotations"]]
