@@ -1,6 +1,7 @@
 """The Retrieval page (AppTest): empty state, the search bank computing by itself (and a failure that
 waits for "Try again"), a picked query's k neighbours in the results window, the random-init /
-raw-pixel comparison computing what it needs, uploads good and bad, and a damaged checkpoint.
+raw-pixel comparison computing what it needs, uploads good and bad, a damaged checkpoint, and the
+note above a collapsed run's pictures (the run picker Embeddings shares, so checked on both pages).
 
 AppTest cannot run the picture grid's script, so a click is what the grid's callback does: the page's
 `ret-query` set to the picture's number. What the grid shows is read from the data the page sends it.
