@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import distributed, metrics_file, runs
+from .collapse import describe_collapse
 from .config import PRECISIONS, PRESETS, ConfigError, TrainConfig, preset, validate, with_epochs
 from .dataset import DataError
 from .errors import UserError
@@ -333,7 +334,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         knn = "kNN -" if s.latest_knn is None else f"kNN {s.latest_knn:.1f}%"
         if s.best_knn is not None:
             knn += f" (best {s.best_knn:.1f}%)"
-        print(f"{s.name}  {s.state:<11} epoch {s.epochs_done:g}/{s.epochs_total}  {knn}  {s.disk_bytes / 1e6:.1f} MB")
+        collapsed = f"  collapsed {describe_collapse(s.collapse)}" if s.collapse else ""  # Compare's verdict, in table words
+        print(f"{s.name}  {s.state:<11} epoch {s.epochs_done:g}/{s.epochs_total}  {knn}  {s.disk_bytes / 1e6:.1f} MB{collapsed}")
     return 0
 
 

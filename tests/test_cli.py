@@ -1,12 +1,13 @@
 """The command line contract: train, resume, embed, probe, export, list; one plain line and non-zero exit on bad input."""
 
 import json
+import shutil
 
 import pytest
 
 from byol import metrics_file, runs
 from byol.checkpoint import default_checkpoint
-from helpers import run_cli, tiny_cli_settings
+from helpers import run_cli, shipped_pair, tiny_cli_settings
 
 TINY = [
     *tiny_cli_settings(),
@@ -48,6 +49,17 @@ def test_resume_extends_a_finished_run_and_list_shows_it(trained):
     assert steps == [4, 5, 8]  # logged every 5 steps and at each epoch's end, never twice
     listing = run_cli("list", "--runs-dir", str(runs_dir))
     assert listing.returncode == 0 and "finished" in listing.stdout and "epoch 2/2" in listing.stdout
+
+
+def test_list_says_which_run_collapsed(tmp_path):
+    for run_dir in shipped_pair():
+        shutil.copytree(run_dir, tmp_path / run_dir.name)
+    listing = run_cli("list", "--runs-dir", str(tmp_path))
+    assert listing.returncode == 0, listing.stderr
+    with_bn, without_bn = (
+        next(line for line in listing.stdout.splitlines() if line.startswith(p.name + " ")) for p in shipped_pair()
+    )
+    assert without_bn.endswith("collapsed at step 15") and "collapsed" not in with_bn
 
 
 def test_embed_writes_bank_and_queries_of_the_checkpoint_the_dashboard_shows(trained):
