@@ -231,6 +231,10 @@ RUNS_TABLE_COLUMNS = {
     "Collapsed": st.column_config.TextColumn(
         help="Whether the run collapsed (came to give every picture nearly the same description), by the Compare page's measure"
     ),
+    "Data": st.column_config.TextColumn(
+        help="The images the run learns from, named by where they are on this computer: a shipped run names "
+        "cifar10 until a page has found its images in a local copy (then, say, cifar10-jpg: the same pictures)"
+    ),
     "Processes": st.column_config.NumberColumn(help="Training processes (torchrun from the command line): one per GPU"),
 }
 
