@@ -10,7 +10,6 @@ import streamlit as st
 from byol import demos, metrics_file, runs
 from ui.charts import knn_figure
 from ui.common import (
-    LIVE_REFRESH_SECONDS,
     NO_VALUE,
     RUNS_TABLE_COLUMNS,
     collapse_sentences,
@@ -20,6 +19,7 @@ from ui.common import (
     link,
     page_setup,
     plain_errors,
+    redraw_while_live,
     runs_dir,
     runs_table,
 )
@@ -150,5 +150,5 @@ def show_runs(states_at_start: list[tuple[str, str]]) -> None:
 st.subheader("Runs")
 states = [(s.name, s.state) for s in summaries]
 live = any(s.state in runs.LIVE_STATES for s in summaries)
-st.fragment(run_every=LIVE_REFRESH_SECONDS if live else None)(show_runs)(states)
+redraw_while_live(show_runs, live)(states)
 st.caption(f"Run folders live in {runs_dir()}; runs started from the command line appear here too.")

@@ -9,7 +9,6 @@ from byol.config import DEVICES, FIELD_WORDS, OPTIMIZERS, PRECISIONS, PRESET_HEL
 from byol.jobs import launch_problems
 from ui.charts import collapse_figure, knn_figure, loss_figure, rank_figure
 from ui.common import (
-    LIVE_REFRESH_SECONDS,
     NO_VALUE,
     data_source_input,
     device_facts,
@@ -21,6 +20,7 @@ from ui.common import (
     page_setup,
     plain_errors,
     preset_label,
+    redraw_while_live,
     run_picker,
     runs_dir,
     state_badge,
@@ -395,7 +395,8 @@ def show_run(run_path: str, live_at_start: bool) -> None:
         fmt_duration(progress.get("eta_seconds")) if state == runs.RUNNING else NO_VALUE,
         help="From the current speed; kNN measurements add a little.",
     )
-    if summary.best_knn is None:  # only the untrained network is measured yet: say so, not "+0.0 vs random init"
+    untrained_only = summary.best_knn is None  # only the untrained network is measured yet: say so, not "+0.0 vs random init"
+    if untrained_only:
         delta = None if summary.latest_knn is None else "untrained network"
     else:
         delta = None if summary.baseline_knn is None else f"{summary.latest_knn - summary.baseline_knn:+.1f} vs random init"
@@ -403,8 +404,8 @@ def show_run(run_path: str, live_at_start: bool) -> None:
         "Latest kNN",
         fmt_pct(summary.latest_knn),
         delta=delta,
-        delta_color="off" if summary.best_knn is None else "normal",
-        delta_arrow="off" if summary.best_knn is None else "auto",
+        delta_color="off" if untrained_only else "normal",
+        delta_arrow="off" if untrained_only else "auto",
         help="kNN accuracy of the newest measurement; the delta is against the untrained network (measured at step 0, "
         "before training).",
     )
@@ -429,7 +430,7 @@ def show_run(run_path: str, live_at_start: bool) -> None:
     )
 
 
-st.fragment(run_every=LIVE_REFRESH_SECONDS if live else None)(show_run)(picked.name, live)
+redraw_while_live(show_run, live)(picked.name, live)
 
 st.divider()
 links = st.columns(3)

@@ -11,7 +11,6 @@ from byol.jobs import launch_problems
 from byol.pairs import latest_pair, pair_configs
 from ui.charts import add_knn_baselines, add_spread_lines, overlay_figure
 from ui.common import (
-    LIVE_REFRESH_SECONDS,
     NO_VALUE,
     RUNS_TABLE_COLUMNS,
     collapse_sentences,
@@ -22,6 +21,7 @@ from ui.common import (
     page_setup,
     plain_errors,
     preset_label,
+    redraw_while_live,
     runs_dir,
     runs_table,
     shared_value,
@@ -203,7 +203,7 @@ def show_curves(picked: list[str], configs: dict[str, TrainConfig], smoothing: f
 
 states = [by_name[name].state for name in picked]
 live = any(state in runs.LIVE_STATES for state in states)
-st.fragment(run_every=LIVE_REFRESH_SECONDS if live else None)(show_curves)(picked, configs, smoothing, states)
+redraw_while_live(show_curves, live)(picked, configs, smoothing, states)
 
 # --- settings --------------------------------------------------------------------------------
 st.subheader("Settings that differ")

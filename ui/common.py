@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import pandas as pd
 import streamlit as st
@@ -101,6 +101,13 @@ def plain_errors() -> Iterator[None]:
         yield
     except UserError as error:
         st.error(str(error), icon=":material/error:")
+
+
+def redraw_while_live(body: Callable[..., None], live: bool) -> Callable[..., None]:
+    """`body` as a fragment that Streamlit reruns every LIVE_REFRESH_SECONDS while `live` (a run it shows
+    trains or waits), and draws once otherwise: how Home, Train and Compare follow a training without a
+    reload. `body` calls st.rerun() itself when what it shows changes state, so the whole page follows."""
+    return st.fragment(run_every=LIVE_REFRESH_SECONDS if live else None)(body)
 
 
 def link(page: str, label: str | None = None, query_params: dict[str, str] | None = None, **kwargs: Any) -> None:
